@@ -1,0 +1,235 @@
+"""Wiring: listeners, pools, client registry, limits across pools, signals, shutdown.
+
+Owns: the listening sockets, the map (database, user) -> Pool, the set of all clients
+(max_client_conn), server counts per database and per user (max_db_connections,
+max_user_connections), cancel keys, reload and shutdown. Holds no protocol logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import resource
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import auth
+from .cancel import CancelRegistry
+from .client import ClientConnection
+from .config import LoadedConfig, Settings
+from .pool import ClientState, Pool
+from .protocol import messages as m
+from .protocol.errors import INVALID_CATALOG_NAME, TOO_MANY_CONNECTIONS, CANNOT_CONNECT_NOW, ProtocolError
+
+if TYPE_CHECKING:
+    from .config import DatabaseEntry
+
+log = logging.getLogger("pgpool")
+
+
+class App:
+    def __init__(self, loaded: LoadedConfig):
+        self.settings: Settings = loaded.settings
+        self.config_warnings = loaded.warnings
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.auth_users: dict[str, str] = self._load_auth_users(self.settings)
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.clients: set[ClientConnection] = set()
+        self.cancel = CancelRegistry()
+        self.db_servers: collections.Counter[str] = collections.Counter()
+        self.user_servers: collections.Counter[str] = collections.Counter()
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.started_at = time.time()
+        self.shutting_down = False
+        self.stopped: asyncio.Future | None = None
+        self.janitor_task: asyncio.Task | None = None
+        self.admin_module: Any = None
+        self.http: Any = None
+        self.bound_port = 0
+
+    @staticmethod
+    def _load_auth_users(settings: Settings) -> dict[str, str]:
+        return auth.load_auth_file(settings.auth_file) if settings.auth_file else {}
+
+    # ---- start and stop ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopped = self.loop.create_future()
+        raise_open_files_limit()
+        for warning in self.config_warnings:
+            log.warning("config: %s", warning)
+        settings = self.settings
+        hosts = [h.strip() for h in settings.listen_addr.split(",") if h.strip()]
+        for host in hosts:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
+                reuse_address=True, backlog=4096)
+            self.listeners.append(server)
+            for sock in server.sockets:
+                self.bound_port = sock.getsockname()[1]
+                log.info("listening on %s:%s", *sock.getsockname()[:2])
+        try:
+            from . import admin
+            self.admin_module = admin
+        except ImportError:
+            self.admin_module = None
+        if settings.metrics_port:
+            try:
+                from . import http
+            except ImportError:
+                log.warning("metrics_port set but pgpool.http is not available")
+            else:
+                self.http = await http.start(self)
+        from .janitor import run_janitor
+        self.janitor_task = self.loop.create_task(run_janitor(self))
+
+    async def wait_stopped(self) -> None:
+        assert self.stopped is not None
+        await self.stopped
+
+    def close_listeners(self) -> None:
+        for server in self.listeners:
+            server.close()
+        self.listeners.clear()
+
+    def shutdown_now(self, reason: str = "shutdown") -> None:
+        """Immediate safe shutdown: every client and server closed; open transactions roll back."""
+        self.shutting_down = True
+        self.close_listeners()
+        error = ProtocolError("57P01", f"pgpool is shutting down ({reason})")
+        for client in list(self.clients):
+            client.disconnect(reason, error)
+        for pool in self.pools.values():
+            for server in list(pool.idle) + list(pool.active) + list(pool.maintenance) + list(pool.connecting):
+                server.close(reason)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.janitor_task is not None:
+            self.janitor_task.cancel()
+        if self.http is not None:
+            self.http.close()
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
+
+    # ---- clients -------------------------------------------------------------------------------
+
+    def on_client_connected(self, client: ClientConnection) -> None:
+        self.clients.add(client)
+
+    def on_client_logged_in(self, client: ClientConnection) -> None:
+        pass
+
+    def on_client_closed(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+        self.cancel.unregister(client.cancel_key)
+
+    def check_client_limit(self, client: ClientConnection) -> None:
+        if self.shutting_down:
+            raise ProtocolError(CANNOT_CONNECT_NOW, "pgpool is shutting down: no new connections")
+        limit = self.settings.max_client_conn
+        if len(self.clients) > limit:
+            raise ProtocolError(TOO_MANY_CONNECTIONS,
+                                f"no more connections allowed (max_client_conn): {limit} clients already connected",
+                                hint="raise max_client_conn, or lower the number of client connections")
+
+    def encryption_answer(self, kind: str) -> bytes:
+        # The TLS seam: with TLS configured this would answer 'S' and wrap the transport.
+        return b"N"
+
+    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
+        return self.cancel.register(client)
+
+    def forward_cancel(self, pid: int, key: int) -> None:
+        client = self.cancel.find(pid, key)
+        if client is None:
+            return
+        server = client.server
+        # Only a query in flight is cancelled: an idle link has nothing of this client's to stop.
+        if server is not None and (client.pending_rfq or client.open_extended or client.copy_in):
+            self.send_cancel(server.pool.db.host, server.pool.db.port, server.backend_pid, server.backend_key)
+
+    def send_cancel(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
+        if backend_pid:
+            self.cancel.send(host, port, backend_pid, backend_key)
+
+    # ---- admin console hooks -------------------------------------------------------------------
+
+    def open_admin_console(self, client: ClientConnection, creds: auth.Credentials) -> Any:
+        if self.admin_module is None:
+            raise ProtocolError(INVALID_CATALOG_NAME, "the admin console is not available in this build")
+        return self.admin_module.open_console(self, client, creds)
+
+    def admin_welcome(self, database: str) -> bytes:
+        return b"".join((m.parameter_status("server_version", "15.0 (pgpool)"),
+                         m.parameter_status("client_encoding", "UTF8"),
+                         m.parameter_status("server_encoding", "UTF8"),
+                         m.parameter_status("DateStyle", "ISO, MDY"),
+                         m.parameter_status("standard_conforming_strings", "on"),
+                         m.backend_key_data(0, 0), m.READY_FOR_QUERY_IDLE))
+
+    # ---- pools ---------------------------------------------------------------------------------
+
+    def find_database(self, name: str) -> "DatabaseEntry | None":
+        return self.settings.find_database(name)
+
+    def get_pool(self, database: str, user: str, creds: auth.Credentials | None) -> Pool:
+        entry = self.settings.find_database(database)
+        if entry is None:
+            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: "{database}" (not in [databases], '
+                                                      f'and no "*" fallback entry)')
+        server_user = entry.user or user
+        key = (entry.name, server_user)
+        pool = self.pools.get(key)
+        if pool is None:
+            password = entry.password if entry.user else auth.server_password_for(creds, entry.password)
+            pool = Pool(self, entry, server_user, self.settings.pool_settings(entry, user), server_user, password)
+            self.pools[key] = pool
+            log.info("pool %s: created (pool_mode=%s pool_size=%d reserve=%d -> %s:%s/%s)", pool.name,
+                     pool.conf.pool_mode.value, pool.conf.pool_size, pool.conf.reserve_pool_size,
+                     entry.host, entry.port, entry.dbname)
+        elif pool.server_password is None and not entry.user:
+            pool.server_password = auth.server_password_for(creds, entry.password)
+        return pool
+
+    def count_server(self, pool: Pool, delta: int) -> None:
+        self.db_servers[pool.db.name] += delta
+        self.user_servers[pool.server_user] += delta
+
+    def may_open_server(self, pool: Pool) -> bool:
+        conf = pool.conf
+        if conf.max_db_connections and self.db_servers[pool.db.name] >= conf.max_db_connections:
+            self._evict_idle(lambda p: p.db.name == pool.db.name, pool)
+            return False
+        if conf.max_user_connections and self.user_servers[pool.server_user] >= conf.max_user_connections:
+            self._evict_idle(lambda p: p.server_user == pool.server_user, pool)
+            return False
+        return True
+
+    def _evict_idle(self, same_limit: Any, wanting: Pool) -> None:
+        """Close the longest-idle server of another pool under the same limit, to make room."""
+        candidates = [s for p in self.pools.values() if p is not wanting and same_limit(p) for s in p.idle]
+        if candidates:
+            oldest = min(candidates, key=lambda s: s.last_used)
+            oldest.close(f"idle; room needed for pool {wanting.name} (max_db/max_user_connections)")
+
+    def on_server_slot_freed(self, pool: Pool) -> None:
+        pool.dispatch()
+        if pool.conf.max_db_connections or pool.conf.max_user_connections:
+            for other in self.pools.values():
+                if other is not pool and other.waiting and (
+                        other.db.name == pool.db.name or other.server_user == pool.server_user):
+                    other.dispatch()
+
+
+def raise_open_files_limit() -> None:
+    """Hold many idle clients: lift the soft open-files limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-files limit from %d: %s", soft, error)

@@ -1,0 +1,102 @@
+"""Command line: `pgpool --config FILE [--set KEY=VALUE ...] [-v]`. Argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from . import __version__
+from .config import ConfigError, load_settings
+from .log import setup_logging
+
+log = logging.getLogger("pgpool")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pgpool", description="PostgreSQL connection pooler (PgBouncer-compatible settings).")
+    parser.add_argument("--config", "-c", metavar="FILE",
+                        help="pgpool TOML or an existing pgbouncer.ini (with its auth_file)")
+    parser.add_argument("--set", "-s", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a setting (repeatable); wins over the file and PGPOOL_* variables")
+    parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"pgpool {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        if "=" not in item:
+            print(f"pgpool: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    try:
+        loaded = load_settings(args.config, overrides)
+    except ConfigError as error:
+        print(f"pgpool: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"pgpool: cannot read configuration: {error}", file=sys.stderr)
+        return 2
+    settings = loaded.settings
+    setup_logging(settings.log_format, max(args.verbose, settings.verbose), settings.logfile or None)
+    if args.check:
+        for warning in loaded.warnings:
+            print(f"warning: {warning}")
+        print("configuration ok")
+        return 0
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:   # uvloop is a dependency; run anyway, slower, where it cannot load
+        runner = asyncio.run
+    from .app import App
+    from .auth import AuthFileError
+    try:
+        app = App(loaded)
+    except AuthFileError as error:
+        print(f"pgpool: invalid auth_file: {error}", file=sys.stderr)
+        return 2
+    try:
+        return runner(_serve(app))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(app) -> int:
+    try:
+        await app.start()
+    except OSError as error:
+        log.error("cannot listen on %s:%s: %s", app.settings.listen_addr, app.settings.listen_port, error)
+        return 1
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, app.shutdown_now, "SIGINT")
+    loop.add_signal_handler(signal.SIGTERM, app.begin_drain if hasattr(app, "begin_drain") else app.shutdown_now,
+                            "SIGTERM")
+    if hasattr(app, "reload"):
+        loop.add_signal_handler(signal.SIGHUP, app.reload)
+    if app.settings.pidfile:
+        with open(app.settings.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    log.info("pgpool %s started (pid %d)", _version(), os.getpid())
+    await app.wait_stopped()
+    if app.settings.pidfile:
+        try:
+            os.unlink(app.settings.pidfile)
+        except OSError:
+            pass
+    log.info("pgpool stopped")
+    return 0
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__

@@ -1,0 +1,542 @@
+"""One client connection: login, then the client->server half of the data plane.
+
+Owns: the startup phase (SSLRequest/GSSENCRequest answered 'N', CancelRequest handed to
+the app), client authentication (trust, plain, md5, SCRAM-SHA-256), the welcome, and on
+the data plane the request counting that says when a transaction is over: every Query,
+Sync and FunctionCall is owed one ReadyForQuery; an extended-protocol message since the
+last Sync keeps the server linked; COPY IN ignores Syncs until it ends. Holds no pool
+policy: it asks the pool for a server and tells it when the link may end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from . import auth
+from .config import PoolMode
+from .loginstream import LoginStream
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, classify_query, \
+    parse_options, sync_sql
+from .pool import ClientState
+from .protocol import messages as m
+from .protocol.constants import (
+    F_BIND, F_CLOSE, F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL, F_DESCRIBE, F_EXECUTE, F_FLUSH, F_FUNCTION_CALL,
+    F_PARSE, F_PASSWORD, F_QUERY, F_SYNC, F_TERMINATE, MAX_STARTUP_PACKET, TX_FAILED, TX_IDLE, TX_IN_BLOCK,
+)
+from .protocol.errors import (
+    ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
+    INVALID_PASSWORD, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS, ProtocolError,
+)
+from .protocol.framing import MessageScanner
+from .protocol.scram import ScramError, ScramServer
+
+if TYPE_CHECKING:
+    from .app import App
+    from .params import SessionParams
+    from .pool import Pool
+    from .server import ServerConnection
+
+log = logging.getLogger("pgpool.client")
+
+# Every type but CopyData is looked at: the ones that drive pooling, and the invalid ones to refuse.
+WATCH_CLIENT = bytes(0 if t == F_COPY_DATA else 1 for t in range(256))
+_EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_FLUSH))
+
+# Bytes a client may send while it waits for a server before pgpool stops reading it.
+PENDING_LIMIT = 256 * 1024
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+ADMIN_DATABASES = ("pgbouncer", "pgpool")
+
+_ids = itertools.count(1)
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_task",
+                 "pending", "pending_size", "peer", "user", "database", "cancel_key", "pending_rfq", "open_extended",
+                 "copy_in", "syncs_since_execute", "pending_changes", "tx_changes", "query_failed", "last_tag",
+                 "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
+                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain")
+
+    def __init__(self, app: "App"):
+        self.app = app
+        self.id = next(_ids)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.state = ClientState.LOGIN
+        self.pool: Pool | None = None
+        self.server: ServerConnection | None = None
+        self.scanner: MessageScanner | None = None
+        self.params: SessionParams | None = None
+        self.login: LoginStream | None = LoginStream(MAX_STARTUP_PACKET, "client")
+        self.login_task: asyncio.Task | None = None
+        self.pending: list[bytes] = []           # bytes received while no server was linked
+        self.pending_size = 0
+        self.peer = "?"
+        self.user = ""
+        self.database = ""
+        self.cancel_key: tuple[int, int] | None = None
+        self.pending_rfq = 0                     # ReadyForQuery owed for Query / Sync / FunctionCall sent
+        self.open_extended = False               # extended-protocol messages sent since the last Sync
+        self.copy_in = False                     # in COPY FROM STDIN: the server ignores Syncs
+        self.syncs_since_execute = 0
+        self.pending_changes: list[SessionChange] = []   # SET/RESET sent, not yet answered
+        self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
+        self.query_failed = False
+        self.last_tag = b""
+        now = time.monotonic()
+        self.xact_start = now
+        self.last_activity = now
+        self.wait_start = now
+        self.connected_at = now
+        self.write_paused = False
+        self.reading_paused = False
+        self.syncing = False                     # a linked server is being given this client's parameters
+        self.closing = False
+        self.closed = False
+        self.admin = None                        # the admin console session, for the virtual databases
+        self.log_prefix = f"C-{self.id}"
+        self.mode = PoolMode.TRANSACTION
+        self.drain = False                       # shutting down: leave at the next transaction boundary
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self.log_prefix = f"C-{self.id} {self.peer}"
+        self.app.on_client_connected(self)
+        self.login_task = asyncio.get_running_loop().create_task(self._run_login())
+
+    def data_received(self, data: bytes) -> None:
+        if self.login is not None:
+            self.login.feed(data)
+            return
+        if self.admin is not None:
+            self.admin.feed(data)
+            return
+        try:
+            out = self.scanner.feed(data)  # type: ignore[union-attr]
+        except ProtocolError as error:
+            self.disconnect(f"protocol error: {error.message}", error)
+            return
+        except Exception as error:   # a bug must cost one client, never the process
+            log.exception("%s: internal error on client data", self.log_prefix)
+            self.disconnect("internal error", ProtocolError(INTERNAL_ERROR, f"pgpool internal error: {error!r}"))
+            return
+        pool = self.pool
+        pool.stats.bytes_received += len(data)  # type: ignore[union-attr]
+        self.last_activity = time.monotonic()
+        if out:
+            server = self.server
+            if server is not None and not self.syncing:
+                server.transport.write(out)  # type: ignore[union-attr]
+            else:
+                self.pending.append(out)
+                self.pending_size += len(out)
+                if server is None and self.state == ClientState.IDLE:
+                    pool.request_server(self)  # type: ignore[union-attr]
+                if self.pending_size > PENDING_LIMIT:
+                    self.update_reading()
+        if self.closing:
+            self.disconnect("client close request")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.login is not None:
+            self.login.feed_eof()
+        if not self.closed:
+            self._cleanup("client closed the connection" if exc is None else f"client connection lost: {exc}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.server is not None:
+            self.server.set_reading(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.server is not None:
+            self.server.set_reading(True)
+
+    def update_reading(self) -> None:
+        """Read from the client unless its server cannot take more, or it queued too much while waiting."""
+        server = self.server
+        blocked = (server is not None and server.write_paused) or \
+                  ((server is None or self.syncing) and self.pending_size > PENDING_LIMIT)
+        if blocked != self.reading_paused and not self.closed:
+            self.reading_paused = blocked
+            if blocked:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    # ---- login ---------------------------------------------------------------------------------
+
+    async def _run_login(self) -> None:
+        settings = self.app.settings
+        try:
+            async with asyncio.timeout(settings.client_login_timeout or None):
+                await self._login()
+        except ProtocolError as error:
+            if self.pool is not None:
+                self.pool.stats.client_login_failures += 1
+            if settings.log_connections or error.sqlstate == INVALID_PASSWORD:
+                log.warning("%s: login failed: db=%s user=%s: %s (%s)", self.log_prefix, self.database or "?",
+                            self.user or "?", error.message, error.sqlstate)
+            self.disconnect(f"login failed: {error.message}", error, quiet=True)
+        except TimeoutError:
+            self.disconnect("client_login_timeout", ProtocolError(
+                PROTOCOL_VIOLATION, f"client_login_timeout: login not completed within {settings.client_login_timeout:g}s"))
+        except ConnectionResetError:
+            self.disconnect("client closed the connection during login", quiet=not settings.log_connections)
+        except asyncio.CancelledError:
+            self.disconnect("login cancelled", ProtocolError(ADMIN_SHUTDOWN, "pgpool is shutting down"))
+            raise
+        except Exception as error:
+            log.exception("%s: internal error during login", self.log_prefix)
+            self.disconnect("internal error during login", ProtocolError(INTERNAL_ERROR, f"pgpool internal error: {error!r}"))
+        finally:
+            self.login_task = None
+
+    async def _login(self) -> None:
+        assert self.login is not None
+        while True:
+            packet = await self.login.read_startup_packet(MAX_STARTUP_PACKET)
+            kind, payload = m.parse_startup_packet(packet)
+            if kind in (m.StartupKind.SSL, m.StartupKind.GSSENC):
+                if self.login.buffer:
+                    # Bytes after SSLRequest before our answer could be spliced into a TLS session later.
+                    raise ProtocolError(PROTOCOL_VIOLATION, "unexpected data after SSLRequest/GSSENCRequest")
+                self.transport.write(self.app.encryption_answer(kind))
+                continue
+            if kind == m.StartupKind.CANCEL:
+                pid, key = payload  # type: ignore[misc]
+                self.app.forward_cancel(pid, key)
+                self.disconnect("cancel request", quiet=True)
+                return
+            break
+        startup: dict[str, str] = payload  # type: ignore[assignment]
+        self.user = startup.get("user", "")
+        if not self.user:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, "no PostgreSQL user name specified in startup packet")
+        self.database = startup.get("database") or self.user
+        self.log_prefix = f"C-{self.id} {self.database}/{self.user}@{self.peer}"
+        self.app.check_client_limit(self)
+        if startup.get("replication") not in (None, "false", "0", "off", "no"):
+            raise ProtocolError(FEATURE_NOT_SUPPORTED, "replication connections are not supported by pgpool")
+
+        creds = auth.lookup_credentials(self.app.auth_users, self.user)
+        is_admin = self.database in ADMIN_DATABASES and self.app.find_database(self.database) is None
+        scram_keys = await self._authenticate(creds)
+        if is_admin:
+            self.admin = self.app.open_admin_console(self, creds)
+            self.transport.write(m.AUTHENTICATION_OK + self.app.admin_welcome(self.database))
+            self._end_login(admin=True)
+            return
+        pool = self.app.get_pool(self.database, self.user, creds)
+        self.pool = pool
+        self.mode = pool.conf.pool_mode
+        if scram_keys is not None and pool.server_password is None:
+            pool.scram_keys = scram_keys
+        self.transport.write(m.AUTHENTICATION_OK)
+        session = await pool.client_session(self._session_startup_params(startup))
+        self.params = session
+        self.cancel_key = self.app.register_cancel_key(self)
+        welcome = [m.parameter_status(name, value) for name, value in session.reported.items()]
+        welcome.append(m.backend_key_data(*self.cancel_key))
+        welcome.append(m.READY_FOR_QUERY_IDLE)
+        self.transport.write(b"".join(welcome))
+        pool.stats.client_logins += 1
+        self._end_login(admin=False)
+
+    def _end_login(self, admin: bool) -> None:
+        assert self.login is not None
+        rest = self.login.take_rest()
+        self.login = None
+        if not admin:
+            self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=self.app.settings.max_packet_size)
+            self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
+            self.app.on_client_logged_in(self)
+        if self.app.settings.log_connections:
+            log.info("%s: login ok%s", self.log_prefix, " (admin console)" if admin else "")
+        if rest:
+            self.data_received(rest)
+
+    def _session_startup_params(self, startup: dict[str, str]) -> dict[str, str]:
+        """Startup keys that become session parameters, minus ignore_startup_parameters."""
+        ignored = {name.lower() for name in self.app.settings.ignore_startup_parameters}
+        result: dict[str, str] = {}
+        merged = dict(parse_options(startup.get("options", "")))
+        merged.update((k, v) for k, v in startup.items() if k not in STARTUP_CONTROL_KEYS)
+        for name, value in merged.items():
+            if name.lower() in ignored or name.startswith("_pq_."):
+                continue
+            result[canonical_name(name)] = value
+        return result
+
+    async def _authenticate(self, creds: auth.Credentials) -> tuple[bytes, bytes] | None:
+        """Run the auth exchange; return SCRAM keys usable for pass-through, if any."""
+        try:
+            method = auth.choose_client_method(self.app.settings.auth_type, creds)
+        except ValueError as error:
+            raise ProtocolError(FEATURE_NOT_SUPPORTED, str(error)) from None
+        failed = ProtocolError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+        if method == "trust":
+            if not creds.known and self.app.settings.auth_type == "trust" and self.app.auth_users:
+                raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                    f'"trust" authentication failed for user "{self.user}"')
+            return None
+        if method == "plain":
+            self.transport.write(m.AUTHENTICATION_CLEARTEXT)
+            if not auth.check_plain(creds, m.parse_password(await self._read_password())):
+                raise failed
+            return None
+        if method == "md5":
+            salt = os.urandom(4)
+            self.transport.write(m.authentication_md5(salt))
+            if not auth.check_md5(creds, salt, m.parse_password(await self._read_password())):
+                raise failed
+            return None
+        verifier = auth.scram_verifier_for(creds)
+        exchange = ScramServer(verifier)
+        self.transport.write(m.authentication_sasl())
+        mechanism, data = m.parse_sasl_initial_response(await self._read_password())
+        if mechanism != "SCRAM-SHA-256":
+            raise ProtocolError(PROTOCOL_VIOLATION, f"client selected an invalid SASL authentication mechanism {mechanism!r}")
+        try:
+            self.transport.write(m.authentication_sasl_continue(exchange.handle_client_first(data)))
+            final = exchange.handle_client_final(await self._read_password())
+        except ScramError:
+            raise failed from None
+        if not creds.known:
+            raise failed
+        self.transport.write(m.authentication_sasl_final(final))
+        if exchange.client_key is not None and creds.kind is auth.SecretKind.SCRAM:
+            return exchange.client_key, verifier.server_key
+        return None
+
+    async def _read_password(self) -> bytes:
+        assert self.login is not None
+        msg_type, body = await self.login.read_message()
+        if msg_type != F_PASSWORD:
+            raise ProtocolError(PROTOCOL_VIOLATION, f"expected password response, got message type {chr(msg_type)!r}")
+        return body
+
+    # ---- data plane: client -> server ----------------------------------------------------------
+
+    def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        if msg_type == F_QUERY:
+            self.pending_rfq += 1
+            self.syncs_since_execute = 0
+            if buf is not None:
+                change = classify_query(buf, start, end)
+                if change is not None:
+                    self.pending_changes.append(change)
+        elif msg_type == F_SYNC:
+            if not self.copy_in:
+                self.pending_rfq += 1
+                self.syncs_since_execute += 1
+            self.open_extended = False
+        elif msg_type in _EXTENDED:
+            self.open_extended = True
+            if msg_type == F_EXECUTE:
+                self.syncs_since_execute = 0
+        elif msg_type == F_FUNCTION_CALL:
+            self.pending_rfq += 1
+        elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
+            self.copy_in = False
+        elif msg_type == F_TERMINATE:
+            self.closing = True
+            return b""
+        else:
+            raise ProtocolError(PROTOCOL_VIOLATION, f"invalid frontend message type {msg_type} ({chr(msg_type)!r})")
+        return None
+
+    # ---- data plane: what the server said ------------------------------------------------------
+
+    def on_ready_for_query(self, status: int) -> bool:
+        """A ReadyForQuery reached this client; True when the server may go back to the pool."""
+        if self.pending_rfq:
+            self.pending_rfq -= 1
+        pool = self.pool
+        pool.stats.query_count += 1  # type: ignore[union-attr]
+        if self.pending_changes:
+            self._settle_changes(status)
+        elif self.tx_changes and status == TX_IDLE:
+            self._settle_tx_changes()
+        self.query_failed = False
+        if self.pending_rfq or self.open_extended or self.copy_in:
+            return False
+        if status == TX_IDLE:
+            now = time.monotonic()
+            elapsed = now - self.xact_start
+            stats = pool.stats  # type: ignore[union-attr]
+            stats.xact_count += 1
+            stats.xact_time += elapsed
+            stats.xact_hist.observe(elapsed)
+            self.xact_start = now
+            if self.drain:
+                self.app.loop.call_soon(self._drain_now)
+                return self.mode != PoolMode.SESSION
+            return self.mode != PoolMode.SESSION
+        if self.mode == PoolMode.STATEMENT:
+            self.app.loop.call_soon(self.disconnect, "transaction block in statement mode", ProtocolError(
+                FEATURE_NOT_SUPPORTED, f"transaction blocks not allowed in statement pooling mode (pool {pool.name})"))
+        return False
+
+    def _drain_now(self) -> None:
+        if self.server is None or not (self.pending_rfq or self.open_extended):
+            self.disconnect("shutting down", ProtocolError(ADMIN_SHUTDOWN, "pgpool is shutting down (client drained "
+                                                                           "at transaction boundary)"))
+
+    def _settle_changes(self, status: int) -> None:
+        changes = self.pending_changes
+        self.pending_changes = []
+        if self.query_failed or status == TX_FAILED:
+            return
+        if status == TX_IN_BLOCK:
+            self.tx_changes.extend(changes)
+            if self.server is not None:
+                self.server.scanner.watch = self.server.normal_watch()
+            return
+        self._apply_changes(changes)
+
+    def _settle_tx_changes(self) -> None:
+        changes = self.tx_changes
+        self.tx_changes = []
+        if self.server is not None:
+            self.server.scanner.watch = self.server.normal_watch()
+        if self.last_tag.startswith(b"COMMIT"):
+            self._apply_changes(changes)
+
+    def _apply_changes(self, changes: list[SessionChange]) -> None:
+        reported = self.pool.reported_names  # type: ignore[union-attr]
+        for change in changes:
+            self.params.apply(change, reported)  # type: ignore[union-attr]
+            if self.server is not None:
+                self.server.params.apply(change, reported)
+
+    def on_command_complete(self, tag: bytes) -> None:
+        self.last_tag = tag
+
+    def on_server_error(self, fields: dict[str, str]) -> None:
+        self.query_failed = True
+        self.pool.stats.count_error("server_error")  # type: ignore[union-attr]
+
+    def on_copy_in(self) -> None:
+        # Syncs already sent after the Execute that started COPY are ignored by the server.
+        self.pending_rfq = max(0, self.pending_rfq - self.syncs_since_execute)
+        self.syncs_since_execute = 0
+        self.copy_in = True
+
+    # ---- linking -------------------------------------------------------------------------------
+
+    def attach_server(self, server: "ServerConnection") -> None:
+        self.server = server
+        server.client = self
+        self.xact_start = time.monotonic()
+        if self.write_paused:
+            server.set_reading(False)
+        sql = sync_sql(self.params, server.params, server.pool.reported_names)  # type: ignore[arg-type]
+        if sql:
+            self.syncing = True
+            server.inject(sql, self._on_params_synced)
+        else:
+            self._flush_pending()
+        self.update_reading()
+
+    def _on_params_synced(self, error: ProtocolError | None) -> None:
+        self.syncing = False
+        server = self.server
+        if server is None:
+            return
+        if error is not None:
+            server.close(f"could not restore session parameters: {error.message}")
+            return
+        server.params.statements = dict(self.params.statements)  # type: ignore[union-attr]
+        self._flush_pending()
+        self.update_reading()
+
+    def _flush_pending(self) -> None:
+        if self.pending:
+            data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+            self.pending.clear()
+            self.pending_size = 0
+            self.server.transport.write(data)  # type: ignore[union-attr]
+
+    def detach_server(self) -> None:
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        server.client = None
+        server.set_reading(True)
+        self.syncing = False
+        if self.tx_changes:
+            self.tx_changes = []
+        if server.scanner.watch is not server.normal_watch() and not server.injected:
+            server.scanner.watch = server.normal_watch()
+        self.update_reading()
+
+    def on_server_lost(self, reason: str) -> None:
+        """The linked server went away: this client's session is gone with it."""
+        server = self.server
+        if server is not None:
+            self.server = None
+            server.client = None
+        pool_name = self.pool.name if self.pool else "?"
+        self.disconnect(f"server connection lost: {reason}", ProtocolError(
+            CONNECTION_FAILURE, f"server connection lost for pool {pool_name}: {reason}"))
+
+    # ---- leaving -------------------------------------------------------------------------------
+
+    def fail(self, error: ProtocolError) -> None:
+        """Waiting ended in an error (query_wait_timeout, server login failure)."""
+        self.disconnect(error.message, error)
+
+    def disconnect(self, reason: str, error: ProtocolError | None = None, quiet: bool = False) -> None:
+        """The one way a client leaves: optional ErrorResponse, log line with reason and age, cleanup."""
+        if self.closed:
+            return
+        if error is not None and not self.transport.is_closing():
+            self.transport.write(error.to_bytes())
+        if not self.transport.is_closing():
+            self.transport.close()
+        if self.app.settings.log_disconnections and not quiet:
+            log.info("%s: closing: %s (age %.1fs)", self.log_prefix, reason, time.monotonic() - self.connected_at)
+        self._cleanup(reason)
+
+    def _cleanup(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.login_task is not None and asyncio.current_task() is not self.login_task:
+            self.login_task.cancel()
+        pool = self.pool
+        server = self.server
+        if server is not None:
+            if self.pending_rfq or self.open_extended or self.copy_in or self.syncing:
+                # Mid-query: cancel it, and drop the server rather than wait for it.
+                self.server = None
+                server.client = None
+                server.cancel_and_close(f"client left mid-query ({reason})")
+            else:
+                # Idle (maybe inside a transaction): release rolls back / resets before reuse.
+                server.needs_reset = self.mode == PoolMode.SESSION
+                pool.release_server(server)  # type: ignore[union-attr]
+        if pool is not None:
+            pool.set_client_state(self, ClientState.CLOSED)
+        if self.admin is not None:
+            self.admin.close()
+        self.app.on_client_closed(self)

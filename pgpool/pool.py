@@ -1,0 +1,412 @@
+"""One pool of server connections per (database, user): lend, give back, limits, queue.
+
+Owns: the containers every client and server of the pool lives in (state == container,
+moved only by `set_client_state` / `set_server_state`), the FIFO of waiting clients, the
+LIFO of idle servers, pool_size / reserve_pool / max_db_connections / max_user_connections,
+the bound on parallel server connects, and the cached outcome of failed server logins.
+Must not know the wire protocol: client.py and server.py do the talking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .params import SessionParams, set_config_sql
+from .protocol.errors import CONNECTION_FAILURE, ProtocolError
+from .stats import PoolStats
+
+if TYPE_CHECKING:
+    from .app import App
+    from .config import DatabaseEntry, EffectivePoolSettings
+    from .server import ServerConnection
+
+log = logging.getLogger("pgpool.pool")
+
+
+class ServerState(enum.IntEnum):
+    CONNECTING = 0   # Pool.connecting: TCP connect and login in progress
+    IDLE = 1         # Pool.idle: logged in, lent to nobody (LIFO list)
+    ACTIVE = 2       # Pool.active: linked to a client
+    MAINTENANCE = 3  # Pool.maintenance: running pgpool's own query (check, reset, rollback, probe)
+    CLOSED = 4       # in no container
+
+
+class ClientState(enum.IntEnum):
+    LOGIN = 0        # App.login_clients: not yet in a pool
+    IDLE = 1         # Pool.idle_clients: logged in, holds no server
+    WAITING = 2      # Pool.waiting: queued for a server (FIFO deque)
+    ACTIVE = 3       # Pool.active_clients: linked to a server
+    CLOSED = 4       # in no container
+
+
+class Pool:
+    def __init__(self, app: "App", db: "DatabaseEntry", user: str, conf: "EffectivePoolSettings",
+                 server_user: str, server_password: str | None):
+        self.app = app
+        self.db = db
+        self.user = user
+        self.conf = conf
+        self.server_user = server_user
+        self.server_password = server_password
+        self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM login (pass-through)
+        self.name = f"{db.name}/{user}"
+        self.stats = PoolStats()
+        # Server containers.
+        self.connecting: set[ServerConnection] = set()
+        self.idle: list[ServerConnection] = []
+        self.active: set[ServerConnection] = set()
+        self.maintenance: set[ServerConnection] = set()
+        # Client containers.
+        self.idle_clients: set[Any] = set()
+        self.waiting: collections.deque[Any] = collections.deque()
+        self.active_clients: set[Any] = set()
+        # Reported parameters of a fresh server: the base of every client's welcome.
+        self.server_params: dict[str, str] | None = None
+        # Every parameter the server reports is tracked by value; the rest by SET statement.
+        self.reported_names: frozenset[str] = frozenset()
+        self._server_params_waiters: list[asyncio.Future] = []
+        # (name, raw startup value) -> value as the server reports it, learned once per pool.
+        self.normalized: dict[tuple[str, str], str] = {}
+        self._normalizing: dict[tuple[str, str], asyncio.Future] = {}
+        self.login_error: ProtocolError | None = None
+        self.login_error_at = 0.0
+        self.paused = False
+        self.disabled = False
+        self._reserve_timer: asyncio.TimerHandle | None = None
+
+    # ---- state moves ---------------------------------------------------------------------------
+
+    def set_server_state(self, server: "ServerConnection", state: ServerState) -> None:
+        old = server.state
+        if old == state:
+            return
+        if old == ServerState.CONNECTING:
+            self.connecting.discard(server)
+        elif old == ServerState.IDLE:
+            self.idle.remove(server)
+        elif old == ServerState.ACTIVE:
+            self.active.discard(server)
+        elif old == ServerState.MAINTENANCE:
+            self.maintenance.discard(server)
+        elif old == ServerState.CLOSED:
+            self.app.count_server(self, +1)
+        server.state = state
+        if state == ServerState.CONNECTING:
+            self.connecting.add(server)
+        elif state == ServerState.IDLE:
+            self.idle.append(server)
+        elif state == ServerState.ACTIVE:
+            self.active.add(server)
+        elif state == ServerState.MAINTENANCE:
+            self.maintenance.add(server)
+        else:
+            self.app.count_server(self, -1)
+
+    def set_client_state(self, client: Any, state: ClientState) -> None:
+        old = client.state
+        if old == state:
+            return
+        if old == ClientState.IDLE:
+            self.idle_clients.discard(client)
+        elif old == ClientState.WAITING:
+            self.waiting.remove(client)
+        elif old == ClientState.ACTIVE:
+            self.active_clients.discard(client)
+        client.state = state
+        if state == ClientState.IDLE:
+            self.idle_clients.add(client)
+        elif state == ClientState.WAITING:
+            client.wait_start = time.monotonic()
+            self.waiting.append(client)
+        elif state == ClientState.ACTIVE:
+            self.active_clients.add(client)
+
+    # ---- counts --------------------------------------------------------------------------------
+
+    def server_count(self) -> int:
+        return len(self.connecting) + len(self.idle) + len(self.active) + len(self.maintenance)
+
+    def client_count(self) -> int:
+        return len(self.idle_clients) + len(self.waiting) + len(self.active_clients)
+
+    def max_wait(self) -> float:
+        return time.monotonic() - self.waiting[0].wait_start if self.waiting else 0.0
+
+    # ---- lending -------------------------------------------------------------------------------
+
+    def request_server(self, client: Any) -> None:
+        """Queue a client that has something to send; it is linked as soon as a server is free."""
+        self.set_client_state(client, ClientState.WAITING)
+        self.dispatch()
+        if client.state == ClientState.WAITING and self.server_count() == 0 and self._login_failing():
+            self._fail_waiters(self._cached_login_error())
+
+    def dispatch(self) -> None:
+        """Give idle servers to waiting clients in arrival order; open new ones within limits."""
+        if self.paused:
+            return
+        waiting = self.waiting
+        while waiting:
+            if self.idle:
+                server = self.idle[-1]
+                if server.needs_check():
+                    server.start_check()
+                    continue
+                self.link(waiting[0], server)
+                continue
+            on_the_way = len(self.connecting) + len(self.maintenance)
+            if len(waiting) <= on_the_way or not self.may_launch():
+                break
+            self.launch_server()
+        if waiting and self._reserve_timer is None and self.conf.reserve_pool_size:
+            delay = max(0.0, self.app.settings.reserve_pool_timeout - self.max_wait())
+            self._reserve_timer = asyncio.get_running_loop().call_later(delay + 0.001, self._on_reserve_timer)
+
+    def _on_reserve_timer(self) -> None:
+        self._reserve_timer = None
+        self.dispatch()
+
+    def link(self, client: Any, server: "ServerConnection") -> None:
+        waited = time.monotonic() - client.wait_start
+        self.stats.wait_time += waited
+        self.stats.wait_count += 1
+        self.stats.wait_hist.observe(waited)
+        self.set_client_state(client, ClientState.ACTIVE)
+        self.set_server_state(server, ServerState.ACTIVE)
+        client.attach_server(server)
+
+    def may_launch(self) -> bool:
+        if self.disabled or self._login_failing():
+            return False
+        settings = self.app.settings
+        if len(self.connecting) >= settings.server_connect_concurrency:
+            return False
+        limit = self.conf.pool_size
+        if self.waiting and self.conf.reserve_pool_size and self.max_wait() >= settings.reserve_pool_timeout:
+            limit += self.conf.reserve_pool_size
+        if self.server_count() >= limit:
+            return False
+        return self.app.may_open_server(self)
+
+    def _login_failing(self) -> bool:
+        return (self.login_error is not None
+                and time.monotonic() - self.login_error_at < self.app.settings.server_login_retry)
+
+    def _cached_login_error(self) -> ProtocolError:
+        error = self.login_error
+        assert error is not None
+        retry = self.app.settings.server_login_retry - (time.monotonic() - self.login_error_at)
+        return ProtocolError(error.sqlstate,
+                             f"server login has been failing, try again later (server_login_retry): "
+                             f"pool {self.name}: {error.message}",
+                             detail=f"next attempt in {max(retry, 0):.1f}s")
+
+    def launch_server(self) -> None:
+        from .server import ServerConnection   # server.py imports this module
+        server = ServerConnection(self)
+        self.set_server_state(server, ServerState.CONNECTING)
+        asyncio.get_running_loop().create_task(self._connect(server))
+
+    async def _connect(self, server: "ServerConnection") -> None:
+        started = time.monotonic()
+        try:
+            await server.connect_and_login()
+        except ProtocolError as error:
+            server.close_transport()
+            self.set_server_state(server, ServerState.CLOSED)
+            self._on_login_failed(error)
+            return
+        except Exception as error:   # a bug in login must not leak a CONNECTING slot
+            log.exception("pool %s: unexpected error in server login", self.name)
+            server.close_transport()
+            self.set_server_state(server, ServerState.CLOSED)
+            self._on_login_failed(ProtocolError(CONNECTION_FAILURE, f"server login failed for pool {self.name}: {error!r}"))
+            return
+        elapsed = time.monotonic() - started
+        self.stats.server_connects += 1
+        self.stats.connect_hist.observe(elapsed)
+        self.login_error = None
+        if self.server_params is None:
+            self.server_params = dict(server.params.reported)
+            self.reported_names = frozenset(self.server_params)
+            for future in self._server_params_waiters:
+                if not future.done():
+                    future.set_result(None)
+            self._server_params_waiters.clear()
+        if server.state == ServerState.CONNECTING:
+            self.server_available(server)
+
+    def _on_login_failed(self, error: ProtocolError) -> None:
+        self.stats.server_login_failures += 1
+        self.stats.count_error("server_login")
+        self.login_error = error
+        self.login_error_at = time.monotonic()
+        log.warning("pool %s: server login failed: %s (%s); next attempt in %.1fs (server_login_retry)",
+                    self.name, error.message, error.sqlstate, self.app.settings.server_login_retry)
+        for future in self._server_params_waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._server_params_waiters.clear()
+        if self.server_count() == 0:
+            self._fail_waiters(error)
+        asyncio.get_running_loop().call_later(self.app.settings.server_login_retry, self.dispatch)
+
+    def _fail_waiters(self, error: ProtocolError) -> None:
+        while self.waiting:
+            self.waiting[0].fail(error)
+
+    # ---- giving back ---------------------------------------------------------------------------
+
+    def release_server(self, server: "ServerConnection") -> None:
+        """The link ended (transaction done, or client gone): clean the server and reuse it."""
+        client = server.client
+        if client is not None:
+            client.detach_server()
+            if client.state == ClientState.ACTIVE:
+                self.set_client_state(client, ClientState.IDLE)
+        if server.state == ServerState.CLOSED:
+            return
+        reason = server.close_reason_on_release()
+        if reason:
+            server.close(reason)
+            return
+        reset = self.app.settings.server_reset_query
+        if server.tx_status != b"I"[0]:
+            server.run_maintenance("ROLLBACK", self.server_available)
+        elif reset and (server.needs_reset or self.app.settings.server_reset_query_always):
+            server.run_maintenance(reset, self.server_available)
+        else:
+            self.server_available(server)
+
+    def server_available(self, server: "ServerConnection") -> None:
+        server.needs_reset = False
+        server.last_used = time.monotonic()
+        if self.waiting and not self.paused:
+            self.set_server_state(server, ServerState.IDLE)   # link() takes it from there
+            self.link(self.waiting[0], server)
+        else:
+            self.set_server_state(server, ServerState.IDLE)
+
+    def on_server_closed(self, server: "ServerConnection") -> None:
+        if server.state != ServerState.CLOSED:
+            self.set_server_state(server, ServerState.CLOSED)
+        self.app.on_server_slot_freed(self)
+
+    # ---- welcome parameters --------------------------------------------------------------------
+
+    async def ensure_server_params(self) -> dict[str, str]:
+        """Reported parameters of a fresh server, connecting one if none was ever seen."""
+        if self.server_params is not None:
+            return self.server_params
+        if self._login_failing():
+            raise self._cached_login_error()
+        future = asyncio.get_running_loop().create_future()
+        self._server_params_waiters.append(future)
+        if not self.connecting:
+            self.launch_server()
+        await future
+        assert self.server_params is not None
+        return self.server_params
+
+    async def client_session(self, startup: dict[str, str]) -> SessionParams:
+        """A new client's session: the server's values overlaid with its startup parameters.
+
+        Reported values must be shown as the server would show them ("utf8" -> "UTF8"), so
+        each (name, value) is applied once on a server and the reported value remembered.
+        """
+        base = await self.ensure_server_params()
+        session = SessionParams({k: v for k, v in base.items()})
+        unknown = []
+        for name, value in startup.items():
+            if name in self.reported_names:
+                key = (name, value)
+                if key not in self.normalized:
+                    unknown.append(key)
+            else:
+                session.statements[name] = set_config_sql(name, value)
+        if unknown:
+            await self._normalize(unknown)
+        for name, value in startup.items():
+            if name in self.reported_names:
+                session.reported[name] = self.normalized[(name, value)]
+        return session
+
+    async def _normalize(self, keys: list[tuple[str, str]]) -> None:
+        loop = asyncio.get_running_loop()
+        mine = [k for k in keys if k not in self._normalizing]
+        if mine:
+            futures = {k: loop.create_future() for k in mine}
+            self._normalizing.update(futures)
+            try:
+                server = await self.borrow_server()
+                sql = ";".join(set_config_sql(name, value) for name, value in mine)
+                error, _ = await server.run_query(sql)
+                if error is not None:
+                    raise error
+                for name, value in mine:
+                    self.normalized[(name, value)] = server.params.reported.get(name, value)
+                self.release_server(server)
+                for future in futures.values():
+                    future.set_result(None)
+            except BaseException as error:
+                for future in futures.values():
+                    if not future.done():
+                        future.set_exception(error if isinstance(error, Exception) else ProtocolError(
+                            CONNECTION_FAILURE, "login cancelled"))
+                        future.exception()  # mark retrieved
+                raise
+            finally:
+                for key in mine:
+                    self._normalizing.pop(key, None)
+        for key in keys:
+            if key not in self.normalized:
+                future = self._normalizing.get(key)
+                if future is not None:
+                    await future
+
+    async def borrow_server(self) -> "ServerConnection":
+        """Take a server out of the pool for pgpool's own use (give it back with release_server)."""
+        borrower = _Borrower(self)
+        self.request_server(borrower)
+        try:
+            return await borrower.future
+        except asyncio.CancelledError:
+            if borrower.state == ClientState.WAITING:
+                self.set_client_state(borrower, ClientState.CLOSED)
+            elif borrower.future.done() and not borrower.future.cancelled() and borrower.future.exception() is None:
+                self.release_server(borrower.future.result())
+            raise
+
+
+class _Borrower:
+    """A waiter standing in the client queue on behalf of pgpool itself."""
+    __slots__ = ("pool", "state", "wait_start", "future", "server")
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.state = ClientState.LOGIN
+        self.wait_start = 0.0
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.server = None
+
+    def attach_server(self, server: "ServerConnection") -> None:
+        # A borrowed server runs pgpool's queries: MAINTENANCE, and the borrower leaves the queue.
+        self.pool.set_client_state(self, ClientState.CLOSED)
+        self.pool.set_server_state(server, ServerState.MAINTENANCE)
+        if self.future.done():
+            self.pool.release_server(server)
+        else:
+            self.future.set_result(server)
+
+    def detach_server(self) -> None:
+        pass
+
+    def fail(self, error: ProtocolError) -> None:
+        self.pool.set_client_state(self, ClientState.CLOSED)
+        if not self.future.done():
+            self.future.set_exception(error)

@@ -1,0 +1,388 @@
+"""One server connection: login to PostgreSQL, then the server->client half of the data plane.
+
+Owns: connecting and authenticating (cleartext, md5, SCRAM-SHA-256) within
+server_connect_timeout; watching the replies that drive pooling (ReadyForQuery,
+ErrorResponse, ParameterStatus, CopyInResponse); swallowing the replies to queries pgpool
+itself injected (parameter sync, check, reset, rollback); closing. Pool policy lives in
+pool.py, the client half in client.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Callable
+
+from . import auth
+from .loginstream import LoginStream
+from .params import SessionParams
+from .pool import ServerState
+from .protocol import messages as m
+from .protocol.constants import (
+    AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
+    B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_COMMAND_COMPLETE, B_COPY_IN_RESPONSE, B_ERROR_RESPONSE,
+    B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
+)
+from .protocol.errors import (
+    CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, ProtocolError,
+    parse_error_fields,
+)
+from .protocol.framing import MessageScanner, watch_table
+from .protocol.scram import ScramClient, ScramError
+
+if TYPE_CHECKING:
+    from .client import ClientConnection
+    from .pool import Pool
+
+log = logging.getLogger("pgpool.server")
+
+WATCH_SERVER = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_COPY_IN_RESPONSE)
+# While a client's SET inside a transaction waits for COMMIT, CommandComplete tags matter too.
+WATCH_SERVER_TAGS = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_COPY_IN_RESPONSE,
+                                B_COMMAND_COMPLETE)
+WATCH_ALL = bytes([1]) * 256
+
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+_ids = itertools.count(1)
+
+Done = Callable[[ProtocolError | None], None]
+
+
+class ServerConnection(asyncio.Protocol):
+    __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "params", "backend_pid",
+                 "backend_key", "created_at", "last_used", "tx_status", "injected", "_on_injected_done",
+                 "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
+                 "reading_paused", "closed_reason", "log_prefix")
+
+    def __init__(self, pool: "Pool"):
+        self.pool = pool
+        self.app = pool.app
+        self.id = next(_ids)
+        self.transport: asyncio.Transport | None = None
+        self.state = ServerState.CLOSED
+        self.client: ClientConnection | None = None
+        self.scanner = MessageScanner(WATCH_SERVER, self._on_message, max_message=self.app.settings.max_packet_size,
+                                      peer="server")
+        self.params = SessionParams()
+        self.backend_pid = 0
+        self.backend_key = 0
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self.tx_status = TX_IDLE
+        self.injected = 0                       # ReadyForQuery still owed for pgpool's own queries
+        self._on_injected_done: Done | None = None
+        self._injected_error: ProtocolError | None = None
+        self.needs_reset = False                # server_reset_query owed before reuse
+        self.close_needed: str | None = None    # close instead of reuse, with this reason
+        self._login: LoginStream | None = None
+        self._release = False
+        self.write_paused = False
+        self.reading_paused = False
+        self.closed_reason: str | None = None
+        self.log_prefix = f"S-{self.id} {pool.name}@{pool.db.host}:{pool.db.port}"
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._login is not None:
+            self._login.feed(data)
+            return
+        try:
+            out = self.scanner.feed(data)
+        except ProtocolError as error:
+            self.close(f"protocol error from server: {error.message}")
+            return
+        if out:
+            client = self.client
+            if client is not None:
+                client.transport.write(out)
+                self.pool.stats.bytes_sent += len(out)
+        if self._release:
+            self._release = False
+            self.pool.release_server(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = f"server closed the connection ({exc})" if exc else "server closed the connection"
+            if self.state != ServerState.CONNECTING and self.app.settings.log_disconnections:
+                log.info("%s: closed: %s", self.log_prefix, self.closed_reason)
+        if self._login is not None:
+            self._login.feed_eof()
+        client = self.client
+        if client is not None:
+            client.on_server_lost(self.closed_reason)
+        done = self._on_injected_done
+        if done is not None:
+            self._on_injected_done = None
+            done(ProtocolError(CONNECTION_FAILURE, self.closed_reason))
+        if self.state != ServerState.CONNECTING:
+            self.pool.on_server_closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.client is not None:
+            self.client.update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.client is not None:
+            self.client.update_reading()
+
+    def set_reading(self, enabled: bool) -> None:
+        """Idempotent pause/resume of reads from this server (backpressure from the client)."""
+        if self.transport is None or self.reading_paused == (not enabled):
+            return
+        self.reading_paused = not enabled
+        if enabled:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    # ---- login ---------------------------------------------------------------------------------
+
+    async def connect_and_login(self) -> None:
+        pool = self.pool
+        db = pool.db
+        settings = self.app.settings
+        self._login = LoginStream(settings.max_packet_size, "server")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(settings.server_connect_timeout):
+                try:
+                    await loop.create_connection(lambda: self, db.host, db.port)
+                except OSError as error:
+                    raise ProtocolError(CONNECTION_FAILURE,
+                                        f"could not connect to server {db.host}:{db.port} for pool {pool.name}: "
+                                        f"{error.strerror or error}") from None
+                await self._login_exchange()
+        except TimeoutError:
+            raise ProtocolError(CONNECTION_FAILURE,
+                                f"server_connect_timeout: no login to {db.host}:{db.port} for pool {pool.name} "
+                                f"within {settings.server_connect_timeout:g}s") from None
+        except ConnectionResetError as error:
+            raise ProtocolError(CONNECTION_FAILURE, f"server {db.host}:{db.port} closed the connection during "
+                                                    f"login for pool {pool.name}: {error}") from None
+        self._login = None
+        self.last_used = time.monotonic()
+        if settings.log_connections:
+            log.info("%s: new server connection (backend pid %d)", self.log_prefix, self.backend_pid)
+
+    async def _login_exchange(self) -> None:
+        pool = self.pool
+        db = pool.db
+        startup = {"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters()}
+        assert self.transport is not None and self._login is not None
+        self.transport.write(m.startup_message(startup))
+        scram: ScramClient | None = None
+        while True:
+            msg_type, body = await self._login.read_message()
+            if msg_type == B_AUTHENTICATION:
+                code, data = m.parse_authentication(body)
+                if code == AUTH_OK:
+                    continue
+                if code == AUTH_CLEARTEXT:
+                    self.transport.write(m.password_message(self._plain_password("cleartext")))
+                elif code == AUTH_MD5:
+                    secret = pool.server_password
+                    if secret is None:
+                        raise self._no_password("md5")
+                    self.transport.write(m.password_message(auth.md5_response(secret, pool.server_user, data)))
+                elif code == AUTH_SASL:
+                    if "SCRAM-SHA-256" not in m.parse_sasl_mechanisms(data):
+                        raise ProtocolError(FEATURE_NOT_SUPPORTED, f"server offers no supported SASL mechanism "
+                                                                   f"for pool {pool.name}")
+                    scram = self._scram_client()
+                    self.transport.write(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
+                elif code == AUTH_SASL_CONTINUE and scram is not None:
+                    self.transport.write(m.sasl_response(self._scram_step(scram.handle_server_first, data)))
+                elif code == AUTH_SASL_FINAL and scram is not None:
+                    self._scram_step(scram.handle_server_final, data)
+                else:
+                    raise ProtocolError(FEATURE_NOT_SUPPORTED,
+                                        f"server asked for unsupported authentication method {code} for pool {pool.name}")
+            elif msg_type == B_ERROR_RESPONSE:
+                fields = parse_error_fields(body)
+                raise ProtocolError(fields.get("C", CONNECTION_FAILURE), fields.get("M", "server login failed"),
+                                    detail=f"pgpool pool {pool.name} could not log into server {db.host}:{db.port}")
+            elif msg_type == B_PARAMETER_STATUS:
+                name, value = m.parse_parameter_status(body)
+                self.params.reported[name] = value
+            elif msg_type == B_BACKEND_KEY_DATA:
+                self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
+            elif msg_type == B_READY_FOR_QUERY:
+                self.tx_status = body[0] if body else TX_IDLE
+                return
+            # NoticeResponse and NegotiateProtocolVersion need no answer.
+
+    def _plain_password(self, method: str) -> str:
+        secret = self.pool.server_password
+        if secret is None or auth.secret_kind(secret) != auth.SecretKind.PLAIN:
+            raise self._no_password(method)
+        return secret
+
+    def _no_password(self, method: str) -> ProtocolError:
+        return ProtocolError(INVALID_PASSWORD,
+                             f"pool {self.pool.name}: server asks for {method} authentication but pgpool has no usable "
+                             f"password for user \"{self.pool.server_user}\"",
+                             hint="set password= in the [databases] entry, or a plain password in auth_file "
+                                  "(an md5 hash only works for md5; a SCRAM verifier only after the client logged "
+                                  "in with SCRAM)")
+
+    def _scram_client(self) -> ScramClient:
+        secret = self.pool.server_password
+        if secret is not None and auth.secret_kind(secret) == auth.SecretKind.PLAIN:
+            return ScramClient(secret)
+        if self.pool.scram_keys is not None:
+            client_key, server_key = self.pool.scram_keys
+            return ScramClient(client_key=client_key, server_key=server_key)
+        raise self._no_password("SCRAM-SHA-256")
+
+    def _scram_step(self, step: Callable[[bytes], bytes | None], data: bytes) -> bytes:
+        try:
+            return step(data) or b""
+        except ScramError as error:
+            raise ProtocolError(INVALID_PASSWORD, f"SCRAM login to server failed for pool {self.pool.name}: {error}") from None
+
+    # ---- data plane ----------------------------------------------------------------------------
+
+    def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        if self.injected:
+            return self._on_injected_message(msg_type, buf, start, end)
+        if buf is None:
+            return None     # too large to inspect; nothing we track is that large
+        client = self.client
+        if msg_type == B_READY_FOR_QUERY:
+            status = buf[start]
+            self.tx_status = status
+            if client is not None and client.on_ready_for_query(status):
+                self._release = True
+        elif msg_type == B_PARAMETER_STATUS:
+            name, value = m.parse_parameter_status(buf[start:end])
+            self.params.reported[name] = value
+            if client is not None:
+                client.params.reported[name] = value
+        elif msg_type == B_ERROR_RESPONSE:
+            fields = parse_error_fields(buf[start:end])
+            if client is not None:
+                client.on_server_error(fields)
+            else:
+                log.warning("%s: error while idle: %s (%s)", self.log_prefix, fields.get("M"), fields.get("C"))
+        elif msg_type == B_COPY_IN_RESPONSE:
+            if client is not None:
+                client.on_copy_in()
+        elif msg_type == B_COMMAND_COMPLETE:
+            if client is not None:
+                client.on_command_complete(buf[start:end - 1])
+        return None
+
+    def _on_injected_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
+        if buf is None:
+            return b""
+        if msg_type == B_READY_FOR_QUERY:
+            self.tx_status = buf[start]
+            self.injected -= 1
+            if self.injected == 0:
+                self.scanner.watch = self.normal_watch()
+                done, error = self._on_injected_done, self._injected_error
+                self._on_injected_done = None
+                self._injected_error = None
+                if done is not None:
+                    done(error)
+        elif msg_type == B_PARAMETER_STATUS:
+            name, value = m.parse_parameter_status(buf[start:end])
+            self.params.reported[name] = value
+        elif msg_type == B_ERROR_RESPONSE and self._injected_error is None:
+            fields = parse_error_fields(buf[start:end])
+            self._injected_error = ProtocolError(fields.get("C", PROTOCOL_VIOLATION), fields.get("M", "error"))
+        return b""
+
+    def normal_watch(self) -> bytes:
+        client = self.client
+        return WATCH_SERVER_TAGS if client is not None and client.tx_changes else WATCH_SERVER
+
+    def inject(self, sql: str, done: Done) -> None:
+        """Send pgpool's own simple query; its replies never reach a client; `done(error)` at its ReadyForQuery."""
+        assert self.transport is not None
+        self.injected += 1
+        self._on_injected_done = done
+        self.scanner.watch = WATCH_ALL
+        self.transport.write(m.query(sql))
+
+    async def run_query(self, sql: str) -> tuple[ProtocolError | None, None]:
+        future = asyncio.get_running_loop().create_future()
+
+        def done(error: ProtocolError | None) -> None:
+            if not future.done():
+                future.set_result(error)
+        self.inject(sql, done)
+        return await future, None
+
+    def run_maintenance(self, sql: str, then: Callable[["ServerConnection"], None]) -> None:
+        """Run a check / reset / rollback with the server out of every client's reach."""
+        self.pool.set_server_state(self, ServerState.MAINTENANCE)
+
+        def done(error: ProtocolError | None) -> None:
+            if self.state == ServerState.CLOSED:
+                return
+            if error is not None:
+                self.close(f"{sql!r} failed: {error.message} ({error.sqlstate})")
+            elif self.tx_status != TX_IDLE:
+                self.close(f"{sql!r} left the server in a transaction")
+            else:
+                then(self)
+        self.inject(sql, done)
+
+    def needs_check(self) -> bool:
+        settings = self.app.settings
+        return bool(settings.server_check_query) and settings.server_check_delay >= 0 and \
+            time.monotonic() - self.last_used > settings.server_check_delay
+
+    def start_check(self) -> None:
+        self.run_maintenance(self.app.settings.server_check_query, self.pool.server_available)
+
+    def close_reason_on_release(self) -> str | None:
+        if self.close_needed:
+            return self.close_needed
+        lifetime = self.app.settings.server_lifetime
+        if lifetime and time.monotonic() - self.created_at > lifetime:
+            return f"server_lifetime ({lifetime:g}s) reached"
+        return None
+
+    def cancel_and_close(self, reason: str) -> None:
+        """Stop whatever the server runs for a client that left, then drop the connection."""
+        self.app.send_cancel(self.pool.db.host, self.pool.db.port, self.backend_pid, self.backend_key)
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        """The one way pgpool closes a server connection; logs why and how old it was."""
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        if self.app.settings.log_disconnections:
+            log.info("%s: closing: %s (age %.1fs)", self.log_prefix, reason, time.monotonic() - self.created_at)
+        client = self.client
+        if client is not None:
+            client.on_server_lost(reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(m.TERMINATE)
+            self.transport.close()
+        if self.state != ServerState.CONNECTING:
+            self.pool.on_server_closed(self)
+
+    def close_transport(self) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = "login failed"
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
