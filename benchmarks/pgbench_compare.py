@@ -1,0 +1,392 @@
+"""pgbench select-only throughput through pgpool vs PgBouncer vs direct Postgres, measured in one run.
+
+Owns the comparison: start the targets (via benchmarks/targets.py), run
+`pgbench -S` against each, interleaved round by round so drift on the machine
+hits every target alike, and report median TPS and the ratios between
+targets. Optionally measures a pooler's memory per idle client. It must not
+start servers itself (targets.py does) nor judge results (no pass/fail): a
+target that fails to start or to run is reported as failed and the others go on.
+
+    python -m benchmarks.pgbench_compare [--clients 100] [--pool-size 20] [--seconds 10]
+        [--rounds 3] [--mode simple,extended,prepared] [--idle-clients 10000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import resource
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.targets import (
+    APP_DATABASE,
+    ROLES,
+    ExternalPostgres,
+    PgBouncerProcess,
+    PgpoolProcess,
+    PostgresCluster,
+    find_client_program,
+    find_pgbouncer,
+)
+
+TARGETS = ("direct", "pgpool", "pgbouncer")
+MODES = ("simple", "extended", "prepared")
+RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"))
+USER = "app"
+
+# pgbench 13+ says "without initial connection time"; older ones "excluding connections establishing".
+TPS_RE = re.compile(r"^tps = ([0-9.]+) \((?:without initial connection time|excluding connections establishing)\)", re.M)
+
+
+@dataclass
+class Target:
+    name: str
+    host: str = ""
+    port: int = 0
+    proc: PgpoolProcess | PgBouncerProcess | None = None
+    error: str | None = None  # why it could not start
+
+
+@dataclass
+class Cell:
+    """One (mode, target) pair: TPS per successful round, errors of the failed ones."""
+
+    tps: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.tps) if self.tps else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pgbench_compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", help="superuser DSN of an existing server (default: a throwaway cluster)")
+    parser.add_argument("--clients", type=int, default=100, help="pgbench clients (-c)")
+    parser.add_argument("--threads", type=int, default=None, help="pgbench threads (-j), default min(clients, CPUs)")
+    parser.add_argument("--pool-size", type=int, default=20, help="default_pool_size of both poolers")
+    parser.add_argument("--seconds", type=int, default=10, help="duration of one pgbench run (-T)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every mode against every target")
+    parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of direct pgbench before round 1 (not counted)")
+    parser.add_argument("--mode", default=",".join(MODES), help="comma-separated pgbench -M modes")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
+    parser.add_argument("--idle-clients", type=int, default=0, help="also open N idle clients per pooler, report RSS/client")
+    parser.add_argument("--json", type=Path, help="write all results to this file")
+    args = parser.parse_args(argv)
+    args.modes = [m for m in args.mode.split(",") if m]
+    args.target_names = [t for t in args.targets.split(",") if t]
+    if not args.modes or not args.target_names:
+        parser.error("--mode and --targets need at least one entry")
+    for mode in args.modes:
+        if mode not in MODES:
+            parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    for name in args.target_names:
+        if name not in TARGETS:
+            parser.error(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    args.threads = args.threads or max(1, min(args.clients, os.cpu_count() or 1))
+    return args
+
+
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; the poolers we start inherit it. Returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def pgbench_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = ROLES[USER]
+    return env
+
+
+def run_pgbench(pgbench: str, host: str, port: int, extra: list[str], timeout: float) -> str:
+    cmd = [pgbench, "-h", host, "-p", str(port), "-U", USER, *extra, APP_DATABASE]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=pgbench_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"pgbench did not finish within {timeout:.0f}s") from None
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or [""]
+        # The first line names the cause; the rest repeat it for other clients, then the verdict.
+        summary = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        raise RuntimeError(f"pgbench exit code {result.returncode}: {summary}")
+    return result.stdout
+
+
+def measure_tps(pgbench: str, target: Target, mode: str, args: argparse.Namespace, seconds: int) -> float:
+    extra = ["-n", "-S", "-M", mode, "-c", str(args.clients), "-j", str(args.threads), "-T", str(seconds)]
+    out = run_pgbench(pgbench, target.host, target.port, extra, timeout=seconds + 120)
+    match = TPS_RE.search(out)
+    if not match:
+        raise RuntimeError(f"no tps line in pgbench output: {out.strip()[-300:]}")
+    return float(match.group(1))
+
+
+def start_target(name: str, pg: PostgresCluster | ExternalPostgres, args: argparse.Namespace) -> Target:
+    if name == "direct":
+        return Target(name, pg.host, pg.port)
+    settings: dict[str, object] = {
+        "pool_mode": "transaction",
+        "default_pool_size": args.pool_size,
+        "max_client_conn": args.clients + args.idle_clients + 100,
+    }
+    target = Target(name)
+    try:
+        if name == "pgbouncer" and find_pgbouncer() is None:
+            raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
+        cls = PgpoolProcess if name == "pgpool" else PgBouncerProcess
+        proc = cls(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings)
+        target.proc = proc
+        proc.start()
+        target.host, target.port = proc.host, proc.port
+    except Exception as exc:  # report and carry on with the other targets
+        target.error = f"failed to start: {exc}"
+        target.proc = None
+    return target
+
+
+def read_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _message(kind: bytes, payload: bytes) -> bytes:
+    return kind + struct.pack("!I", len(payload) + 4) + payload
+
+
+async def login_idle_client(host: str, port: int, user: str, password: str, dbname: str) -> asyncio.StreamWriter:
+    """A bare protocol-3 login (trust, cleartext or md5) that stops at the first ReadyForQuery.
+
+    asyncpg or psycopg would cost far more memory per connection on our side
+    than the pooler spends on its side, which is what we measure.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    params = f"user\0{user}\0database\0{dbname}\0\0".encode()
+    body = struct.pack("!I", 196608) + params  # protocol version 3.0
+    writer.write(struct.pack("!I", len(body) + 4) + body)
+    while True:
+        kind = await reader.readexactly(1)
+        (length,) = struct.unpack("!I", await reader.readexactly(4))
+        payload = await reader.readexactly(length - 4)
+        if kind == b"R":
+            (code,) = struct.unpack_from("!I", payload)
+            if code == 3:  # AuthenticationCleartextPassword
+                writer.write(_message(b"p", password.encode() + b"\0"))
+            elif code == 5:  # AuthenticationMD5Password: md5(md5(password + user) + salt)
+                inner = hashlib.md5((password + user).encode()).hexdigest()
+                digest = hashlib.md5(inner.encode() + payload[4:8]).hexdigest()
+                writer.write(_message(b"p", b"md5" + digest.encode() + b"\0"))
+            elif code != 0:
+                raise RuntimeError(f"idle clients support trust/password/md5 only, server asked for auth code {code}")
+        elif kind == b"E":
+            fields = dict((f[:1], f[1:].decode(errors="replace")) for f in payload.split(b"\0") if f)
+            raise RuntimeError(f"login failed: {fields.get(b'M', payload)!r}")
+        elif kind == b"Z":
+            return writer
+
+
+async def open_idle_clients(target: Target, count: int, concurrency: int = 100) -> list[asyncio.StreamWriter]:
+    # Bounded concurrent logins keep the pooler's listen backlog from overflowing into SYN retries.
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> asyncio.StreamWriter:
+        async with gate:
+            return await login_idle_client(target.host, target.port, USER, ROLES[USER], APP_DATABASE)
+
+    return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), timeout=60 + count / 50)
+
+
+async def close_idle_clients(writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        writer.write(_message(b"X", b""))  # Terminate
+        writer.close()
+    await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+
+def measure_idle_clients(target: Target, count: int) -> dict[str, object]:
+    assert target.proc is not None and target.proc.pid is not None
+    pid = target.proc.pid
+    before = read_rss_kib(pid)
+
+    async def run() -> tuple[int, float]:
+        started = time.monotonic()
+        writers = await open_idle_clients(target, count)
+        elapsed = time.monotonic() - started
+        after = read_rss_kib(pid)  # all logged in and idle: this is the steady state per client
+        await close_idle_clients(writers)
+        return after, elapsed
+
+    after, elapsed = asyncio.run(run())
+    return {
+        "clients": count,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_per_client_kib": (after - before) / count,
+        "login_seconds": round(elapsed, 2),
+    }
+
+
+def fmt_tps(cell: Cell, target: Target) -> str:
+    if cell.median is not None:
+        return f"{cell.median:,.0f}"
+    return "failed" if target.error or cell.errors else "-"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def print_table(args: argparse.Namespace, results: dict[str, dict[str, Cell]], targets: dict[str, Target]) -> None:
+    names = [n for n in TARGETS if n in targets]
+    ratios = [(a, b) for a, b in RATIOS if a in targets and b in targets]
+    headers = ["mode", *(f"{n} TPS" for n in names), *(f"{a}/{b}" for a, b in ratios)]
+    rows = []
+    for mode in args.modes:
+        cells = results[mode]
+        medians = {n: cells[n].median for n in names}
+        tps = [fmt_tps(cells[n], targets[n]) for n in names]
+        rows.append([mode, *tps, *(fmt_ratio(medians[a], medians[b]) for a, b in ratios)])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print(
+        f"\npgbench -S, {args.clients} clients, {args.threads} threads, pool size {args.pool_size}, "
+        f"{args.seconds}s x {args.rounds} rounds (median), scale {args.scale}"
+    )
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
+def print_failures(args: argparse.Namespace, results: dict[str, dict[str, Cell]], targets: dict[str, Target]) -> None:
+    failures = [f"{n}: {t.error}" for n, t in targets.items() if t.error]
+    for mode in args.modes:
+        for name, cell in results[mode].items():
+            failures += [f"{name} {mode}: {e}" for e in sorted(set(cell.errors))]
+    if failures:
+        print("\nfailures:")
+        for line in failures:
+            print("  " + line.replace("\n", "\n    "))
+
+
+def print_idle(idle: dict[str, dict[str, object]]) -> None:
+    print("\nidle clients (RSS growth of the pooler process):")
+    for name, result in idle.items():
+        if "error" in result:
+            print(f"  {name}: failed: {result['error']}")
+        else:
+            print(
+                f"  {name}: {result['clients']} clients logged in in {result['login_seconds']}s, "
+                f"RSS {result['rss_before_kib']} -> {result['rss_after_kib']} KiB, "
+                f"{result['rss_per_client_kib']:.2f} KiB per client"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nofile = raise_nofile_limit()
+    if args.idle_clients and nofile < args.idle_clients + args.clients + 200:
+        log(f"warning: RLIMIT_NOFILE hard limit {nofile} is low for {args.idle_clients} idle clients")
+    pgbench = find_client_program("pgbench")
+
+    # The poolers keep their server connections open while direct pgbench runs: room for all of them.
+    max_connections = args.clients + 2 * args.pool_size + 20
+    if args.dsn:
+        pg: PostgresCluster | ExternalPostgres = ExternalPostgres(args.dsn)
+    else:
+        # A cache that holds the whole scale-10 data set keeps disk reads out of the comparison.
+        pg = PostgresCluster(max_connections=max_connections, settings={"shared_buffers": "512MB"})
+    targets: dict[str, Target] = {}
+    results = {mode: {name: Cell() for name in args.target_names} for mode in args.modes}
+    idle: dict[str, dict[str, object]] = {}
+    try:
+        pg.start()
+        if args.dsn and int(pg.run_sql("SHOW max_connections")) < max_connections:
+            log(f"warning: the server's max_connections is below {max_connections}; direct runs may fail")
+        log(f"postgres {pg.run_sql('SHOW server_version')} on port {pg.port}; pgbench -i -s {args.scale} ...")
+        run_pgbench(pgbench, pg.host, pg.port, ["-i", "-q", "-s", str(args.scale)], timeout=1800)
+
+        for name in args.target_names:
+            targets[name] = target = start_target(name, pg, args)
+            log(f"{name}: {'port ' + str(target.port) if not target.error else target.error}")
+        if args.warmup > 0:
+            measure_tps(pgbench, targets.get("direct") or Target("direct", pg.host, pg.port), "simple", args, args.warmup)
+
+        running = [t for t in targets.values() if not t.error]
+        for round_no in range(args.rounds):
+            # Rotate the order each round so no target always runs right after the same neighbour.
+            shift = round_no % max(1, len(running))
+            order = running[shift:] + running[:shift]
+            for mode in args.modes:
+                for target in order:
+                    cell = results[mode][target.name]
+                    try:
+                        tps = measure_tps(pgbench, target, mode, args, args.seconds)
+                        cell.tps.append(tps)
+                        log(f"round {round_no + 1}/{args.rounds} {mode:8} {target.name:9} {tps:12,.0f} tps")
+                    except Exception as exc:
+                        cell.errors.append(str(exc))
+                        log(f"round {round_no + 1}/{args.rounds} {mode:8} {target.name:9} failed: {exc}")
+
+        if args.idle_clients:
+            for target in running:
+                if target.proc is None:
+                    continue  # direct Postgres forks a backend per client: no single process to weigh
+                try:
+                    idle[target.name] = measure_idle_clients(target, args.idle_clients)
+                except Exception as exc:
+                    idle[target.name] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"idle clients {target.name}: {idle[target.name]}")
+    finally:
+        for target in targets.values():
+            if target.proc is not None:
+                target.proc.stop()
+        pg.stop()
+
+    if args.rounds > 0:
+        print_table(args, results, targets)
+    print_failures(args, results, targets)
+    if idle:
+        print_idle(idle)
+    if args.json:
+        medians = {mode: {n: c.median for n, c in cells.items()} for mode, cells in results.items()}
+        report = {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "dsn")},
+            "targets": {n: {"error": t.error} for n, t in targets.items()},
+            "results": {
+                mode: {n: {"tps": c.tps, "median_tps": c.median, "errors": c.errors} for n, c in cells.items()}
+                for mode, cells in results.items()
+            },
+            "ratios": {
+                mode: {
+                    f"{a}/{b}": (m[a] / m[b] if m.get(a) is not None and m.get(b) else None)
+                    for a, b in RATIOS
+                    if a in m and b in m
+                }
+                for mode, m in medians.items()
+            },
+            "idle_clients": idle,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

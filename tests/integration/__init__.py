@@ -1,0 +1,1 @@
+"""Tests against real servers: a throwaway Postgres, pgpool and PgBouncer processes."""
