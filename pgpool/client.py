@@ -127,6 +127,25 @@ class ClientConnection(asyncio.Protocol):
         if self.admin is not None:
             self.admin.feed(data)
             return
+        pool = self.pool
+        pool.stats.bytes_received += len(data)  # type: ignore[union-attr]
+        self.last_activity = time.monotonic()
+        server = self.server
+        if server is None or self.syncing:
+            # Messages are walked when they go to a server: what they become may depend on it.
+            if server is None and data == m.TERMINATE and not self.pending:
+                self.disconnect("client close request")
+                return
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if server is None and self.state == ClientState.IDLE:
+                pool.request_server(self)  # type: ignore[union-attr]
+            if self.pending_size > PENDING_LIMIT:
+                self.update_reading()
+            return
+        self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
         try:
             out = self.scanner.feed(data)  # type: ignore[union-attr]
         except ProtocolError as error:
@@ -136,20 +155,8 @@ class ClientConnection(asyncio.Protocol):
             log.exception("%s: internal error on client data", self.log_prefix)
             self.disconnect("internal error", ProtocolError(INTERNAL_ERROR, f"pgpool internal error: {error!r}"))
             return
-        pool = self.pool
-        pool.stats.bytes_received += len(data)  # type: ignore[union-attr]
-        self.last_activity = time.monotonic()
         if out:
-            server = self.server
-            if server is not None and not self.syncing:
-                server.transport.write(out)  # type: ignore[union-attr]
-            else:
-                self.pending.append(out)
-                self.pending_size += len(out)
-                if server is None and self.state == ClientState.IDLE:
-                    pool.request_server(self)  # type: ignore[union-attr]
-                if self.pending_size > PENDING_LIMIT:
-                    self.update_reading()
+            self.server.transport.write(out)  # type: ignore[union-attr]
         if self.closing:
             self.disconnect("client close request")
 
@@ -473,7 +480,7 @@ class ClientConnection(asyncio.Protocol):
             data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
             self.pending.clear()
             self.pending_size = 0
-            self.server.transport.write(data)  # type: ignore[union-attr]
+            self._forward(data)
 
     def detach_server(self) -> None:
         server = self.server
