@@ -63,7 +63,7 @@ class ClientConnection(asyncio.Protocol):
                  "pending", "pending_size", "peer", "user", "database", "cancel_key", "pending_rfq", "open_extended",
                  "copy_in", "syncs_since_execute", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
-                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain")
+                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement")
 
     def __init__(self, app: "App"):
         self.app = app
@@ -104,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self.log_prefix = f"C-{self.id}"
         self.mode = PoolMode.TRANSACTION
         self.drain = False                       # shutting down: leave at the next transaction boundary
+        self.rfq_replacement: bytes | None = None  # what the client sees instead of a ReadyForQuery
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -398,8 +399,12 @@ class ClientConnection(asyncio.Protocol):
                 return self.mode != PoolMode.SESSION
             return self.mode != PoolMode.SESSION
         if self.mode == PoolMode.STATEMENT:
-            self.app.loop.call_soon(self.disconnect, "transaction block in statement mode", ProtocolError(
-                FEATURE_NOT_SUPPORTED, f"transaction blocks not allowed in statement pooling mode (pool {pool.name})"))
+            # The client sees its BEGIN fail; the server is rolled back on release.
+            pool.stats.count_error("statement_mode_transaction")
+            self.rfq_replacement = ProtocolError(
+                FEATURE_NOT_SUPPORTED, f"transaction blocks not allowed in statement pooling mode (pool {pool.name})",
+                severity="ERROR").to_bytes() + m.READY_FOR_QUERY_IDLE
+            return True
         return False
 
     def _drain_now(self) -> None:

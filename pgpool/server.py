@@ -268,6 +268,10 @@ class ServerConnection(asyncio.Protocol):
             self.tx_status = status
             if client is not None and client.on_ready_for_query(status):
                 self._release = True
+                replacement = client.rfq_replacement
+                if replacement is not None:
+                    client.rfq_replacement = None
+                    return replacement
         elif msg_type == B_PARAMETER_STATUS:
             name, value = m.parse_parameter_status(buf[start:end])
             self.params.reported[name] = value
