@@ -215,6 +215,13 @@ class App:
             oldest = min(candidates, key=lambda s: s.last_used)
             oldest.close(f"idle; room needed for pool {wanting.name} (max_db/max_user_connections)")
 
+    def on_server_idle(self, pool: Pool) -> None:
+        """An idle server under a shared limit may be closed for another pool's waiting client."""
+        for other in self.pools.values():
+            if other is not pool and other.waiting and (
+                    other.db.name == pool.db.name or other.server_user == pool.server_user):
+                other.dispatch()
+
     def on_server_slot_freed(self, pool: Pool) -> None:
         pool.dispatch()
         if pool.conf.max_db_connections or pool.conf.max_user_connections:

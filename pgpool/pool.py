@@ -69,7 +69,7 @@ class Pool:
         self.server_params: dict[str, str] | None = None
         # Every parameter the server reports is tracked by value; the rest by SET statement.
         self.reported_names: frozenset[str] = frozenset()
-        self._server_params_waiters: list[asyncio.Future] = []
+        self._server_params_probe: asyncio.Task | None = None
         # (name, raw startup value) -> value as the server reports it, learned once per pool.
         self.normalized: dict[tuple[str, str], str] = {}
         self._normalizing: dict[tuple[str, str], asyncio.Future] = {}
@@ -234,10 +234,6 @@ class Pool:
         if self.server_params is None:
             self.server_params = dict(server.params.reported)
             self.reported_names = frozenset(self.server_params)
-            for future in self._server_params_waiters:
-                if not future.done():
-                    future.set_result(None)
-            self._server_params_waiters.clear()
         if server.state == ServerState.CONNECTING:
             self.server_available(server)
 
@@ -248,10 +244,6 @@ class Pool:
         self.login_error_at = time.monotonic()
         log.warning("pool %s: server login failed: %s (%s); next attempt in %.1fs (server_login_retry)",
                     self.name, error.message, error.sqlstate, self.app.settings.server_login_retry)
-        for future in self._server_params_waiters:
-            if not future.done():
-                future.set_exception(error)
-        self._server_params_waiters.clear()
         if self.server_count() == 0:
             self._fail_waiters(error)
         asyncio.get_running_loop().call_later(self.app.settings.server_login_retry, self.dispatch)
@@ -286,11 +278,11 @@ class Pool:
     def server_available(self, server: "ServerConnection") -> None:
         server.needs_reset = False
         server.last_used = time.monotonic()
+        self.set_server_state(server, ServerState.IDLE)
         if self.waiting and not self.paused:
-            self.set_server_state(server, ServerState.IDLE)   # link() takes it from there
             self.link(self.waiting[0], server)
-        else:
-            self.set_server_state(server, ServerState.IDLE)
+        elif self.conf.max_db_connections or self.conf.max_user_connections:
+            self.app.on_server_idle(self)
 
     def on_server_closed(self, server: "ServerConnection") -> None:
         if server.state != ServerState.CLOSED:
@@ -300,18 +292,23 @@ class Pool:
     # ---- welcome parameters --------------------------------------------------------------------
 
     async def ensure_server_params(self) -> dict[str, str]:
-        """Reported parameters of a fresh server, connecting one if none was ever seen."""
+        """Reported parameters of a fresh server, connecting one (within limits) if none was ever seen."""
         if self.server_params is not None:
             return self.server_params
         if self._login_failing():
             raise self._cached_login_error()
-        future = asyncio.get_running_loop().create_future()
-        self._server_params_waiters.append(future)
-        if not self.connecting:
-            self.launch_server()
-        await future
+        if self._server_params_probe is None:
+            self._server_params_probe = asyncio.get_running_loop().create_task(self._probe_server_params())
+        await asyncio.shield(self._server_params_probe)
         assert self.server_params is not None
         return self.server_params
+
+    async def _probe_server_params(self) -> None:
+        try:
+            server = await self.borrow_server()   # the first successful login fills server_params
+            self.release_server(server)
+        finally:
+            self._server_params_probe = None
 
     async def client_session(self, startup: dict[str, str]) -> SessionParams:
         """A new client's session: the server's values overlaid with its startup parameters.
