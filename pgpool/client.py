@@ -523,6 +523,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if error is not None and not self.transport.is_closing():
             self.transport.write(error.to_bytes())
+            if self.app.settings.log_pooler_errors and not quiet:
+                log.warning("%s: sent error %s: %s", self.log_prefix, error.sqlstate, error.message)
         if not self.transport.is_closing():
             self.transport.close()
         if self.app.settings.log_disconnections and not quiet:

@@ -153,7 +153,7 @@ class Pool:
         waiting = self.waiting
         while waiting:
             if self.idle:
-                server = self.idle[-1]
+                server = self.idle[0] if self.app.settings.server_round_robin else self.idle[-1]
                 if server.needs_check():
                     server.start_check()
                     continue

@@ -167,6 +167,8 @@ class ServerConnection(asyncio.Protocol):
                                         f"could not connect to server {db.host}:{db.port} for pool {pool.name}: "
                                         f"{error.strerror or error}") from None
                 await self._login_exchange()
+                if db.connect_query:
+                    await self._run_connect_query(db.connect_query)
         except TimeoutError:
             raise ProtocolError(CONNECTION_FAILURE,
                                 f"server_connect_timeout: no login to {db.host}:{db.port} for pool {pool.name} "
@@ -225,6 +227,24 @@ class ServerConnection(asyncio.Protocol):
                 self.tx_status = body[0] if body else TX_IDLE
                 return
             # NoticeResponse and NegotiateProtocolVersion need no answer.
+
+    async def _run_connect_query(self, sql: str) -> None:
+        assert self.transport is not None and self._login is not None
+        self.transport.write(m.query(sql))
+        error = None
+        while True:
+            msg_type, body = await self._login.read_message()
+            if msg_type == B_ERROR_RESPONSE and error is None:
+                fields = parse_error_fields(body)
+                error = ProtocolError(fields.get("C", PROTOCOL_VIOLATION), f"connect_query failed for pool "
+                                      f"{self.pool.name}: {fields.get('M', '')}")
+            elif msg_type == B_PARAMETER_STATUS:
+                name, value = m.parse_parameter_status(body)
+                self.params.reported[name] = value
+            elif msg_type == B_READY_FOR_QUERY:
+                if error is not None:
+                    raise error
+                return
 
     def _plain_password(self, method: str) -> str:
         secret = self.pool.server_password
@@ -360,7 +380,7 @@ class ServerConnection(asyncio.Protocol):
         if self.close_needed:
             return self.close_needed
         lifetime = self.app.settings.server_lifetime
-        if lifetime and time.monotonic() - self.created_at > lifetime:
+        if time.monotonic() - self.created_at > lifetime:   # 0: use once, as in PgBouncer
             return f"server_lifetime ({lifetime:g}s) reached"
         return None
 

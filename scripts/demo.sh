@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The README's first command: install what is missing, then burst a Prefect-like
+# workload at a throwaway Postgres directly, through pgpool and through PgBouncer,
+# print the comparison and write reports/demo-<timestamp>/.
+# Arguments go to `python -m benchmarks.demo` (try --help; --dsn NAME=DSN bursts your own target).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-$(command -v python || command -v python3)}"
+cd "${repo_root}"
+
+bash scripts/install.sh
+# exec: Ctrl-C and SIGTERM reach the demo itself, which stops everything it started.
+exec "${python}" -m benchmarks.demo "$@"
