@@ -61,7 +61,7 @@ _ids = itertools.count(1)
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_task",
                  "pending", "pending_size", "peer", "user", "database", "cancel_key", "pending_rfq", "open_extended",
-                 "copy_in", "syncs_since_execute", "pending_changes", "tx_changes", "query_failed", "last_tag",
+                 "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement")
 
@@ -85,8 +85,11 @@ class ClientConnection(asyncio.Protocol):
         self.pending_rfq = 0                     # ReadyForQuery owed for Query / Sync / FunctionCall sent
         self.open_extended = False               # extended-protocol messages sent since the last Sync
         self.copy_in = False                     # in COPY FROM STDIN: the server ignores Syncs
-        self.syncs_since_execute = 0
-        self.pending_changes: list[SessionChange] = []   # SET/RESET sent, not yet answered
+        self.copy_end_seen = False               # CopyDone/CopyFail sent since the last Execute/Query
+        self.syncs_since_execute = 0             # Syncs sent between the last Execute/Query and CopyDone
+        self.rfq_seen = 0                        # ReadyForQuery received so far: numbers the replies
+        # SET/RESET sent, not yet answered, each with the number of the ReadyForQuery that answers it.
+        self.pending_changes: list[tuple[int, SessionChange]] = []
         self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
         self.query_failed = False
         self.last_tag = b""
@@ -235,6 +238,9 @@ class ClientConnection(asyncio.Protocol):
                 return
             break
         startup: dict[str, str] = payload  # type: ignore[assignment]
+        protocol_options = [name for name in startup if name.startswith("_pq_.")]
+        if m.startup_minor_version(packet) > 0 or protocol_options:
+            self.transport.write(m.negotiate_protocol_version(0, protocol_options))
         self.user = startup.get("user", "")
         if not self.user:
             raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, "no PostgreSQL user name specified in startup packet")
@@ -347,23 +353,27 @@ class ClientConnection(asyncio.Protocol):
         if msg_type == F_QUERY:
             self.pending_rfq += 1
             self.syncs_since_execute = 0
+            self.copy_end_seen = False
             if buf is not None:
                 change = classify_query(buf, start, end)
                 if change is not None:
-                    self.pending_changes.append(change)
+                    self.pending_changes.append((self.rfq_seen + self.pending_rfq, change))
         elif msg_type == F_SYNC:
             if not self.copy_in:
                 self.pending_rfq += 1
-                self.syncs_since_execute += 1
+                if not self.copy_end_seen:
+                    self.syncs_since_execute += 1
             self.open_extended = False
         elif msg_type in _EXTENDED:
             self.open_extended = True
             if msg_type == F_EXECUTE:
                 self.syncs_since_execute = 0
+                self.copy_end_seen = False
         elif msg_type == F_FUNCTION_CALL:
             self.pending_rfq += 1
         elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
             self.copy_in = False
+            self.copy_end_seen = True
         elif msg_type == F_TERMINATE:
             self.closing = True
             return b""
@@ -377,6 +387,8 @@ class ClientConnection(asyncio.Protocol):
         """A ReadyForQuery reached this client; True when the server may go back to the pool."""
         if self.pending_rfq:
             self.pending_rfq -= 1
+        self.rfq_seen += 1
+        self.copy_in = False      # ReadyForQuery: the backend has left any COPY
         pool = self.pool
         pool.stats.query_count += 1  # type: ignore[union-attr]
         if self.pending_changes:
@@ -413,8 +425,12 @@ class ClientConnection(asyncio.Protocol):
                                                                            "at transaction boundary)"))
 
     def _settle_changes(self, status: int) -> None:
-        changes = self.pending_changes
-        self.pending_changes = []
+        """Settle the SET/RESETs this ReadyForQuery answers; later ones in a pipeline wait for theirs."""
+        answered = [change for number, change in self.pending_changes if number <= self.rfq_seen]
+        if not answered:
+            return
+        self.pending_changes = [item for item in self.pending_changes if item[0] > self.rfq_seen]
+        changes = answered
         if self.query_failed or status == TX_FAILED:
             return
         if status == TX_IN_BLOCK:
@@ -447,10 +463,11 @@ class ClientConnection(asyncio.Protocol):
         self.pool.stats.count_error("server_error")  # type: ignore[union-attr]
 
     def on_copy_in(self) -> None:
-        # Syncs already sent after the Execute that started COPY are ignored by the server.
+        # Syncs sent after the Execute that started COPY, before CopyDone, are ignored by the server.
         self.pending_rfq = max(0, self.pending_rfq - self.syncs_since_execute)
         self.syncs_since_execute = 0
-        self.copy_in = True
+        # A client that already sent CopyDone (everything in one write) is not in COPY any more.
+        self.copy_in = not self.copy_end_seen
 
     # ---- linking -------------------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ import re
 REPORTED_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
                     "standard_conforming_strings", "application_name")
 # Reported but fixed for the life of a server (or not the client's business).
-REPORTED_FIXED = ("server_version", "server_encoding", "integer_datetimes", "is_superuser",
-                  "session_authorization", "in_hot_standby", "default_transaction_read_only",
-                  "scram_iterations")
+REPORTED_FIXED = frozenset(("server_version", "server_encoding", "integer_datetimes", "is_superuser",
+                            "session_authorization", "in_hot_standby", "default_transaction_read_only",
+                            "scram_iterations"))
 
 # Startup packet keys that are not run-time parameters.
 STARTUP_CONTROL_KEYS = frozenset(("user", "database", "options", "replication"))
@@ -92,18 +92,41 @@ def parse_options(options: str) -> dict[str, str]:
 
 # ---- recognising session statements in a simple Query --------------------------------------
 
+# SET name {= | TO} value; the special forms (SET ROLE, SET SESSION AUTHORIZATION, SET NAMES,
+# SET TRANSACTION, ...) have no = / TO and do not match.
 _SET_RE = re.compile(
-    r"""^\s*SET\s+(?:SESSION\s+)?(?!LOCAL\b|TRANSACTION\b|CONSTRAINTS\b|ROLE\b|SESSION\s+AUTHORIZATION\b|SESSION\s+CHARACTERISTICS\b)
+    r"""^\s*SET\s+(?:SESSION\s+)?(?!LOCAL\b)
         (?P<name>[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)?|"[^"]+")
-        (?:\s*(?:=|\bTO\b)\s*(?P<value>.*?)|\s+(?P<tz>.*?))\s*;?\s*$""",
+        \s*(?:=|\bTO\b)\s*(?P<value>.*?)\s*;?\s*$""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
-_TIME_ZONE_RE = re.compile(r"^\s*SET\s+(?:SESSION\s+)?TIME\s+ZONE\s+(?P<value>.*?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+# Aliases with their own syntax: SET TIME ZONE, SET SCHEMA, SET XML OPTION.
+_ALIASES = (
+    ("TimeZone", re.compile(r"^\s*SET\s+(?:SESSION\s+)?TIME\s+ZONE\s+\S.*$", re.IGNORECASE | re.DOTALL)),
+    ("search_path", re.compile(r"^\s*SET\s+(?:SESSION\s+)?SCHEMA\s+'.*$", re.IGNORECASE | re.DOTALL)),
+    ("xmloption", re.compile(r"^\s*SET\s+(?:SESSION\s+)?XML\s+OPTION\s+\S.*$", re.IGNORECASE | re.DOTALL)),
+)
 _RESET_RE = re.compile(r"^\s*RESET\s+(?P<name>ALL|[A-Za-z_][A-Za-z0-9_$.]*|\"[^\"]+\")\s*;?\s*$", re.IGNORECASE)
 _DISCARD_ALL_RE = re.compile(r"^\s*DISCARD\s+ALL\s*;?\s*$", re.IGNORECASE)
 
 # First letters of statements this module recognises (lower-cased), to skip the rest cheaply.
 _CANDIDATE_FIRST = frozenset(b"sSrRdD")
+
+
+def _skip_space_and_comments(buf: bytes, pos: int, end: int) -> int:
+    while pos < end:
+        ch = buf[pos]
+        if ch in b" \t\r\n":
+            pos += 1
+        elif buf.startswith(b"--", pos):
+            newline = buf.find(b"\n", pos, end)
+            pos = end if newline < 0 else newline + 1
+        elif buf.startswith(b"/*", pos):
+            close = buf.find(b"*/", pos + 2, end)
+            pos = end if close < 0 else close + 2
+        else:
+            break
+    return pos
 
 
 class SessionChange:
@@ -121,9 +144,7 @@ class SessionChange:
 
 def classify_query(buf: bytes, start: int, end: int) -> SessionChange | None:
     """Recognise a single top-level SET / RESET / DISCARD ALL in a Query body (NUL-terminated)."""
-    pos = start
-    while pos < end and buf[pos] in b" \t\r\n":
-        pos += 1
+    pos = _skip_space_and_comments(buf, start, end)
     if pos >= end or buf[pos] not in _CANDIDATE_FIRST or end - pos > 4096:
         return None
     try:
@@ -135,9 +156,9 @@ def classify_query(buf: bytes, start: int, end: int) -> SessionChange | None:
         # A statement list ("SET a=1; SELECT ...") is not tracked: only whole single SETs.
         if sql.rstrip().rstrip(";").count(";"):
             return None
-        match = _TIME_ZONE_RE.match(sql)
-        if match:
-            return SessionChange("set", "TimeZone", sql.strip().rstrip(";"))
+        for name, pattern in _ALIASES:
+            if pattern.match(sql):
+                return SessionChange("set", name, sql.strip().rstrip(";"))
         match = _SET_RE.match(sql)
         if not match:
             return None
@@ -191,4 +212,5 @@ def sync_sql(client: SessionParams, server: SessionParams, reported_names: froze
     for name, statement in client.statements.items():
         if server.statements.get(name) != statement:
             statements.append(statement)
-    return ";".join(statements)
+    # A newline after each statement: a trailing -- comment must not swallow the next one.
+    return ";\n".join(statements)

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .params import SessionParams, set_config_sql
+from .params import REPORTED_FIXED, SessionParams, set_config_sql
 from .protocol.errors import CONNECTION_FAILURE, ProtocolError
 from .stats import PoolStats
 
@@ -233,7 +233,7 @@ class Pool:
         self.login_error = None
         if self.server_params is None:
             self.server_params = dict(server.params.reported)
-            self.reported_names = frozenset(self.server_params)
+            self.reported_names = frozenset(self.server_params) - REPORTED_FIXED
         if server.state == ServerState.CONNECTING:
             self.server_available(server)
 
@@ -271,9 +271,13 @@ class Pool:
         if server.tx_status != b"I"[0]:
             server.run_maintenance("ROLLBACK", self.server_available)
         elif reset and (server.needs_reset or self.app.settings.server_reset_query_always):
-            server.run_maintenance(reset, self.server_available)
+            server.run_maintenance(reset, self._after_reset)
         else:
             self.server_available(server)
+
+    def _after_reset(self, server: "ServerConnection") -> None:
+        server.params.statements.clear()   # DISCARD ALL / RESET ALL undid every tracked SET
+        self.server_available(server)
 
     def server_available(self, server: "ServerConnection") -> None:
         server.needs_reset = False

@@ -79,6 +79,16 @@ def parse_startup_parameters(body: bytes) -> dict[str, str]:
     return params
 
 
+def startup_minor_version(packet: bytes) -> int:
+    return _int32.unpack_from(packet, 4)[0] & 0xFFFF
+
+
+def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
+    """NegotiateProtocolVersion: what a 3.0 server answers a newer minor version or _pq_ options."""
+    return message(b"v", _int32.pack(newest_minor) + _int32.pack(len(unrecognized))
+                   + b"".join(cstring(name) for name in unrecognized))
+
+
 def startup_message(params: dict[str, str]) -> bytes:
     body = _int32.pack(PROTOCOL_VERSION_3) + b"".join(cstring(k) + cstring(v) for k, v in params.items()) + b"\x00"
     return _int32.pack(len(body) + 4) + body
@@ -117,7 +127,7 @@ def parse_authentication(body: bytes) -> tuple[int, bytes]:
 
 
 def parse_sasl_mechanisms(data: bytes) -> list[str]:
-    return [m.decode() for m in data.split(b"\x00") if m]
+    return [m.decode("utf-8", "replace") for m in data.split(b"\x00") if m]
 
 
 def password_message(password: str | bytes) -> bytes:
@@ -170,6 +180,8 @@ def backend_key_data(pid: int, key: int) -> bytes:
 
 
 def parse_backend_key_data(body: bytes) -> tuple[int, int]:
+    if len(body) < 8:
+        raise ProtocolError(PROTOCOL_VIOLATION, "malformed BackendKeyData")
     return _int32x2.unpack_from(body, 0)
 
 
@@ -188,8 +200,10 @@ def query(sql: str) -> bytes:
 
 
 def parse_notification(body: bytes) -> tuple[int, str, str]:
-    pid = _int32.unpack_from(body, 0)[0]
     parts = body[4:].split(b"\x00")
+    if len(body) < 4 or len(parts) < 3:
+        raise ProtocolError(PROTOCOL_VIOLATION, "malformed NotificationResponse")
+    pid = _int32.unpack_from(body, 0)[0]
     return pid, parts[0].decode("utf-8", "replace"), parts[1].decode("utf-8", "replace")
 
 

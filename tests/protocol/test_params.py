@@ -1,0 +1,265 @@
+"""Session parameters: recognising SET / RESET / DISCARD, the startup `options`, and the SQL
+that gives a server the client's session (pure, no sockets)."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgpool.params import SessionChange, SessionParams, classify_query, parse_options, sync_sql
+
+REPORTED = frozenset({"client_encoding", "DateStyle", "TimeZone", "application_name", "server_version"})
+
+
+def classify(sql: str) -> SessionChange | None:
+    """classify_query on a whole Query message, as the client data plane calls it."""
+    body = sql.encode("utf-8") + b"\x00"
+    raw = b"Q" + struct.pack("!I", 4 + len(body)) + body
+    return classify_query(raw, 5, len(raw))
+
+
+def as_tuple(change: SessionChange | None):
+    return None if change is None else (change.kind, change.name, change.statement)
+
+
+def statements_of(sql: str) -> list[str]:
+    """The statements of a sync_sql result (test inputs contain no ';' inside literals)."""
+    return [part.strip() for part in sql.split(";") if part.strip()]
+
+
+# ---- classify_query: what is tracked ---------------------------------------------------------
+
+@pytest.mark.parametrize("sql, name", [
+    ("SET x = 1", "x"),
+    ("SET x TO 'a'", "x"),
+    ("SET search_path TO app, public", "search_path"),
+    ("SET SESSION statement_timeout = '5s'", "statement_timeout"),
+    ("SET myapp.tenant = '42'", "myapp.tenant"),
+    ("SET statement_timeout TO DEFAULT", "statement_timeout"),
+    ('SET "search_path" TO app', "search_path"),
+], ids=["equals", "to", "list", "session", "custom-dotted", "default", "quoted-name"])
+def test_set_is_tracked_with_its_statement(sql, name):
+    assert as_tuple(classify(sql)) == ("set", name, sql)
+
+
+@pytest.mark.parametrize("sql", ["SET TIME ZONE 'UTC'", "SET SESSION TIME ZONE 'Europe/Paris'", "set time zone local"])
+def test_set_time_zone_is_timezone(sql):
+    assert as_tuple(classify(sql)) == ("set", "TimeZone", sql)
+
+
+@pytest.mark.parametrize("sql, statement", [
+    ("set Search_Path to app", "set Search_Path to app"),
+    ("  \n\tSET   search_path   =   app  ", "SET   search_path   =   app"),
+    ("SET search_path TO app;", "SET search_path TO app"),
+    ("SET search_path TO app ;  \n", "SET search_path TO app "),
+    ("sEt SeSsIoN search_path tO app", "sEt SeSsIoN search_path tO app"),
+], ids=["case", "whitespace", "semicolon", "semicolon-space", "mixed-case"])
+def test_case_whitespace_and_trailing_semicolon(sql, statement):
+    change = classify(sql)
+    assert change is not None and (change.kind, change.name) == ("set", "search_path")
+    assert change.statement.strip() == statement.strip()
+
+
+def test_reported_names_keep_postgres_spelling():
+    assert classify("SET datestyle TO 'ISO, DMY'").name == "DateStyle"
+    assert classify("SET APPLICATION_NAME = 'x'").name == "application_name"
+    assert classify("set timezone = 'UTC'").name == "TimeZone"
+
+
+@pytest.mark.parametrize("sql", [
+    "SET LOCAL search_path TO app",
+    "SET LOCAL TIME ZONE 'UTC'",
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'",
+    "SET CONSTRAINTS ALL DEFERRED",
+    "SET ROLE bob",
+    "SET ROLE NONE",
+    "SET SESSION ROLE bob",
+    "SET SESSION AUTHORIZATION bob",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+], ids=["local", "local-tz", "transaction", "snapshot", "constraints", "role", "role-none", "session-role",
+        "session-authorization", "session-characteristics"])
+def test_set_forms_that_are_not_session_parameters_are_not_tracked(sql):
+    assert classify(sql) is None
+
+
+@pytest.mark.parametrize("sql, guc", [
+    ("SET SCHEMA 'app'", "search_path"),
+    ("SET NAMES 'LATIN1'", "client_encoding"),
+    ("SET XML OPTION DOCUMENT", "xmloption"),
+], ids=["schema", "names", "xml-option"])
+def test_set_synonyms_are_tracked_under_the_parameter_they_set_or_not_at_all(sql, guc):
+    """SET SCHEMA / NAMES / XML OPTION are grammar for search_path / client_encoding / xmloption.
+
+    Tracking them under another name replays `RESET schema` on the next client's server, an
+    "unrecognized configuration parameter" error that costs that client its connection.
+    """
+    change = classify(sql)
+    assert change is None or change.name == guc
+
+
+@pytest.mark.parametrize("sql", [
+    "SET x = 1; SELECT 1",
+    "SET x = 1; SET y = 2",
+    "SELECT 1; SET x = 1",
+    "SET search_path TO app; RESET ALL",
+    "SELECT set_config('search_path', 'app', false)",
+    "SHOW search_path",
+    "SELECT 1",
+    "",
+    "   ",
+    "settle",
+], ids=["set-select", "set-set", "select-set", "set-reset", "set-config", "show", "select", "empty", "blank", "word"])
+def test_statement_lists_and_other_statements_are_not_tracked(sql):
+    assert classify(sql) is None
+
+
+@pytest.mark.parametrize("sql, name", [
+    ("RESET search_path", "search_path"),
+    ("reset Statement_Timeout;", "statement_timeout"),
+    ("RESET timezone", "TimeZone"),
+    ("RESET myapp.tenant", "myapp.tenant"),
+])
+def test_reset_one_parameter(sql, name):
+    change = classify(sql)
+    assert change is not None and (change.kind, change.name) == ("reset", name)
+
+
+@pytest.mark.parametrize("sql", ["RESET ALL", "reset all;", "DISCARD ALL", "  discard   ALL ; "])
+def test_reset_all_and_discard_all(sql):
+    change = classify(sql)
+    assert change is not None and change.kind == "reset_all"
+
+
+@pytest.mark.parametrize("sql", ["DISCARD PLANS", "DISCARD TEMP", "DISCARD SEQUENCES", "DISCARD ALL; SELECT 1"])
+def test_other_discards_are_not_tracked(sql):
+    assert classify(sql) is None
+
+
+def test_only_the_given_body_is_read():
+    raw = b"xxxxxQ....SET a = 1\x00SET b = 2\x00"
+    start = raw.index(b"SET b")
+    assert as_tuple(classify_query(raw, start, len(raw))) == ("set", "b", "SET b = 2")
+
+
+def test_non_utf8_query_is_not_tracked():
+    raw = b"SET x = '\xff'\x00"
+    assert classify_query(raw, 0, len(raw)) is None
+
+
+@given(st.binary(max_size=60))
+def test_classify_never_raises(body):
+    classify_query(body, 0, len(body))
+
+
+# ---- SessionParams.apply -----------------------------------------------------------------------
+
+def test_apply_records_resets_and_clears_statements():
+    params = SessionParams({"TimeZone": "UTC"})
+    params.apply(classify("SET search_path TO app"), REPORTED)
+    params.apply(classify("SET statement_timeout = 5"), REPORTED)
+    assert params.statements == {"search_path": "SET search_path TO app", "statement_timeout": "SET statement_timeout = 5"}
+    params.apply(classify("SET search_path TO other"), REPORTED)
+    assert params.statements["search_path"] == "SET search_path TO other"
+    params.apply(classify("RESET statement_timeout"), REPORTED)
+    assert params.statements == {"search_path": "SET search_path TO other"}
+    params.apply(classify("DISCARD ALL"), REPORTED)
+    assert params.statements == {}
+
+
+def test_apply_leaves_reported_parameters_to_parameter_status():
+    params = SessionParams({"TimeZone": "UTC"})
+    params.apply(classify("SET TIME ZONE 'Europe/Paris'"), REPORTED)
+    params.apply(classify("SET application_name = 'x'"), REPORTED)
+    assert params.statements == {}
+    assert params.reported == {"TimeZone": "UTC"}
+
+
+# ---- sync_sql ----------------------------------------------------------------------------------
+
+BASE = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC", "application_name": "",
+        "server_version": "15.4"}
+
+
+def test_equal_sessions_need_no_sql():
+    client = SessionParams(BASE, {"search_path": "SET search_path TO app"})
+    server = SessionParams(BASE, {"search_path": "SET search_path TO app"})
+    assert sync_sql(client, server, REPORTED) == ""
+
+
+def test_reported_values_are_replayed_with_set_config_exactly_as_reported():
+    client = SessionParams({**BASE, "TimeZone": "Europe/Paris", "application_name": "O'Brien's app"})
+    server = SessionParams(BASE)
+    assert sorted(statements_of(sync_sql(client, server, REPORTED))) == sorted([
+        "SELECT pg_catalog.set_config('TimeZone', 'Europe/Paris', false)",
+        "SELECT pg_catalog.set_config('application_name', 'O''Brien''s app', false)",
+    ])
+
+
+def test_reported_values_outside_the_reported_names_are_not_replayed():
+    client = SessionParams({**BASE, "made_up": "1"})
+    assert sync_sql(client, SessionParams(BASE), REPORTED) == ""
+
+
+def test_statements_are_replayed_when_missing_or_different():
+    client = SessionParams(BASE, {"search_path": "SET search_path TO app", "statement_timeout": "SET statement_timeout = 5"})
+    server = SessionParams(BASE, {"search_path": "SET search_path TO other"})
+    assert sorted(statements_of(sync_sql(client, server, REPORTED))) == [
+        "SET search_path TO app", "SET statement_timeout = 5"]
+
+
+def test_statements_the_server_has_and_the_client_lacks_are_reset():
+    client = SessionParams(BASE, {"search_path": "SET search_path TO app"})
+    server = SessionParams(BASE, {"search_path": "SET search_path TO app", "statement_timeout": "SET statement_timeout = 5",
+                                  "myapp.tenant": "SET myapp.tenant = 1", "Odd-Name": 'SET "Odd-Name" = 1'})
+    assert sorted(statements_of(sync_sql(client, server, REPORTED))) == sorted([
+        "RESET statement_timeout", "RESET myapp.tenant", 'RESET "Odd-Name"'])
+
+
+def test_resets_come_before_sets():
+    client = SessionParams({**BASE, "TimeZone": "Asia/Tokyo"}, {"b": "SET b = 2"})
+    server = SessionParams(BASE, {"a": "SET a = 1"})
+    parts = statements_of(sync_sql(client, server, REPORTED))
+    assert parts.index("RESET a") < parts.index("SET b = 2")
+    assert len(parts) == 3
+
+
+def test_a_trailing_comment_in_a_tracked_set_does_not_hide_the_statements_after_it():
+    """`SET a = 1 -- why` is accepted by Postgres and tracked as written; joined to the next
+    statement with a bare ';' the comment would swallow the rest of the line."""
+    first = classify("SET a = 1 -- tenant default")
+    second = classify("SET b = 2")
+    assert first is not None and second is not None
+    client = SessionParams(BASE)
+    client.apply(first, REPORTED)
+    client.apply(second, REPORTED)
+    sql = sync_sql(client, SessionParams(BASE), REPORTED)
+    visible = re.sub(r"--[^\n]*", "", sql)   # what the server's lexer keeps
+    assert "SET a = 1" in visible and "SET b = 2" in visible, sql
+
+
+# ---- parse_options -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, expected", [
+    ("-c search_path=app", {"search_path": "app"}),
+    ("-csearch_path=app", {"search_path": "app"}),
+    ("--search_path=app", {"search_path": "app"}),
+    ("--statement-timeout=5s", {"statement_timeout": "5s"}),
+    ("-c a=b -c c=d --e=f", {"a": "b", "c": "d", "e": "f"}),
+    ("-c search_path=a\\ b", {"search_path": "a b"}),
+    ("-c application_name=my\\ app\\\\x", {"application_name": "my app\\x"}),
+    ("  -c   a=b  ", {"a": "b"}),
+    ("-c a=b=c", {"a": "b=c"}),
+    ("-c a=", {"a": ""}),
+    ("", {}),
+    ("-c", {}),
+    ("-c noequals", {}),
+    ("-d 5 -c a=b", {"a": "b"}),
+], ids=["c", "c-joined", "long", "long-dashes", "several", "escaped-space", "escaped-backslash", "spaces",
+        "value-with-equals", "empty-value", "empty", "c-alone", "no-equals", "other-switch"])
+def test_parse_options(options, expected):
+    assert parse_options(options) == expected
