@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import App
     from .auth import AuthFileError
     try:
-        app = App(loaded)
+        app = App(loaded, overrides)
     except AuthFileError as error:
         print(f"pgpool: invalid auth_file: {error}", file=sys.stderr)
         return 2
@@ -78,11 +78,10 @@ async def _serve(app) -> int:
         log.error("cannot listen on %s:%s: %s", app.settings.listen_addr, app.settings.listen_port, error)
         return 1
     loop = asyncio.get_running_loop()
+    # SIGTERM: graceful drain (a second one: at once); SIGINT: immediate safe shutdown; SIGHUP: reload.
     loop.add_signal_handler(signal.SIGINT, app.shutdown_now, "SIGINT")
-    loop.add_signal_handler(signal.SIGTERM, app.begin_drain if hasattr(app, "begin_drain") else app.shutdown_now,
-                            "SIGTERM")
-    if hasattr(app, "reload"):
-        loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGTERM, app.begin_drain, "SIGTERM")
+    loop.add_signal_handler(signal.SIGHUP, app.reload, "SIGHUP")
     if app.settings.pidfile:
         with open(app.settings.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
