@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import auth
 from .cancel import CancelRegistry
+from .prepared import StatementRegistry
 from .client import ADMIN_DATABASES, ClientConnection
 from .config import ConfigError, LoadedConfig, Settings, diff_settings, load_settings
 from .pool import ClientState, Pool
@@ -42,6 +43,7 @@ class App:
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
+        self.statement_registry = StatementRegistry()
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         self.listeners: list[asyncio.AbstractServer] = []

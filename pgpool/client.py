@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from . import auth
 from .config import PoolMode
 from .loginstream import LoginStream
+from .pinning import MAY_CREATE, STATE_CHECK_SQL, classify_state, refusal_sql
+from .prepared import ClientStatements
 from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, classify_query, \
     parse_options, sync_sql
 from .pool import ClientState
@@ -46,14 +48,19 @@ log = logging.getLogger("pgpool.client")
 
 # Every type but CopyData is looked at: the ones that drive pooling, and the invalid ones to refuse.
 WATCH_CLIENT = bytes(0 if t == F_COPY_DATA else 1 for t in range(256))
-_EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_FLUSH))
+# Messages that leave state on the server until a Sync. Flush is not one: alone it asks for nothing.
+_EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE))
 
 # Bytes a client may send while it waits for a server before pgpool stops reading it.
 PENDING_LIMIT = 256 * 1024
+# Largest Parse/Bind/Describe/Close read whole to rewrite statement names (bigger: refused, 54000).
+MAX_REWRITE = 64 * 1024 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 ADMIN_DATABASES = ("pgbouncer", "pgpool")
+
+PARSE_COMPLETE_READY = m.message(b"1") + m.READY_FOR_QUERY_IDLE
 
 _ids = itertools.count(1)
 
@@ -63,7 +70,8 @@ class ClientConnection(asyncio.Protocol):
                  "pending", "pending_size", "peer", "user", "database", "cancel_key", "pending_rfq", "open_extended",
                  "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
-                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement")
+                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
+                 "state_check_due", "pin_statement", "query_start", "statements", "set_statements", "set_portals")
 
     def __init__(self, app: "App"):
         self.app = app
@@ -108,6 +116,14 @@ class ClientConnection(asyncio.Protocol):
         self.mode = PoolMode.TRANSACTION
         self.drain = False                       # shutting down: leave at the next transaction boundary
         self.rfq_replacement: bytes | None = None  # what the client sees instead of a ReadyForQuery
+        self.pinned = False                      # keeps its server: it holds unshareable session state
+        self.state_check_due = False             # ask the server about session state at the next boundary
+        self.pin_statement = ""                  # the statement that may have created it, for the log
+        self.query_start = now
+        self.statements = ClientStatements()     # this client's names of protocol-level prepared statements
+        # Extended-protocol SETs: statement name -> change, portal name -> change, applied per Execute.
+        self.set_statements: dict[bytes, SessionChange] = {}
+        self.set_portals: dict[bytes, SessionChange] = {}
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -137,9 +153,15 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is None or self.syncing:
             # Messages are walked when they go to a server: what they become may depend on it.
-            if server is None and data == m.TERMINATE and not self.pending:
-                self.disconnect("client close request")
-                return
+            if server is None and not self.pending:
+                if data == m.TERMINATE:
+                    self.disconnect("client close request")
+                    return
+                if data[:1] == b"P" and self.mode != PoolMode.SESSION and self.app.settings.max_prepared_statements \
+                        and self.statements.parse_without_server(self.app.statement_registry, data):
+                    pool.stats.client_parse_count += 1  # type: ignore[union-attr]
+                    self.transport.write(PARSE_COMPLETE_READY)
+                    return
             self.pending.append(data)
             self.pending_size += len(data)
             if server is None and self.state == ClientState.IDLE:
@@ -159,8 +181,14 @@ class ClientConnection(asyncio.Protocol):
             log.exception("%s: internal error on client data", self.log_prefix)
             self.disconnect("internal error", ProtocolError(INTERNAL_ERROR, f"pgpool internal error: {error!r}"))
             return
-        if out:
-            self.server.transport.write(out)  # type: ignore[union-attr]
+        server = self.server
+        if server is not None:
+            if out:
+                server.transport.write(out)
+            if server.prepared is not None:
+                made_up = server.prepared.take_client_output()
+                if made_up:
+                    self.transport.write(made_up)
         if self.closing:
             self.disconnect("client close request")
 
@@ -279,7 +307,10 @@ class ClientConnection(asyncio.Protocol):
         rest = self.login.take_rest()
         self.login = None
         if not admin:
-            self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=self.app.settings.max_packet_size)
+            settings = self.app.settings
+            # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
+            self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
+                                          max_inspect=min(settings.max_packet_size, MAX_REWRITE))
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
             self.app.on_client_logged_in(self)
         if self.app.settings.log_connections:
@@ -350,7 +381,20 @@ class ClientConnection(asyncio.Protocol):
     # ---- data plane: client -> server ----------------------------------------------------------
 
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        out = self._track_message(msg_type, buf, start, end)
+        server = self.server
+        if server is not None and server.prepared is not None and msg_type != F_TERMINATE:
+            if out:   # pgpool replaced the message (a refusal): the tracker sees what is sent
+                tracked = server.prepared.on_client_message(msg_type, out, 5, len(out))
+                return out if tracked is None else tracked
+            return server.prepared.on_client_message(msg_type, buf, start, end)
+        return out
+
+    def _track_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        """The core's bookkeeping: requests owed a ReadyForQuery, SETs, session state, Terminate."""
         if msg_type == F_QUERY:
+            if not self.pending_rfq:
+                self.query_start = time.monotonic()
             self.pending_rfq += 1
             self.syncs_since_execute = 0
             self.copy_end_seen = False
@@ -358,8 +402,14 @@ class ClientConnection(asyncio.Protocol):
                 change = classify_query(buf, start, end)
                 if change is not None:
                     self.pending_changes.append((self.rfq_seen + self.pending_rfq, change))
+                if self.mode != PoolMode.SESSION:
+                    state = classify_state(buf, start, end)
+                    if state:
+                        return self._on_session_state(state, buf[start:end - 1], None)
         elif msg_type == F_SYNC:
             if not self.copy_in:
+                if not self.pending_rfq:
+                    self.query_start = time.monotonic()
                 self.pending_rfq += 1
                 if not self.copy_end_seen:
                     self.syncs_since_execute += 1
@@ -369,8 +419,36 @@ class ClientConnection(asyncio.Protocol):
             if msg_type == F_EXECUTE:
                 self.syncs_since_execute = 0
                 self.copy_end_seen = False
+                if self.set_portals and buf is not None:
+                    change = self.set_portals.get(buf[start:buf.find(b"\x00", start, end)])
+                    if change is not None:   # settles at the ReadyForQuery of the next Sync
+                        self.pending_changes.append((self.rfq_seen + self.pending_rfq + 1, change))
+            elif msg_type == F_BIND:
+                if self.set_statements and buf is not None:
+                    portal_end = buf.find(b"\x00", start, end)
+                    statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
+                    change = self.set_statements.get(statement)
+                    if change is not None:
+                        self.set_portals[buf[start:portal_end]] = change
+                    else:
+                        self.set_portals.pop(buf[start:portal_end], None)
+            elif msg_type == F_PARSE and buf is not None and self.mode != PoolMode.SESSION:
+                name_end = buf.find(b"\x00", start, end)
+                query_end = buf.find(b"\x00", name_end + 1, end)
+                if 0 <= name_end < query_end:
+                    name = buf[start:name_end]
+                    change = classify_query(buf, name_end + 1, query_end + 1)
+                    if change is not None:
+                        self.set_statements[name] = change
+                    elif self.set_statements:
+                        self.set_statements.pop(name, None)
+                    state = classify_state(buf, name_end + 1, query_end + 1)
+                    if state:
+                        return self._on_session_state(state, buf[name_end + 1:query_end], name)
         elif msg_type == F_FUNCTION_CALL:
             self.pending_rfq += 1
+        elif msg_type == F_FLUSH:
+            pass
         elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
             self.copy_in = False
             self.copy_end_seen = True
@@ -381,6 +459,45 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(PROTOCOL_VIOLATION, f"invalid frontend message type {msg_type} ({chr(msg_type)!r})")
         return None
 
+    def _on_session_state(self, state: int, statement: bytes, parse_name: bytes | None) -> bytes | None:
+        """A statement that may create or drop unshareable session state: check, pin, or refuse."""
+        text = statement.decode("utf-8", "replace")
+        if state & MAY_CREATE and not self.app.settings.session_pinning:
+            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
+            sql = refusal_sql(self.pool.name, text)  # type: ignore[union-attr]
+            if parse_name is None:
+                return m.query(sql)
+            return m.message(b"P", parse_name + b"\x00" + m.cstring(sql) + b"\x00\x00")
+        self.state_check_due = True
+        if state & MAY_CREATE and not self.pinned:
+            self.pin_statement = text[:200]
+        return None
+
+    def _on_state_checked(self, error: ProtocolError | None) -> None:
+        """The server said how much unshareable state this session holds: pin or unpin."""
+        server = self.server
+        if server is None:
+            return
+        rows = server.injected_rows
+        if error is not None or not rows or not (rows[0] or "").isdigit():
+            log.warning("%s: session state check failed (%s); keeping the server pinned", self.log_prefix,
+                        error.message if error else rows)
+            held = 1
+        else:
+            held = int(rows[0])
+        pool = self.pool
+        if held and not self.pinned:
+            self.pinned = True
+            pool.stats.pinned_total += 1  # type: ignore[union-attr]
+            log.info("%s: pinned to server %s: session state (%d item(s)) from: %s", self.log_prefix,
+                     server.log_prefix, held, self.pin_statement)
+        elif not held and self.pinned:
+            self.pinned = False
+            log.info("%s: unpinned: no session state left on server %s", self.log_prefix, server.log_prefix)
+        if (not self.pinned and not (self.pending_rfq or self.open_extended or self.copy_in)
+                and server.tx_status == TX_IDLE and self.mode != PoolMode.SESSION):
+            server.request_release()
+
     # ---- data plane: what the server said ------------------------------------------------------
 
     def on_ready_for_query(self, status: int) -> bool:
@@ -390,7 +507,11 @@ class ClientConnection(asyncio.Protocol):
         self.rfq_seen += 1
         self.copy_in = False      # ReadyForQuery: the backend has left any COPY
         pool = self.pool
-        pool.stats.query_count += 1  # type: ignore[union-attr]
+        stats = pool.stats  # type: ignore[union-attr]
+        now = time.monotonic()
+        stats.query_count += 1
+        stats.query_time += now - self.query_start
+        self.query_start = now
         if self.pending_changes:
             self._settle_changes(status)
         elif self.tx_changes and status == TX_IDLE:
@@ -399,13 +520,20 @@ class ClientConnection(asyncio.Protocol):
         if self.pending_rfq or self.open_extended or self.copy_in:
             return False
         if status == TX_IDLE:
-            now = time.monotonic()
             elapsed = now - self.xact_start
-            stats = pool.stats  # type: ignore[union-attr]
             stats.xact_count += 1
             stats.xact_time += elapsed
             stats.xact_hist.observe(elapsed)
             self.xact_start = now
+            if self.mode != PoolMode.SESSION and self.server is not None:
+                if self.state_check_due:
+                    self.state_check_due = False
+                    self.server.inject(STATE_CHECK_SQL, self._on_state_checked)
+                    return False
+                if self.pinned:
+                    if self.drain:
+                        self.app.loop.call_soon(self._drain_now)
+                    return False
             if self.drain:
                 self.app.loop.call_soon(self._drain_now)
                 return self.mode != PoolMode.SESSION
@@ -455,6 +583,10 @@ class ClientConnection(asyncio.Protocol):
             if self.server is not None:
                 self.server.params.apply(change, reported)
 
+    @property
+    def prepared_count(self) -> int:
+        return len(self.statements.names)
+
     def on_command_complete(self, tag: bytes) -> None:
         self.last_tag = tag
 
@@ -474,6 +606,8 @@ class ClientConnection(asyncio.Protocol):
     def attach_server(self, server: "ServerConnection") -> None:
         self.server = server
         server.client = self
+        if server.prepared is not None:
+            server.prepared.link(self.statements)
         self.xact_start = time.monotonic()
         if self.write_paused:
             server.set_reading(False)
@@ -512,6 +646,8 @@ class ClientConnection(asyncio.Protocol):
         server.client = None
         server.set_reading(True)
         self.syncing = False
+        if server.prepared is not None and not server.prepared.unlink():
+            server.close("released with prepared statement replies outstanding")
         if self.tx_changes:
             self.tx_changes = []
         if server.scanner.watch is not server.normal_watch() and not server.injected:
@@ -564,7 +700,9 @@ class ClientConnection(asyncio.Protocol):
                 server.cancel_and_close(f"client left mid-query ({reason})")
             else:
                 # Idle (maybe inside a transaction): release rolls back / resets before reuse.
-                server.needs_reset = self.mode == PoolMode.SESSION
+                server.needs_reset = self.mode == PoolMode.SESSION or self.pinned
+                if self.pinned and not self.app.settings.server_reset_query:
+                    server.close_needed = "client left session state on it and server_reset_query is empty"
                 pool.release_server(server)  # type: ignore[union-attr]
         if pool is not None:
             pool.set_client_state(self, ClientState.CLOSED)

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Callable
 from . import auth
 from .loginstream import LoginStream
 from .params import SessionParams
+from .config import PoolMode
 from .pool import ServerState
+from .prepared import WATCH_SERVER as PREPARED_WATCH_SERVER, ServerStatements
 from .protocol import messages as m
 from .protocol.constants import (
     AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
-    B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_COMMAND_COMPLETE, B_COPY_IN_RESPONSE, B_ERROR_RESPONSE,
+    B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_COMMAND_COMPLETE, B_DATA_ROW, B_COPY_IN_RESPONSE, B_ERROR_RESPONSE,
     B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
 )
 from .protocol.errors import (
@@ -45,6 +47,10 @@ WATCH_SERVER_TAGS = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER
                                 B_COMMAND_COMPLETE)
 WATCH_ALL = bytes([1]) * 256
 
+
+def _merge(a: bytes, b: bytes) -> bytes:
+    return bytes(x | y for x, y in zip(a, b))
+
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
@@ -57,7 +63,8 @@ class ServerConnection(asyncio.Protocol):
     __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "params", "backend_pid",
                  "backend_key", "created_at", "last_used", "tx_status", "injected", "_on_injected_done",
                  "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
-                 "reading_paused", "closed_reason", "log_prefix")
+                 "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared",
+                 "watch_normal", "watch_tags")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
@@ -66,7 +73,16 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = ServerState.CLOSED
         self.client: ClientConnection | None = None
-        self.scanner = MessageScanner(WATCH_SERVER, self._on_message, max_message=self.app.settings.max_packet_size,
+        settings = self.app.settings
+        # Named prepared statements are tracked where servers are shared (transaction / statement mode).
+        self.prepared: ServerStatements | None = None
+        self.watch_normal, self.watch_tags = WATCH_SERVER, WATCH_SERVER_TAGS
+        if settings.max_prepared_statements and pool.conf.pool_mode != PoolMode.SESSION:
+            self.prepared = ServerStatements(self.app.statement_registry, settings.max_prepared_statements,
+                                             stats=pool.stats)
+            self.watch_normal = _merge(WATCH_SERVER, PREPARED_WATCH_SERVER)
+            self.watch_tags = _merge(WATCH_SERVER_TAGS, PREPARED_WATCH_SERVER)
+        self.scanner = MessageScanner(self.watch_normal, self._on_message, max_message=settings.max_packet_size,
                                       peer="server")
         self.params = SessionParams()
         self.backend_pid = 0
@@ -77,6 +93,7 @@ class ServerConnection(asyncio.Protocol):
         self.injected = 0                       # ReadyForQuery still owed for pgpool's own queries
         self._on_injected_done: Done | None = None
         self._injected_error: ProtocolError | None = None
+        self.injected_rows: list[str | None] = []   # first column of each DataRow of pgpool's own query
         self.needs_reset = False                # server_reset_query owed before reuse
         self.close_needed: str | None = None    # close instead of reuse, with this reason
         self._login: LoginStream | None = None
@@ -280,8 +297,12 @@ class ServerConnection(asyncio.Protocol):
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
         if self.injected:
             return self._on_injected_message(msg_type, buf, start, end)
+        out = None
+        prepared = self.prepared
+        if prepared is not None and self.client is not None:
+            out = prepared.on_server_message(msg_type, buf, start, end)
         if buf is None:
-            return None     # too large to inspect; nothing we track is that large
+            return out      # too large to inspect; nothing the core tracks is that large
         client = self.client
         if msg_type == B_READY_FOR_QUERY:
             status = buf[start]
@@ -291,7 +312,8 @@ class ServerConnection(asyncio.Protocol):
                 replacement = client.rfq_replacement
                 if replacement is not None:
                     client.rfq_replacement = None
-                    return replacement
+                    # Keep any replies the tracker put before this ReadyForQuery (6 bytes).
+                    return (out[:-6] if out else b"") + replacement
         elif msg_type == B_PARAMETER_STATUS:
             name, value = m.parse_parameter_status(buf[start:end])
             self.params.reported[name] = value
@@ -307,9 +329,9 @@ class ServerConnection(asyncio.Protocol):
             if client is not None:
                 client.on_copy_in()
         elif msg_type == B_COMMAND_COMPLETE:
-            if client is not None:
+            if client is not None and client.tx_changes:
                 client.on_command_complete(buf[start:end - 1])
-        return None
+        return out
 
     def _on_injected_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
         if buf is None:
@@ -327,6 +349,8 @@ class ServerConnection(asyncio.Protocol):
         elif msg_type == B_PARAMETER_STATUS:
             name, value = m.parse_parameter_status(buf[start:end])
             self.params.reported[name] = value
+        elif msg_type == B_DATA_ROW:
+            self.injected_rows.append(m.first_column(buf, start, end))
         elif msg_type == B_ERROR_RESPONSE and self._injected_error is None:
             fields = parse_error_fields(buf[start:end])
             self._injected_error = ProtocolError(fields.get("C", PROTOCOL_VIOLATION), fields.get("M", "error"))
@@ -334,12 +358,13 @@ class ServerConnection(asyncio.Protocol):
 
     def normal_watch(self) -> bytes:
         client = self.client
-        return WATCH_SERVER_TAGS if client is not None and client.tx_changes else WATCH_SERVER
+        return self.watch_tags if client is not None and client.tx_changes else self.watch_normal
 
     def inject(self, sql: str, done: Done) -> None:
         """Send pgpool's own simple query; its replies never reach a client; `done(error)` at its ReadyForQuery."""
         assert self.transport is not None
         self.injected += 1
+        self.injected_rows = []
         self._on_injected_done = done
         self.scanner.watch = WATCH_ALL
         self.transport.write(m.query(sql))
@@ -352,6 +377,10 @@ class ServerConnection(asyncio.Protocol):
                 future.set_result(error)
         self.inject(sql, done)
         return await future, None
+
+    def request_release(self) -> None:
+        """Give the server back once the current read is handled (never from inside the scanner)."""
+        self._release = True
 
     def run_maintenance(self, sql: str, then: Callable[["ServerConnection"], None]) -> None:
         """Run a check / reset / rollback with the server out of every client's reach."""

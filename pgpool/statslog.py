@@ -47,9 +47,9 @@ class Totals:
                    bytes_sent=stats.bytes_sent, xact_time=int(stats.xact_time * USEC),
                    query_time=int(stats.query_time * USEC), wait_time=int(stats.wait_time * USEC),
                    # Counted by the prepared-statement tracker where it runs; 0 otherwise.
-                   client_parse_count=getattr(stats, "client_parse_count", 0),
-                   server_parse_count=getattr(stats, "server_parse_count", 0),
-                   bind_count=getattr(stats, "bind_count", 0),
+                   client_parse_count=stats.client_parse_count,
+                   server_parse_count=stats.server_parse_count,
+                   bind_count=stats.bind_count,
                    client_login_count=stats.client_logins)
 
     def __add__(self, other: "Totals") -> "Totals":

@@ -104,6 +104,7 @@ class MessageScanner:
                     break
                 else:
                     replacement = self.handler(msg_type, data, pos + 5, end)
+                    watch = self.watch    # the handler may have switched tables
                     if replacement is not None:
                         if pieces is None:
                             pieces = []

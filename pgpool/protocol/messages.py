@@ -233,6 +233,16 @@ def data_row(values: Sequence[object]) -> bytes:
     return message(b"D", body)
 
 
+def first_column(buf: bytes, start: int, end: int) -> str | None:
+    """The first column of a DataRow body, as text (None for NULL or an empty row)."""
+    if end - start < 6 or _int16.unpack_from(buf, start)[0] < 1:
+        return None
+    size = struct.unpack_from("!i", buf, start + 2)[0]
+    if size < 0:
+        return None
+    return buf[start + 6:start + 6 + size].decode("utf-8", "replace")
+
+
 def command_complete(tag: str) -> bytes:
     return message(b"C", cstring(tag))
 

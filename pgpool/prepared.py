@@ -1,0 +1,819 @@
+"""Named protocol-level prepared statements across server connections.
+
+Owns: each client's namespace of statement names (`ClientStatements`); per server
+connection, the LRU of statements pgpool prepared there under its own names
+(`PGPOOL_<n>`, keyed by the Parse content: query text + parameter type OIDs) and the
+FIFO of requests sent to that server in reply order (`ServerStatements`). With these it
+rewrites Parse / Bind / Describe / Close / DEALLOCATE from client names to server names,
+injects a Parse where the linked server lacks a statement and a Close to evict one,
+and puts the replies back in the order and shape one PostgreSQL session would give.
+Pure and sans-IO: bytes in, bytes out. Must not import asyncio, hold sockets, or know
+pools; the caller routes the bytes.
+
+Reply order. Every request sent to the server is queued with what its reply needs:
+forward it, swallow it (pgpool's own Parse / Close), or make it up (a ParseComplete for
+a Parse the server already has; a CloseComplete for a client's Close, which only drops
+the client's name). Only the messages that END a reply are looked at: ParseComplete,
+BindComplete, CloseComplete, NoData, RowDescription, CommandComplete,
+EmptyQueryResponse, PortalSuspended, ErrorResponse, ReadyForQuery (plus CopyInResponse),
+never a DataRow or CopyData, so big results stream through without per-row work.
+An ErrorResponse ends an extended-protocol request and, as PostgreSQL skips every
+message up to the next Sync, drops those requests too, undoing what they did to the
+namespaces (made-up replies among them are dropped as well).
+
+Errors Postgres gives are given by Postgres: a Bind / Describe of a name the client
+never prepared goes to the server under a name the server lacks, and a Parse of a name
+the client already uses goes under the server name of its statement, so the server
+answers 26000 / 42P05 at the right point of the pipeline, aborts the transaction and
+skips to Sync exactly as a plain session would; pgpool only puts the client's name back
+into the message text. Nobody is disconnected.
+
+Effects on names are applied when a message is sent (so a pipelined Bind after a Parse
+finds the name) and undone if the server fails or skips the message. This is exact
+within a Sync-terminated segment and whenever a client waits for ReadyForQuery between
+segments. Known differences from a plain session, all outside what drivers do:
+- a client that pipelines past a Sync and reuses a name whose fate depends on an error
+  in an earlier, still unanswered segment can get a reply a plain session would not give;
+- Describe of a known statement in a failed transaction, on a server that lacks it,
+  gets 25P02 (Postgres would describe a statement that returns no rows);
+- DEALLOCATE ALL / DISCARD ALL sent with the extended protocol clear the names at Parse,
+  so a DISCARD ALL that then fails inside a transaction block leaves them cleared;
+- DEALLOCATE inside a multi-statement Query is not recognised, and SQL-level
+  PREPARE / EXECUTE names are not rewritten (those pin the client: issue 3, part 2).
+
+Eviction (max_prepared_statements per server connection) retires the least recently
+used statement and sends its Close (reply swallowed) in front of the client's next
+extended-protocol message, never in front of a simple Query: if the Close were skipped
+after an error, the server would skip the Query too. A Close the server skipped is sent
+again later. (PostgreSQL keeps a portal working after its statement is closed, despite
+what the protocol docs say, so evicting inside a transaction is safe.)
+
+Integration contract (client.py / server.py):
+
+    registry = StatementRegistry()                  # one per app (or pool)
+    client.prepared = ClientStatements()            # one per client, for its lifetime
+    server.prepared = ServerStatements(registry, max_prepared_statements)  # per server
+
+    # link / unlink (attach_server / detach_server):
+    server.prepared.link(client.prepared)           # before the client's pending bytes flow
+    ...
+    if not server.prepared.unlink():                # requests were outstanding: state unknown
+        server.close("prepared statement state unknown")
+
+    # client -> server (client scanner watch must include CLIENT_TYPES; a big Bind must
+    # still be handed over whole: give the client scanner max_inspect = max_packet_size):
+    def _on_message(self, msg_type, buf, start, end):
+        out = self.server.prepared.on_client_message(msg_type, buf, start, end)
+        ...                                         # the core's own bookkeeping
+        return out                                  # None | b"" | replacement bytes
+    # after scanner.feed(), replies pgpool made up that are due now:
+    early = self.server.prepared.take_client_output()
+    if early: self.transport.write(early)
+
+    # server -> client (server scanner watch must include SERVER_TYPES), not while the
+    # core's own injected queries are running (server.injected):
+    def _on_message(self, msg_type, buf, start, end):
+        out = self.prepared.on_server_message(msg_type, buf, start, end)
+        ...                                         # the core's own bookkeeping (Z, E, ...)
+        return out                                  # None | b"" | replacement bytes
+
+    # after pgpool itself ran DISCARD ALL / DEALLOCATE ALL on the server (server_reset_query):
+    server.prepared.forget_all()
+
+A server is released only on ReadyForQuery 'I' with nothing outstanding; at that point
+`server.prepared.idle` is True. ErrorResponse and ReadyForQuery are never swallowed or
+made up here, so the core's own accounting of them stays valid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import struct
+import weakref
+from collections import OrderedDict, deque
+
+from .protocol.constants import (
+    B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_COMMAND_COMPLETE, B_COPY_IN_RESPONSE, B_EMPTY_QUERY_RESPONSE,
+    B_ERROR_RESPONSE, B_NO_DATA, B_PARSE_COMPLETE, B_PORTAL_SUSPENDED, B_READY_FOR_QUERY, B_ROW_DESCRIPTION,
+    F_BIND, F_CLOSE, F_COPY_DONE, F_COPY_FAIL, F_DESCRIBE, F_EXECUTE, F_FLUSH, F_FUNCTION_CALL, F_PARSE,
+    F_QUERY, F_SYNC, TX_FAILED, TX_IDLE,
+)
+from .protocol.errors import INVALID_SQL_STATEMENT_NAME, PROGRAM_LIMIT_EXCEEDED, PROTOCOL_VIOLATION, \
+    ProtocolError, parse_error_fields
+from .protocol.framing import watch_table
+
+_int32 = struct.Struct("!I")
+
+# Server-side names are PREFIX + a process-wide counter: never reused, so a statement
+# left behind on a server can never be mistaken for another one.
+PREFIX = b"PGPOOL_"
+# Sent instead of a client name that looks like ours but is unknown: pgpool never prepares it.
+MISSING = b"PGPOOL_missing"
+_ids = itertools.count(1)
+
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
+
+CLIENT_TYPES = (F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_SYNC, F_FLUSH, F_QUERY, F_FUNCTION_CALL,
+                F_COPY_DONE, F_COPY_FAIL)
+SERVER_TYPES = (B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_NO_DATA, B_ROW_DESCRIPTION,
+                B_COMMAND_COMPLETE, B_EMPTY_QUERY_RESPONSE, B_PORTAL_SUSPENDED, B_ERROR_RESPONSE,
+                B_READY_FOR_QUERY, B_COPY_IN_RESPONSE)
+WATCH_CLIENT = watch_table(*CLIENT_TYPES)
+WATCH_SERVER = watch_table(*SERVER_TYPES)
+
+# Request kinds in the reply queue, and the reply types that end each one. ErrorResponse
+# also ends the extended-protocol kinds; Query, FunctionCall and Sync end only at 'Z'.
+K_PARSE, K_BIND, K_DESCRIBE, K_EXECUTE, K_CLOSE, K_SYNC, K_QUERY, K_MARK = range(8)
+_ENDS = (b"1", b"2", b"Tn", b"CIs", b"3", b"Z", b"Z", b"")
+_EXTENDED = (True, True, True, True, True, False, False, False)
+# Watched types that may appear inside a reply without ending it; anything else is a lost track.
+_INSIDE = (b"", b"", b"", b"G", b"", b"E", b"TCIEG", b"")
+_KIND_NAMES = ("Parse", "Bind", "Describe", "Execute", "Close", "Sync", "Query", "CopyDone")
+
+# What the reply to a queued request becomes.
+A_FORWARD, A_SWALLOW, A_SYNTH = range(3)
+
+# Queue entries are (kind, action, info); the common ones are shared constants, not per-message objects.
+# info, when not None:
+#   A_SWALLOW (our Parse / Close):    the ServerStatement
+#   A_SYNTH (made-up reply):          (reply bytes, client name, Statement, _ADDED / _REMOVED / 0)
+#   A_FORWARD Parse:                  (server name, client name, Statement, new ServerStatement or None,
+#                                      names to restore if it fails, existing ServerStatement, name taken?)
+#   A_FORWARD Bind / Describe:        (server name, client name, ServerStatement or None)
+#   A_FORWARD Query (DEALLOCATE):     (server name, client name, None, None, names to restore if it fails,
+#                                      ServerStatements it deallocates, swallow one CommandComplete?)
+# A server name in info is put back to the client name in the text of an ErrorResponse.
+_PARSE_FWD = (K_PARSE, A_FORWARD, None)
+_BIND_FWD = (K_BIND, A_FORWARD, None)
+_DESCRIBE_FWD = (K_DESCRIBE, A_FORWARD, None)
+_EXECUTE_FWD = (K_EXECUTE, A_FORWARD, None)
+_CLOSE_FWD = (K_CLOSE, A_FORWARD, None)
+_SYNC_FWD = (K_SYNC, A_FORWARD, None)
+_QUERY_FWD = (K_QUERY, A_FORWARD, None)
+# A client's CopyDone / CopyFail sent before the server said CopyInResponse: Syncs before it are ignored.
+_MARK = (K_MARK, A_SYNTH, (b"", None, None, 0))
+
+# Name effects carried by made-up replies, undone when the server skips them.
+_ADDED, _REMOVED = 1, 2
+
+# Server statement states.
+PENDING, CONFIRMED, DEAD = 0, 1, 2
+
+_ORD_S = ord("S")
+_CLOSE_BEFORE = watch_table(F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_SYNC, F_FLUSH)
+
+_DEALLOCATE_RE = re.compile(
+    rb'\s*DEALLOCATE\s+(?:PREPARE\s+)?(?:(ALL)|"((?:[^"]|"")+)"|([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*))\s*;?\s*',
+    re.IGNORECASE)
+_DISCARD_ALL_RE = re.compile(rb"\s*DISCARD\s+ALL\s*;?\s*", re.IGNORECASE)
+
+
+def _message(msg_type: bytes, body: bytes) -> bytes:
+    return msg_type + _int32.pack(len(body) + 4) + body
+
+
+def parse_message(name: bytes, content: bytes) -> bytes:
+    """A Parse message; `content` is everything after the statement name (query, parameter types)."""
+    return b"".join((b"P", _int32.pack(len(name) + len(content) + 5), name, b"\x00", content))
+
+
+def close_statement_message(name: bytes) -> bytes:
+    return b"C" + _int32.pack(len(name) + 6) + b"S" + name + b"\x00"
+
+
+def _find_nul(buf: bytes, pos: int, end: int, what: str) -> int:
+    nul = buf.find(b"\x00", pos, end)
+    if nul < 0:
+        raise ProtocolError(PROTOCOL_VIOLATION, f"invalid {what} message: unterminated string")
+    return nul
+
+
+def classify_deallocate(sql: bytes) -> tuple[str, bytes] | None:
+    """("all", b"") for DEALLOCATE [PREPARE] ALL / DISCARD ALL, ("name", name) for DEALLOCATE name.
+
+    Only a whole single statement is recognised; names follow SQL identifier rules
+    (unquoted ones fold to lower case).
+    """
+    if len(sql) > 512:
+        return None
+    match = _DEALLOCATE_RE.fullmatch(sql)
+    if match is not None:
+        if match.group(1):
+            return "all", b""
+        if match.group(2) is not None:
+            return "name", match.group(2).replace(b'""', b'"')
+        return "name", match.group(3).lower()
+    if _DISCARD_ALL_RE.fullmatch(sql):
+        return "all", b""
+    return None
+
+
+def _may_be_deallocate(buf: bytes, start: int, end: int) -> bool:
+    """Cheap pre-check before the regex: the statement starts with d/D."""
+    pos = start
+    while pos < end and buf[pos] in b" \t\r\n":
+        pos += 1
+    return pos < end and buf[pos] in b"dD"
+
+
+class Statement:
+    """One Parse content (query text + parameter type OIDs), shared by every client that prepares it."""
+    __slots__ = ("content", "parsed_ok", "__weakref__")
+
+    def __init__(self, content: bytes):
+        self.content = content
+        self.parsed_ok = False   # some server accepted this content: a Parse of it can be answered locally
+
+    def __repr__(self) -> str:
+        return f"Statement({self.content[:60]!r})"
+
+
+class StatementRegistry:
+    """Interns Parse contents, so equal SQL from any client is one Statement (one server statement).
+
+    Weak: a content disappears when no client names it and no server holds it.
+    """
+    __slots__ = ("_by_content",)
+
+    def __init__(self) -> None:
+        self._by_content: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
+
+    def intern(self, content: bytes) -> Statement:
+        stmt = self._by_content.get(content)
+        if stmt is None:
+            stmt = Statement(content)
+            self._by_content[content] = stmt
+        return stmt
+
+    def __len__(self) -> int:
+        return len(self._by_content)
+
+
+class ClientStatements:
+    """One client's own namespace: its statement names -> Statement. Lives as long as the client."""
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        self.names: dict[bytes, Statement] = {}
+
+    def parse_without_server(self, registry: StatementRegistry, data: bytes) -> bool:
+        """Take `data` = one named Parse + Sync from a client holding no server, if no server is needed.
+
+        libpq's PQprepare (pgbench -M prepared) waits for this reply before its thread serves any
+        other connection: making it wait for a server can deadlock the pool. A content some server
+        already parsed needs no server now; it is prepared on one at its first Bind. True when taken:
+        the caller answers ParseComplete + ReadyForQuery itself.
+        """
+        if data[:1] != b"P" or not data.endswith(b"S\x00\x00\x00\x04"):
+            return False
+        length = _int32.unpack_from(data, 1)[0]
+        if 1 + length + 5 != len(data):
+            return False
+        name_end = data.find(b"\x00", 5, 1 + length)
+        if name_end <= 5:
+            return False   # the unnamed statement, or malformed: let the server answer
+        name = data[5:name_end]
+        if name in self.names:
+            return False   # Postgres answers 42P05: let the server say it
+        stmt = registry.intern(data[name_end + 1:1 + length])
+        if not stmt.parsed_ok:
+            return False
+        self.names[name] = stmt
+        return True
+
+
+class ServerStatement:
+    """A statement pgpool prepared (or is preparing) on one server connection."""
+    __slots__ = ("stmt", "name", "state")
+
+    def __init__(self, stmt: Statement, name: bytes, state: int = PENDING):
+        self.stmt = stmt
+        self.name = name
+        self.state = state      # PENDING until ParseComplete, CONFIRMED, DEAD once gone
+
+    def __repr__(self) -> str:
+        return f"ServerStatement({self.name!r}, {('pending', 'confirmed', 'dead')[self.state]})"
+
+
+class PreparedCounters:
+    """PgBouncer's prepared statement counters; any object with these int attributes will do."""
+    __slots__ = ("client_parse_count", "server_parse_count", "bind_count")
+
+    def __init__(self) -> None:
+        self.client_parse_count = 0
+        self.server_parse_count = 0
+        self.bind_count = 0
+
+
+class ServerStatements:
+    """One server connection: its statement LRU, the reply-order queue, and the linked client's names."""
+    __slots__ = ("registry", "max_prepared_statements", "stats", "cache", "_names", "_queue", "_to_client",
+                 "_to_close", "_skipping", "_copy_in", "_tx_status", "_head_failed")
+
+    def __init__(self, registry: StatementRegistry, max_prepared_statements: int,
+                 stats: object | None = None):
+        if max_prepared_statements < 1:
+            raise ValueError("max_prepared_statements must be at least 1 (0 means: do not track)")
+        self.registry = registry
+        self.max_prepared_statements = max_prepared_statements
+        self.stats = stats if stats is not None else PreparedCounters()
+        self.cache: OrderedDict[Statement, ServerStatement] = OrderedDict()   # LRU first
+        self._names: dict[bytes, Statement] | None = None
+        self._queue: deque[tuple] = deque()
+        self._to_client: list[bytes] = []
+        self._to_close: list[ServerStatement] = []   # retired from the cache, Close not yet sent
+        self._skipping = False      # the server had an error and discards messages until Sync
+        self._copy_in = False       # the server is in COPY IN: it ignores Sync until CopyDone/CopyFail
+        self._tx_status = TX_IDLE   # status byte of the last ReadyForQuery
+        self._head_failed = False   # an ErrorResponse came inside the Query / Sync at the queue head
+
+    # ---- linking -------------------------------------------------------------------------------
+
+    def link(self, client: ClientStatements) -> None:
+        """A client got this server (it is idle: ReadyForQuery 'I', nothing outstanding)."""
+        self._names = client.names
+        self._queue.clear()
+        self._to_client.clear()
+        self._skipping = False
+        self._copy_in = False
+        self._tx_status = TX_IDLE
+        self._head_failed = False
+
+    def unlink(self) -> bool:
+        """The link ended. False when requests were still outstanding: the server's statements are unknown."""
+        clean = self.idle
+        self._names = None
+        if not clean:
+            self._queue.clear()
+            self._skipping = False
+            self._copy_in = False
+            self.forget_all()
+        self._to_client.clear()
+        return clean
+
+    @property
+    def idle(self) -> bool:
+        """Nothing owed by the server: what the core's release on ReadyForQuery 'I' implies."""
+        return not self._queue and not self._skipping
+
+    def forget_all(self) -> None:
+        """The server dropped every prepared statement (DISCARD ALL / DEALLOCATE ALL run by pgpool)."""
+        for sst in self.cache.values():
+            sst.state = DEAD
+        self.cache.clear()
+        self._to_close.clear()
+
+    def take_client_output(self) -> bytes:
+        """Replies made up while handling client messages that are due now (nothing was owed before them)."""
+        if not self._to_client:
+            return b""
+        out = b"".join(self._to_client)
+        self._to_client.clear()
+        return out
+
+    # ---- client -> server ----------------------------------------------------------------------
+
+    def on_client_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        """A whole client message (body is buf[start:end]); returns None (send as is), b"" or replacement bytes."""
+        if self._skipping:
+            # The server discards everything but Sync after an error, as Postgres does: no reply owed.
+            if msg_type != F_SYNC:
+                return None
+            self._skipping = False
+            self._queue.append(_SYNC_FWD)
+            return None
+        if buf is None:
+            # Announced unread by the scanner (larger than its max_inspect): names cannot be rewritten.
+            if msg_type in (F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE):
+                raise ProtocolError(PROGRAM_LIMIT_EXCEEDED,
+                                    f"{chr(msg_type)!r} message of {end - start} bytes is too large to track "
+                                    f"prepared statements (raise the client scanner's max_inspect)")
+            # It streams through unchanged, so nothing can be injected before it either.
+            if msg_type == F_QUERY or msg_type == F_FUNCTION_CALL:
+                self._queue.append(_QUERY_FWD)   # far too long to be a DEALLOCATE
+            elif msg_type == F_EXECUTE:
+                self._queue.append(_EXECUTE_FWD)
+            elif msg_type == F_SYNC and not self._copy_in:
+                self._queue.append(_SYNC_FWD)
+            return None
+        prefix = b""
+        # Our Closes go only in front of extended-protocol messages: if one failed, the server would
+        # skip to Sync, and a simple Query behind it would never be answered.
+        if self._to_close and _CLOSE_BEFORE[msg_type]:
+            prefix = self._send_closes()
+        if msg_type == F_BIND:
+            out = self._on_bind(buf, start, end)
+        elif msg_type == F_EXECUTE:
+            self._queue.append(_EXECUTE_FWD)
+            out = None
+        elif msg_type == F_SYNC:
+            out = None
+            if not self._copy_in:
+                self._queue.append(_SYNC_FWD)
+        elif msg_type == F_PARSE:
+            out = self._on_parse(buf, start, end)
+        elif msg_type == F_DESCRIBE:
+            out = self._on_describe(buf, start, end)
+        elif msg_type == F_QUERY:
+            out = self._on_query(buf, start, end)
+        elif msg_type == F_CLOSE:
+            out = self._on_close(buf, start, end)
+        elif msg_type == F_FUNCTION_CALL:
+            self._queue.append(_QUERY_FWD)
+            out = None
+        elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
+            out = None
+            if self._copy_in:
+                self._copy_in = False
+            elif self._queue:
+                self._queue.append(_MARK)
+        else:
+            out = None     # Flush, or a type the caller routes here but we do not track
+        if prefix:
+            return prefix + (buf[start - 5:end] if out is None else out)
+        return out
+
+    def _on_parse(self, buf: bytes, start: int, end: int) -> bytes | None:
+        name_end = _find_nul(buf, start, end, "Parse")
+        names = self._names
+        if name_end == start:
+            # The unnamed statement is the client's own business; only DEALLOCATE/DISCARD in it matter.
+            self._queue.append(_PARSE_FWD)
+            if _may_be_deallocate(buf, start + 1, end):
+                query_end = _find_nul(buf, start + 1, end, "Parse")
+                found = classify_deallocate(buf[start + 1:query_end])
+                if found is not None and found[0] == "all":
+                    # Deallocated at Execute, which may still fail: the retired statements get their
+                    # (then harmless) Close rather than being assumed gone.
+                    restore, _ = self._deallocate_all()
+                    self._queue[-1] = (K_PARSE, A_FORWARD, (None, None, None, None, restore, None, False))
+            return None
+        cname = buf[start:name_end]
+        content = buf[name_end + 1:end]
+        stmt = self.registry.intern(content)
+        self.stats.client_parse_count += 1
+        existing = names.get(cname)
+        if existing is not None:
+            # The name is taken: let the server say so by parsing under the server name of the existing
+            # statement. Postgres checks syntax, then a failed transaction, then the name, and so does
+            # the server. In a failed transaction the existing statement cannot be injected first, so
+            # the client's query is parsed twice under an unused name: the first answers syntax or
+            # 25P02 (reply swallowed if it passes, as ROLLBACK does), the second draws 42P05.
+            if existing not in self.cache and self._tx_status == TX_FAILED:
+                sst = ServerStatement(stmt, PREFIX + str(next(_ids)).encode())
+                self._to_close.append(sst)
+                self._queue.append((K_PARSE, A_SWALLOW, sst))
+                prefix, sname, sst = parse_message(sst.name, content), sst.name, None
+            else:
+                sst, prefix = self._ensure(existing)
+                sname = sst.name
+            self._queue.append((K_PARSE, A_FORWARD, (sname, cname, stmt, None, None, sst, True)))
+            return prefix + parse_message(sname, content)
+        names[cname] = stmt
+        sst = self.cache.get(stmt)
+        if sst is not None and self._tx_status != TX_FAILED:
+            # Already prepared here: no server work. (In a failed transaction Postgres would refuse
+            # the Parse, so then it goes to the server, under a new name, to get that answer.)
+            self.cache.move_to_end(stmt)
+            self._synth(K_PARSE, PARSE_COMPLETE, cname, stmt, _ADDED)
+            return b""
+        sst = self._add(stmt)
+        self.stats.server_parse_count += 1
+        self._queue.append((K_PARSE, A_FORWARD, (sst.name, cname, stmt, sst, None, None, False)))
+        return parse_message(sst.name, content)
+
+    def _on_bind(self, buf: bytes, start: int, end: int) -> bytes | None:
+        portal_end = _find_nul(buf, start, end, "Bind")
+        name_start = portal_end + 1
+        name_end = _find_nul(buf, name_start, end, "Bind")
+        if name_end == name_start:
+            self._queue.append(_BIND_FWD)
+            return None
+        self.stats.bind_count += 1
+        cname = buf[name_start:name_end]
+        stmt = self._names.get(cname)
+        if stmt is None:
+            return self._forward_unknown(K_BIND, b"B", buf, start, end, name_start, name_end, cname)
+        sst, prefix = self._ensure(stmt)
+        self._queue.append((K_BIND, A_FORWARD, (sst.name, cname, sst)))
+        # Parameters can be large: copy them once, into the rewritten message.
+        view = memoryview(buf)
+        size = end - start - len(cname) + len(sst.name) + 4
+        return b"".join((prefix, b"B", _int32.pack(size), view[start:name_start], sst.name, view[name_end:end]))
+
+    def _on_describe(self, buf: bytes, start: int, end: int) -> bytes | None:
+        name_end = _find_nul(buf, start + 1, end, "Describe")
+        if end - start < 2 or buf[start] != _ORD_S or name_end == start + 1:
+            self._queue.append(_DESCRIBE_FWD)
+            return None
+        cname = buf[start + 1:name_end]
+        stmt = self._names.get(cname)
+        if stmt is None:
+            return self._forward_unknown(K_DESCRIBE, b"D", buf, start, end, start + 1, name_end, cname)
+        sst, prefix = self._ensure(stmt)
+        self._queue.append((K_DESCRIBE, A_FORWARD, (sst.name, cname, sst)))
+        return prefix + _message(b"D", b"S" + sst.name + b"\x00")
+
+    def _on_close(self, buf: bytes, start: int, end: int) -> bytes | None:
+        name_end = _find_nul(buf, start + 1, end, "Close")
+        if end - start < 2 or buf[start] != _ORD_S or name_end == start + 1:
+            self._queue.append(_CLOSE_FWD)
+            return None
+        cname = buf[start + 1:name_end]
+        stmt = self._names.pop(cname, None)
+        if stmt is not None:
+            # Only the client's name goes; the server statement stays cached for whoever needs it next.
+            self._synth(K_CLOSE, CLOSE_COMPLETE, cname, stmt, _REMOVED)
+            return b""
+        if cname.startswith(PREFIX):
+            # Closing an unknown name is no error in Postgres; never let a client close one of ours.
+            self._synth(K_CLOSE, CLOSE_COMPLETE, None, None, 0)
+            return b""
+        self._queue.append(_CLOSE_FWD)
+        return None
+
+    def _on_query(self, buf: bytes, start: int, end: int) -> bytes | None:
+        if end - start > 512 or not _may_be_deallocate(buf, start, end):
+            self._queue.append(_QUERY_FWD)
+            return None
+        found = classify_deallocate(buf[start:end].rstrip(b"\x00"))
+        if found is None:
+            self._queue.append(_QUERY_FWD)
+            return None
+        what, cname = found
+        if what == "all":
+            # The server drops every statement too: retire them all (their Closes become no-ops).
+            restore, retired = self._deallocate_all()
+            self._queue.append((K_QUERY, A_FORWARD, (None, None, None, None, restore, retired, False)))
+            return None
+        stmt = self._names.get(cname)
+        if stmt is None:
+            if cname.startswith(PREFIX.lower()) or cname.startswith(PREFIX):
+                self._queue.append((K_QUERY, A_FORWARD, (MISSING, cname, None, None, None, None, False)))
+                return _message(b"Q", b'DEALLOCATE "' + MISSING + b'"\x00')
+            self._queue.append(_QUERY_FWD)
+            return None
+        # DEALLOCATE of a protocol-level name: the client must get what only DEALLOCATE gives
+        # (its CommandComplete, or 25P02 in a failed transaction), so a server statement is
+        # deallocated in its place: ours if this server has it, else a throwaway one prepared
+        # in the same Query (no Parse may go before a Query: if it failed, the Query would be skipped).
+        del self._names[cname]
+        restore = {cname: stmt}
+        sst = self.cache.get(stmt)
+        if sst is not None:
+            del self.cache[stmt]
+            self._to_close.append(sst)
+            self._queue.append((K_QUERY, A_FORWARD, (sst.name, cname, None, None, restore, [sst], False)))
+            return _message(b"Q", b'DEALLOCATE "' + sst.name + b'"\x00')
+        temp = PREFIX + str(next(_ids)).encode()
+        self._queue.append((K_QUERY, A_FORWARD, (temp, cname, None, None, restore, None, True)))
+        return _message(b"Q", b'PREPARE "' + temp + b'" AS SELECT; DEALLOCATE "' + temp + b'"\x00')
+
+    def _forward_unknown(self, kind: int, msg_type: bytes, buf: bytes, start: int, end: int,
+                         name_start: int, name_end: int, cname: bytes) -> bytes | None:
+        """A name the client never prepared: the server answers 26000 and skips to Sync, like Postgres."""
+        if not cname.startswith(PREFIX):
+            # Sent as is: the server has no such name (ours all start with PREFIX).
+            self._queue.append((kind, A_FORWARD, None))
+            return None
+        self._queue.append((kind, A_FORWARD, (MISSING, cname, None)))
+        return _message(msg_type, buf[start:name_start] + MISSING + buf[name_end:end])
+
+    def _deallocate_all(self) -> tuple[dict[bytes, Statement], list[ServerStatement]]:
+        names = self._names
+        restore = dict(names)
+        names.clear()
+        retired = list(self.cache.values())
+        self.cache.clear()
+        self._to_close.extend(retired)
+        return restore, retired
+
+    def _ensure(self, stmt: Statement) -> tuple[ServerStatement, bytes]:
+        """The server statement for `stmt`, and the Parse to inject first if this server lacks it."""
+        sst = self.cache.get(stmt)
+        if sst is not None:
+            self.cache.move_to_end(stmt)
+            return sst, b""
+        sst = self._add(stmt)
+        self.stats.server_parse_count += 1
+        self._queue.append((K_PARSE, A_SWALLOW, sst))
+        return sst, parse_message(sst.name, stmt.content)
+
+    def _add(self, stmt: Statement) -> ServerStatement:
+        old = self.cache.pop(stmt, None)
+        if old is not None:
+            self._to_close.append(old)
+        sst = ServerStatement(stmt, PREFIX + str(next(_ids)).encode())
+        self.cache[stmt] = sst
+        if len(self.cache) > self.max_prepared_statements:
+            self._to_close.append(self.cache.popitem(last=False)[1])
+        return sst
+
+    def _send_closes(self) -> bytes:
+        out = []
+        for sst in self._to_close:
+            if sst.state != DEAD:
+                self._queue.append((K_CLOSE, A_SWALLOW, sst))
+                out.append(close_statement_message(sst.name))
+        self._to_close = []
+        return b"".join(out)
+
+    def _synth(self, kind: int, payload: bytes, cname: bytes | None, stmt: Statement | None, effect: int) -> None:
+        if self._queue:
+            self._queue.append((kind, A_SYNTH, (payload, cname, stmt, effect)))
+        else:
+            self._to_client.append(payload)   # nothing is owed before it: it is final
+
+    # ---- server -> client ----------------------------------------------------------------------
+
+    def on_server_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        """A whole server message; returns None (forward), b"" (drop) or replacement bytes."""
+        if not WATCH_SERVER[msg_type]:
+            return None         # ParameterStatus, NoticeResponse, ...: not ours to look at
+        queue = self._queue
+        if not queue:
+            if msg_type == B_ERROR_RESPONSE:
+                return None     # asynchronous: FATAL at shutdown, ...
+            raise self._lost(msg_type)
+        head = queue[0]
+        kind = head[0]
+        if msg_type in _ENDS[kind]:
+            queue.popleft()
+            if msg_type == B_READY_FOR_QUERY:
+                if buf is not None:
+                    self._tx_status = buf[start]
+                failed, self._head_failed = self._head_failed, False
+                if failed and head[2] is not None:
+                    self._undo(head)
+                elif head[2] is not None:
+                    self._commit(head)
+                out = None
+            elif head[1] == A_FORWARD:
+                if head[2] is not None:
+                    self._commit(head)
+                out = None
+            else:
+                self._commit(head)
+                out = b""
+            if queue and queue[0][1] == A_SYNTH:
+                return self._emit_due(out, msg_type, buf, start, end)
+            return out
+        if msg_type == B_ERROR_RESPONSE:
+            if _EXTENDED[kind]:
+                return self._on_error(buf, start, end)
+            self._head_failed = True
+            self._copy_in = False
+            info = head[2]
+            if info is not None and info[0] is not None and buf is not None:
+                return self._fix_error(buf, start, end, info[0], info[1])
+            return None
+        if msg_type in _INSIDE[kind]:
+            if msg_type == B_COPY_IN_RESPONSE:
+                self._on_copy_in()
+            elif msg_type == B_COMMAND_COMPLETE and kind == K_QUERY and head[2] is not None and head[2][6]:
+                # The throwaway PREPARE in front of a client's DEALLOCATE: not the client's reply.
+                queue[0] = (K_QUERY, A_FORWARD, head[2][:6] + (False,))
+                return b""
+            return None
+        raise self._lost(msg_type)
+
+    def _lost(self, msg_type: int) -> ProtocolError:
+        head = _KIND_NAMES[self._queue[0][0]] if self._queue else "nothing"
+        return ProtocolError(PROTOCOL_VIOLATION, f"pgpool lost track of the reply order: server sent "
+                                                 f"{chr(msg_type)!r} while {head} was owed")
+
+    def _emit_due(self, out: bytes | None, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
+        """The message just handled, then every made-up reply now at the head of the queue."""
+        if buf is None:
+            raise ProtocolError(PROGRAM_LIMIT_EXCEEDED, f"{chr(msg_type)!r} reply too large to reorder replies")
+        pieces = [buf[start - 5:end] if out is None else out]
+        queue = self._queue
+        while queue and queue[0][1] == A_SYNTH:
+            pieces.append(queue.popleft()[2][0])
+        return b"".join(pieces)
+
+    def _on_error(self, buf: bytes | None, start: int, end: int) -> bytes | None:
+        """An extended-protocol request failed: it and everything up to the next Sync are skipped."""
+        queue = self._queue
+        failed = [queue.popleft()]
+        while queue and queue[0][0] != K_SYNC:
+            failed.append(queue.popleft())
+        if not queue:
+            self._skipping = True
+        self._copy_in = False
+        head = failed[0]
+        out = None
+        sqlstate = ""
+        info = head[2]
+        if buf is not None and head[1] == A_FORWARD and info is not None and info[0] is not None:
+            sqlstate = parse_error_fields(buf[start:end]).get("C", "")
+            out = self._fix_error(buf, start, end, info[0], info[1])
+        # Undo newest first, so a Close followed by a Parse of the same name restores the older statement.
+        for entry in reversed(failed):
+            self._undo(entry, sqlstate if entry is head else "")
+        return out
+
+    @staticmethod
+    def _fix_error(buf: bytes, start: int, end: int, sname: bytes, cname: bytes) -> bytes | None:
+        """The server named our statement: put the client's name back in the error's text."""
+        body = buf[start:end]
+        fixed = body.replace(b'"' + sname + b'"', b'"' + cname + b'"')
+        return None if fixed == body else _message(b"E", fixed)
+
+    def _on_copy_in(self) -> None:
+        # Postgres ignores Sync during COPY IN: forget the Syncs sent before the client's CopyDone.
+        queue = self._queue
+        rest = list(queue)
+        queue.clear()
+        queue.append(rest[0])
+        for i in range(1, len(rest)):
+            entry = rest[i]
+            if entry[0] == K_MARK:
+                queue.extend(rest[i + 1:])
+                return
+            if entry[0] != K_SYNC:
+                queue.append(entry)
+        self._copy_in = True
+
+    # ---- effects of a finished request ---------------------------------------------------------
+
+    def _commit(self, entry: tuple) -> None:
+        kind, action, info = entry
+        if action == A_SWALLOW:
+            # Our own Parse is now on the server; our own Close took a statement off it.
+            info.state = CONFIRMED if kind == K_PARSE else DEAD
+            if kind == K_PARSE:
+                info.stmt.parsed_ok = True
+        elif kind == K_PARSE:
+            if info[3] is not None:
+                info[3].state = CONFIRMED
+                info[3].stmt.parsed_ok = True
+            elif info[6]:
+                self._parse_over_existing(info)
+        elif kind == K_QUERY and info[5] is not None:
+            # DEALLOCATE ran: the statements it took off the server need no Close.
+            for sst in info[5]:
+                sst.state = DEAD
+
+    def _parse_over_existing(self, info: tuple) -> None:
+        """A Parse sent to draw 42P05 succeeded: the existing statement was not on the server after all
+        (or, in a failed transaction, the query was ROLLBACK / COMMIT).
+
+        The server now has that name with the client's new query, as the client asked.
+        """
+        sname, cname, stmt, _, _, existing, _ = info
+        if existing is not None:
+            existing.state = DEAD
+            if self.cache.get(existing.stmt) is existing:
+                del self.cache[existing.stmt]
+        sst = ServerStatement(stmt, sname, CONFIRMED)
+        if stmt in self.cache:
+            self._to_close.append(sst)
+        else:
+            self.cache[stmt] = sst
+            if len(self.cache) > self.max_prepared_statements:
+                self._to_close.append(self.cache.popitem(last=False)[1])
+        self._names[cname] = stmt
+
+    def _undo(self, entry: tuple, sqlstate: str = "") -> None:
+        """The request failed or was skipped by the server: undo what sending it did."""
+        kind, action, info = entry
+        if info is None:
+            return
+        names = self._names
+        if action == A_SYNTH:
+            _, cname, stmt, effect = info
+            if effect == _ADDED:
+                if names.get(cname) is stmt:
+                    del names[cname]
+            elif effect == _REMOVED:
+                names.setdefault(cname, stmt)
+        elif kind == K_PARSE:
+            if action == A_SWALLOW:
+                self._kill(info)
+                return
+            sname, cname, stmt, sst, restore, _, _ = info
+            if sst is not None:
+                self._kill(sst)
+                if names.get(cname) is stmt:
+                    del names[cname]
+            if restore:
+                for name, old in restore.items():
+                    names.setdefault(name, old)
+        elif kind == K_CLOSE:
+            if action == A_SWALLOW and info.state == CONFIRMED:
+                self._to_close.append(info)   # skipped, so still on the server: send it again
+        elif kind == K_QUERY:
+            if info[4]:
+                for name, old in info[4].items():
+                    names.setdefault(name, old)
+        elif sqlstate == INVALID_SQL_STATEMENT_NAME and info[2] is not None:
+            # Bind / Describe of a statement we believed was here: it is not (someone deallocated it).
+            self._kill(info[2])
+
+    def _kill(self, sst: ServerStatement) -> None:
+        sst.state = DEAD
+        if self.cache.get(sst.stmt) is sst:
+            del self.cache[sst.stmt]

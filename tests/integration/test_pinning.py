@@ -1,0 +1,116 @@
+"""Session state that cannot be shared pins a client to its server until the state is gone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from tests.integration.helpers import connect, server_connections
+from tests.waiting import wait_until
+
+
+async def test_listen_receives_every_notification_then_unlisten_releases(pgpool_proc, postgres):
+    proc = pgpool_proc({"default_pool_size": 2})
+    listener = await connect(proc)
+    received: list[str] = []
+    await listener.add_listener("prefect_automation_changes", lambda *args: received.append(args[3]))
+    senders = [await connect(proc) for _ in range(4)]
+    try:
+        for round_ in range(5):
+            await asyncio.gather(*(s.execute(f"BEGIN; SELECT pg_notify('prefect_automation_changes', '{round_}-{i}'); "
+                                             f"COMMIT") for i, s in enumerate(senders)))
+        expected = {f"{r}-{i}" for r in range(5) for i in range(4)}
+        await wait_until(lambda: set(received) == expected, timeout=10,
+                         message=f"notifications missing: {expected - set(received)}")
+        assert len(received) == 20
+        assert "pinned to server" in proc.log_text() and "LISTEN" in proc.log_text()
+        # 4 senders shared the one other server while the listener kept its own.
+        assert await server_connections(postgres) == 2
+        await listener.execute("UNLISTEN *")
+        await wait_until(lambda: "unpinned" in proc.log_text(), timeout=10)
+        # The listener's server is back in the pool: two senders can now hold both servers at once.
+        await asyncio.wait_for(senders[0].execute("BEGIN"), 5)
+        await asyncio.wait_for(senders[1].execute("BEGIN"), 5)
+        await senders[0].execute("COMMIT")
+        await senders[1].execute("COMMIT")
+    finally:
+        for conn in senders + [listener]:
+            await conn.close()
+
+
+async def test_advisory_lock_pins_until_unlocked(pgpool_proc):
+    proc = pgpool_proc({"default_pool_size": 2})
+    holder = await connect(proc)
+    other = await connect(proc)
+    try:
+        await holder.fetchval("SELECT pg_advisory_lock(42)")
+        pid = await holder.fetchval("SELECT pg_backend_pid()")
+        for _ in range(5):
+            await other.fetchval("SELECT 1")
+            assert await holder.fetchval("SELECT pg_backend_pid()") == pid   # same session: lock still held
+        assert await other.fetchval("SELECT pg_try_advisory_lock(42)") is False
+        await holder.fetchval("SELECT pg_advisory_unlock(42)")
+        await wait_until(lambda: "unpinned" in proc.log_text(), timeout=10)
+        assert await other.fetchval("SELECT pg_try_advisory_lock(42)") is True
+        await other.fetchval("SELECT pg_advisory_unlock(42)")
+    finally:
+        await holder.close()
+        await other.close()
+
+
+async def test_temp_table_pins_and_is_not_seen_by_others(pgpool_proc):
+    proc = pgpool_proc({"default_pool_size": 1, "query_wait_timeout": 1})
+    owner = await connect(proc)
+    await owner.execute("CREATE TEMP TABLE mine (x int)")
+    await owner.execute("INSERT INTO mine VALUES (1), (2)")
+    assert await owner.fetchval("SELECT count(*) FROM mine") == 2
+    # The only server is pinned: another client waits (and times out) instead of seeing the table.
+    other = await connect(proc)
+    with pytest.raises((asyncpg.PostgresError, asyncpg.ConnectionDoesNotExistError), match="query_wait_timeout"):
+        await other.fetchval("SELECT count(*) FROM pg_tables WHERE tablename = 'mine'")
+    await owner.execute("DROP TABLE mine")
+    await wait_until(lambda: "unpinned" in proc.log_text(), timeout=10)
+    third = await connect(proc)
+    assert await third.fetchval("SELECT 1") == 1
+    await third.close()
+    await owner.close()
+
+
+async def test_pinned_client_leaving_gets_its_state_discarded(pgpool_proc):
+    proc = pgpool_proc({"default_pool_size": 1})
+    owner = await connect(proc)
+    await owner.execute("PREPARE sqlprep AS SELECT 1")
+    await owner.execute("LISTEN leftover")
+    await owner.close()
+    nxt = await connect(proc)
+    try:
+        assert await nxt.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE from_sql") == 0
+        assert await nxt.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+    finally:
+        await nxt.close()
+
+
+async def test_pinning_off_refuses_with_clear_error(pgpool_proc):
+    proc = pgpool_proc({"session_pinning": False})
+    conn = await connect(proc)
+    try:
+        with pytest.raises(asyncpg.FeatureNotSupportedError, match="session_pinning is off"):
+            await conn.execute("LISTEN nope")
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+async def test_keyword_in_a_string_does_not_pin(pgpool_proc):
+    proc = pgpool_proc({"default_pool_size": 1})
+    conn = await connect(proc)
+    other = await connect(proc)
+    try:
+        assert await conn.fetchval("SELECT 'LISTEN to PREPARE a TEMP table'") == "LISTEN to PREPARE a TEMP table"
+        assert await other.fetchval("SELECT 2") == 2     # the single server was not kept
+        assert "pinned to server" not in proc.log_text()
+    finally:
+        await conn.close()
+        await other.close()
