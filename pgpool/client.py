@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import auth
 from .config import PoolMode
 from .loginstream import LoginStream
-from .pinning import MAY_CREATE, STATE_CHECK_SQL, classify_state, refusal_sql
+from .pinning import MAY_CREATE, classify_state, refusal_sql, state_check_sql
 from .prepared import ClientStatements
 from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, classify_query, \
     parse_options, sync_sql
@@ -468,7 +468,8 @@ class ClientConnection(asyncio.Protocol):
             if parse_name is None:
                 return m.query(sql)
             return m.message(b"P", parse_name + b"\x00" + m.cstring(sql) + b"\x00\x00")
-        self.state_check_due = True
+        if state & MAY_CREATE or self.pinned:   # dropping state matters only to a pinned client
+            self.state_check_due = True
         if state & MAY_CREATE and not self.pinned:
             self.pin_statement = text[:200]
         return None
@@ -528,7 +529,7 @@ class ClientConnection(asyncio.Protocol):
             if self.mode != PoolMode.SESSION and self.server is not None:
                 if self.state_check_due:
                     self.state_check_due = False
-                    self.server.inject(STATE_CHECK_SQL, self._on_state_checked)
+                    self.server.inject(state_check_sql(pool.server_user), self._on_state_checked)
                     return False
                 if self.pinned:
                     if self.drain:

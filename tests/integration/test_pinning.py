@@ -114,3 +114,19 @@ async def test_keyword_in_a_string_does_not_pin(pgpool_proc):
     finally:
         await conn.close()
         await other.close()
+
+
+async def test_set_role_pins_until_reset(pgpool_proc):
+    proc = pgpool_proc({"default_pool_size": 1, "query_wait_timeout": 1})
+    admin = await connect(proc, user="postgres", password="postgres", dbname="app")
+    try:
+        await admin.execute("SET ROLE app")
+        assert await admin.fetchval("SELECT current_user") == "app"
+        await wait_until(lambda: "pinned to server" in proc.log_text(), timeout=5)
+        await admin.execute("RESET ROLE")
+        await wait_until(lambda: "unpinned" in proc.log_text(), timeout=5)
+        other = await connect(proc, user="postgres", password="postgres", dbname="app")
+        assert await other.fetchval("SELECT current_user") == "postgres"
+        await other.close()
+    finally:
+        await admin.close()
