@@ -33,7 +33,7 @@ from .protocol.constants import (
 )
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
-    INVALID_PASSWORD, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS, ProtocolError,
+    INVALID_PASSWORD, PROTOCOL_VIOLATION, ProtocolError,
 )
 from .protocol.framing import MessageScanner
 from .protocol.scram import ScramError, ScramServer

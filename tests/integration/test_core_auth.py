@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 import asyncpg
@@ -11,7 +10,6 @@ import pytest
 
 from pgpool.auth import md5_secret
 from pgpool.protocol import messages as m
-from pgpool.protocol.scram import build_verifier
 from tests.integration.helpers import RawClient, connect
 
 

@@ -5,7 +5,6 @@ pipelines, pgbench -M prepared."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import subprocess
 import sys
 import textwrap
@@ -16,26 +15,8 @@ import pytest
 
 from benchmarks.targets import find_client_program
 from pgpool.protocol import messages as m
-from tests.integration.helpers import RawClient, connect
-
-
-def parse(name: bytes, sql: str) -> bytes:
-    return m.message(b"P", name + b"\x00" + m.cstring(sql) + b"\x00\x00")
-
-
-def bind(statement: bytes, portal: bytes = b"") -> bytes:
-    return m.message(b"B", portal + b"\x00" + statement + b"\x00" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00")
-
-
-def execute(portal: bytes = b"") -> bytes:
-    return m.message(b"E", portal + b"\x00" + b"\x00\x00\x00\x00")
-
-
-def close_statement(name: bytes) -> bytes:
-    return m.message(b"C", b"S" + name + b"\x00")
-
-
-SYNC = m.SYNC
+from tests.frontend import SYNC, bind, close, execute, parse
+from tests.integration.helpers import RawClient
 
 
 async def run(raw: RawClient, data: bytes) -> list[tuple[bytes, bytes]]:
@@ -80,21 +61,21 @@ async def test_same_names_different_sql_and_close_reparse(pgpool_proc):
     a, b = await RawClient.open(proc.port), await RawClient.open(proc.port)
     await a.login_md5("app", "app")
     await b.login_md5("app", "app")
-    await run(a, parse(b"s", "SELECT 'from a'") + SYNC)
-    await run(b, parse(b"s", "SELECT 'from b'") + SYNC)
+    await run(a, parse("s", "SELECT 'from a'") + SYNC)
+    await run(b, parse("s", "SELECT 'from b'") + SYNC)
     for _ in range(3):   # interleaved over the single server
-        assert first_value(await run(a, bind(b"s") + execute() + SYNC)) == "from a"
-        assert first_value(await run(b, bind(b"s") + execute() + SYNC)) == "from b"
+        assert first_value(await run(a, bind("s") + execute() + SYNC)) == "from a"
+        assert first_value(await run(b, bind("s") + execute() + SYNC)) == "from b"
     # Close, then the name is free again, as in a plain session.
-    assert types(await run(a, close_statement(b"s") + SYNC)) == "3Z"
-    error = await run(a, bind(b"s") + execute() + SYNC)
+    assert types(await run(a, close("S", "s") + SYNC)) == "3Z"
+    error = await run(a, bind("s") + execute() + SYNC)
     assert types(error) == "EZ" and b"26000" in error[0][1] and b'"s"' in error[0][1]
-    await run(a, parse(b"s", "SELECT 'a again'") + SYNC)
-    assert first_value(await run(a, bind(b"s") + execute() + SYNC)) == "a again"
+    await run(a, parse("s", "SELECT 'a again'") + SYNC)
+    assert first_value(await run(a, bind("s") + execute() + SYNC)) == "a again"
     # Reusing a live name gets Postgres' own 42P05, and the connection stays usable.
-    dup = await run(b, parse(b"s", "SELECT 1") + SYNC)
+    dup = await run(b, parse("s", "SELECT 1") + SYNC)
     assert types(dup) == "EZ" and b"42P05" in dup[0][1]
-    assert first_value(await run(b, bind(b"s") + execute() + SYNC)) == "from b"
+    assert first_value(await run(b, bind("s") + execute() + SYNC)) == "from b"
     a.close()
     b.close()
 
@@ -103,16 +84,16 @@ async def test_parse_error_inside_pipeline_and_deallocate_all(pgpool_proc):
     proc = pgpool_proc({"default_pool_size": 1})
     raw = await RawClient.open(proc.port)
     await raw.login_md5("app", "app")
-    replies = await run(raw, parse(b"good", "SELECT 1") + parse(b"bad", "SELEC oops") + parse(b"later", "SELECT 2")
-                        + bind(b"good") + execute() + SYNC)
+    replies = await run(raw, parse("good", "SELECT 1") + parse("bad", "SELEC oops") + parse("later", "SELECT 2")
+                        + bind("good") + execute() + SYNC)
     assert types(replies) == "1EZ"          # Postgres skips everything after the error up to Sync
     assert b"42601" in replies[1][1]
     # "good" was parsed before the error: it exists; "later" was skipped: it does not.
-    assert first_value(await run(raw, bind(b"good") + execute() + SYNC)) == "1"
-    missing = await run(raw, bind(b"later") + execute() + SYNC)
+    assert first_value(await run(raw, bind("good") + execute() + SYNC)) == "1"
+    missing = await run(raw, bind("later") + execute() + SYNC)
     assert types(missing) == "EZ" and b"26000" in missing[0][1]
     await run(raw, m.query("DEALLOCATE ALL"))
-    gone = await run(raw, bind(b"good") + execute() + SYNC)
+    gone = await run(raw, bind("good") + execute() + SYNC)
     assert types(gone) == "EZ" and b"26000" in gone[0][1]
     raw.close()
 
@@ -121,7 +102,7 @@ async def test_max_prepared_statements_eviction(pgpool_proc):
     proc = pgpool_proc({"default_pool_size": 1, "max_prepared_statements": 2})
     raw = await RawClient.open(proc.port)
     await raw.login_md5("app", "app")
-    names = [f"q{i}".encode() for i in range(5)]
+    names = [f"q{i}" for i in range(5)]
     for i, name in enumerate(names):
         await run(raw, parse(name, f"SELECT {i}") + SYNC)
     for _ in range(2):
@@ -221,16 +202,16 @@ async def test_known_statement_prepared_without_waiting_for_a_server(pgpool_proc
     proc = pgpool_proc({"default_pool_size": 1})
     first = await RawClient.open(proc.port)
     await first.login_md5("app", "app")
-    await run(first, parse(b"p1", "SELECT 42") + SYNC)
+    await run(first, parse("p1", "SELECT 42") + SYNC)
     await run(first, m.query("BEGIN"))                       # holds the only server
     second = await RawClient.open(proc.port)
     await second.login_md5("app", "app")
-    assert types(await run(second, parse(b"mine", "SELECT 42") + SYNC)) == "1Z"
-    second.send(parse(b"other", "SELECT 43") + SYNC)          # never parsed anywhere: needs the server
+    assert types(await run(second, parse("mine", "SELECT 42") + SYNC)) == "1Z"
+    second.send(parse("other", "SELECT 43") + SYNC)          # never parsed anywhere: needs the server
     with pytest.raises(asyncio.TimeoutError):
         await second.read_message(timeout=0.5)
     await run(first, m.query("COMMIT"))
     assert types(await second.read_until(b"Z")) == "1Z"
-    assert first_value(await run(second, bind(b"mine") + execute() + SYNC)) == "42"
+    assert first_value(await run(second, bind("mine") + execute() + SYNC)) == "42"
     first.close()
     second.close()

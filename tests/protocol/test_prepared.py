@@ -24,59 +24,9 @@ from pgpool.prepared import (
 )
 from pgpool.protocol.errors import ProtocolError, error_response, parse_error_fields
 from pgpool.protocol.framing import MessageScanner
+from tests.frontend import FLUSH, SYNC, bind, close, describe, execute, msg, parse, query, split_messages
 
 # ---- message bytes (PostgreSQL docs, "Message Formats") ---------------------------------------
-
-
-def msg(msg_type: bytes, body: bytes = b"") -> bytes:
-    return msg_type + struct.pack("!I", len(body) + 4) + body
-
-
-def cstr(text: str) -> bytes:
-    return text.encode() + b"\x00"
-
-
-def parse(name: str, sql: str, types: tuple[int, ...] = ()) -> bytes:
-    oids = b"".join(struct.pack("!I", t) for t in types)
-    return msg(b"P", cstr(name) + cstr(sql) + struct.pack("!h", len(types)) + oids)
-
-
-def bind(statement: str, params: tuple[str, ...] = (), portal: str = "") -> bytes:
-    body = cstr(portal) + cstr(statement) + struct.pack("!hh", 0, len(params))
-    for p in params:
-        body += struct.pack("!i", len(p)) + p.encode()
-    return msg(b"B", body + struct.pack("!h", 0))
-
-
-def describe(kind: str, name: str) -> bytes:
-    return msg(b"D", kind.encode() + cstr(name))
-
-
-def execute(portal: str = "", max_rows: int = 0) -> bytes:
-    return msg(b"E", cstr(portal) + struct.pack("!I", max_rows))
-
-
-def close(kind: str, name: str) -> bytes:
-    return msg(b"C", kind.encode() + cstr(name))
-
-
-def query(sql: str) -> bytes:
-    return msg(b"Q", cstr(sql))
-
-
-SYNC = msg(b"S")
-FLUSH = msg(b"H")
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    out = []
-    pos = 0
-    while pos < len(data):
-        length = struct.unpack_from("!I", data, pos + 1)[0]
-        out.append(data[pos:pos + 1 + length])
-        pos += 1 + length
-    assert pos == len(data)
-    return out
 
 
 def show(messages: list[bytes]) -> list[str]:
