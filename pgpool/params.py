@@ -111,6 +111,7 @@ _DISCARD_ALL_RE = re.compile(r"^\s*DISCARD\s+ALL\s*;?\s*$", re.IGNORECASE)
 
 # First letters of statements this module recognises (lower-cased), to skip the rest cheaply.
 _CANDIDATE_FIRST = frozenset(b"sSrRdD")
+_CANDIDATE_HEADS = frozenset((b"set", b"res", b"dis"))
 
 
 def _skip_space_and_comments(buf: bytes, pos: int, end: int) -> int:
@@ -146,6 +147,8 @@ def classify_query(buf: bytes, start: int, end: int) -> SessionChange | None:
     """Recognise a single top-level SET / RESET / DISCARD ALL in a Query body (NUL-terminated)."""
     pos = _skip_space_and_comments(buf, start, end)
     if pos >= end or buf[pos] not in _CANDIDATE_FIRST or end - pos > 4096:
+        return None
+    if buf[pos:pos + 3].lower() not in _CANDIDATE_HEADS:   # SELECT, DELETE, ... leave here
         return None
     try:
         sql = buf[pos:end].rstrip(b"\x00").decode("utf-8")
