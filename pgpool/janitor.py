@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .config import PoolMode
 from .pool import ServerState
 from .protocol.errors import (
     IDLE_IN_TRANSACTION_SESSION_TIMEOUT, IDLE_SESSION_TIMEOUT, PROTOCOL_VIOLATION, QUERY_CANCELED, ProtocolError,
@@ -58,7 +59,7 @@ def check_pool(app: "App", pool: "Pool", now: float) -> None:
         if server is None:
             continue
         busy = client.pending_rfq or client.open_extended or client.copy_in
-        if busy and settings.query_timeout and now - client.last_activity >= settings.query_timeout:
+        if busy and settings.query_timeout and now - client.query_start >= settings.query_timeout:
             pool.stats.count_error("query_timeout")
             client.disconnect("query_timeout", ProtocolError(
                 QUERY_CANCELED, f"query_timeout: query ran longer than {settings.query_timeout:g}s (pool {pool.name})"))
@@ -69,7 +70,7 @@ def check_pool(app: "App", pool: "Pool", now: float) -> None:
                 IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 f"idle_transaction_timeout: idle in transaction for more than {settings.idle_transaction_timeout:g}s "
                 f"(pool {pool.name})"))
-        elif (not busy and settings.client_idle_timeout and pool.conf.pool_mode.value == "session"
+        elif (not busy and settings.client_idle_timeout and pool.conf.pool_mode == PoolMode.SESSION
               and now - client.last_activity >= settings.client_idle_timeout):
             client.disconnect("client_idle_timeout", ProtocolError(
                 IDLE_SESSION_TIMEOUT, f"client_idle_timeout: idle for more than {settings.client_idle_timeout:g}s"))

@@ -227,6 +227,10 @@ class Pool:
             self.set_server_state(server, ServerState.CLOSED)
             self._on_login_failed(ProtocolError(CONNECTION_FAILURE, f"server login failed for pool {self.name}: {error!r}"))
             return
+        if server.closed_reason is not None:   # lost right after login: never hand it out
+            self.set_server_state(server, ServerState.CLOSED)
+            self.dispatch()
+            return
         elapsed = time.monotonic() - started
         self.stats.server_connects += 1
         self.stats.connect_hist.observe(elapsed)
