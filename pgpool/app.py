@@ -183,8 +183,11 @@ class App:
             return
         server = client.server
         # Only a query in flight is cancelled: an idle link has nothing of this client's to stop.
-        if server is not None and (client.pending_rfq or client.open_extended or client.copy_in):
-            self.send_cancel(server.pool.db.host, server.pool.db.port, server.backend_pid, server.backend_key)
+        if server is not None and (client.pending_rfq or client.open_extended or client.copy_in) and server.backend_pid:
+            # Until Postgres has handled it, the server is not lent to anyone else (see release_server).
+            server.cancels_in_flight += 1
+            self.cancel.send(server.pool.db.host, server.pool.db.port, server.backend_pid, server.backend_key,
+                             done=server.on_cancel_done)
 
     def send_cancel(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
         if backend_pid:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from .protocol import messages as m
 
@@ -36,11 +36,15 @@ class CancelRegistry:
     def find(self, pid: int, key: int) -> Any:
         return self._clients.get((pid, key))
 
-    def send(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
-        """Fire a CancelRequest at a server; failures are logged, never raised."""
+    def send(self, host: str, port: int, backend_pid: int, backend_key: int,
+             done: Callable[[], None] | None = None) -> None:
+        """Fire a CancelRequest at a server; failures are logged, never raised. `done()` once Postgres
+        has handled it (it closes the cancel connection after signalling the backend) or it failed."""
         task = asyncio.get_running_loop().create_task(self._send(host, port, backend_pid, backend_key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if done is not None:
+            task.add_done_callback(lambda _: done())
 
     async def _send(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
         try:

@@ -271,6 +271,11 @@ class Pool:
         if reason:
             server.close(reason)
             return
+        if server.cancels_in_flight:
+            # A client's cancel may still land: lend the server to nobody until Postgres handled it.
+            self.set_server_state(server, ServerState.MAINTENANCE)
+            server.parked = True
+            return
         reset = self.app.settings.server_reset_query
         if server.tx_status != b"I"[0]:
             server.run_maintenance("ROLLBACK", self.server_available)

@@ -63,7 +63,8 @@ class ServerConnection(asyncio.Protocol):
     __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "params", "backend_pid",
                  "backend_key", "created_at", "last_used", "tx_status", "injected", "_on_injected_done",
                  "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
-                 "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared",
+                 "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
+                 "parked",
                  "watch_normal", "watch_tags")
 
     def __init__(self, pool: "Pool"):
@@ -94,6 +95,8 @@ class ServerConnection(asyncio.Protocol):
         self._on_injected_done: Done | None = None
         self._injected_error: ProtocolError | None = None
         self.injected_rows: list[str | None] = []   # first column of each DataRow of pgpool's own query
+        self.cancels_in_flight = 0              # CancelRequests sent for this backend, not yet handled
+        self.parked = False                     # released while a cancel was in flight: held back
         self.needs_reset = False                # server_reset_query owed before reuse
         self.close_needed: str | None = None    # close instead of reuse, with this reason
         self._login: LoginStream | None = None
@@ -402,8 +405,12 @@ class ServerConnection(asyncio.Protocol):
         return bool(settings.server_check_query) and settings.server_check_delay >= 0 and \
             time.monotonic() - self.last_used > settings.server_check_delay
 
+    def check_sql(self) -> str:
+        query = self.app.settings.server_check_query
+        return "" if query == "<empty>" else query   # PgBouncer's spelling of an empty query
+
     def start_check(self) -> None:
-        self.run_maintenance(self.app.settings.server_check_query, self.pool.server_available)
+        self.run_maintenance(self.check_sql(), self.pool.server_available)
 
     def close_reason_on_release(self) -> str | None:
         if self.close_needed:
@@ -412,6 +419,13 @@ class ServerConnection(asyncio.Protocol):
         if time.monotonic() - self.created_at > lifetime:   # 0: use once, as in PgBouncer
             return f"server_lifetime ({lifetime:g}s) reached"
         return None
+
+    def on_cancel_done(self) -> None:
+        self.cancels_in_flight -= 1
+        if not self.cancels_in_flight and self.parked and self.state == ServerState.MAINTENANCE:
+            self.parked = False
+            # A cancel signal still on its way would hit this query, never another client's.
+            self.run_maintenance(self.check_sql() or "SELECT 1", self.pool.server_available)
 
     def cancel_and_close(self, reason: str) -> None:
         """Stop whatever the server runs for a client that left, then drop the connection."""

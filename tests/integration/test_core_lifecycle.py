@@ -186,12 +186,15 @@ async def test_idle_session_timeout_on_server(pgpool_proc, postgres):
         postgres.run_sql("ALTER ROLE md5user RESET idle_session_timeout")
 
 
-async def test_server_check_query_before_reuse(pgpool_proc):
-    proc = pgpool_proc({"default_pool_size": 1, "server_check_delay": 0, "server_check_query": "SELECT 1"})
+@pytest.mark.parametrize("check_query", ["SELECT 1", "<empty>"])
+async def test_server_check_query_before_reuse(pgpool_proc, check_query):
+    proc = pgpool_proc({"default_pool_size": 1, "server_check_delay": 0, "server_check_query": check_query})
     conn = await connect(proc)
     try:
-        for _ in range(3):
-            assert await conn.fetchval("SELECT 1") == 1
+        # The check passes before every reuse, so the same server keeps serving (a failing check closes it).
+        pids = {await conn.fetchval("SELECT pg_backend_pid()") for _ in range(3)}
+        assert len(pids) == 1
+        assert "failed" not in proc.log_text()
     finally:
         await conn.close()
 
