@@ -58,10 +58,9 @@ def _print_logs(procs: Sequence[PgpoolProcess | PgBouncerProcess]) -> None:
         print(f"--- {proc.name} on port {proc.port} (exit {proc.returncode}) log tail ---\n{tail}")
 
 
-@pytest.fixture
-def pgpool_proc(postgres: PostgresCluster | ExternalPostgres) -> Iterator[StartPgpool]:
-    """Factory: pgpool_proc(settings=None, *, users=TEST_USERS, databases=None, port=None, wait=15.0) -> started PgpoolProcess."""
-    started: list[PgpoolProcess] = []
+def _started(postgres: PostgresCluster | ExternalPostgres, cls: type,
+             started: list) -> Callable[..., PgpoolProcess | PgBouncerProcess]:
+    """A factory that starts `cls` in front of `postgres` and remembers it for teardown."""
 
     def start(
         settings: Mapping[str, object] | None = None,
@@ -70,26 +69,36 @@ def pgpool_proc(postgres: PostgresCluster | ExternalPostgres) -> Iterator[StartP
         databases: Mapping[str, object] | None = None,
         port: int | None = None,
         wait: float = 15.0,
-        extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-    ) -> PgpoolProcess:
-        proc = PgpoolProcess(
+        **extra: object,
+    ) -> PgpoolProcess | PgBouncerProcess:
+        proc = cls(
             backend_host=postgres.host,
             backend_port=postgres.port,
             users=dict(users if users is not None else TEST_USERS),
             settings=dict(settings or {}),
             databases=dict(databases) if databases is not None else None,
             port=port,
-            extra_args=extra_args,
-            env=env,
+            **extra,
         )
         started.append(proc)
         return proc.start(wait)
 
-    yield start
+    return start
+
+
+def _stop_all(started: list) -> None:
     for proc in started:
         proc.stop()
     _print_logs(started)
+
+
+@pytest.fixture
+def pgpool_proc(postgres: PostgresCluster | ExternalPostgres) -> Iterator[StartPgpool]:
+    """Factory: pgpool_proc(settings=None, *, users=TEST_USERS, databases=None, port=None, wait=15.0,
+    extra_args=(), env=None) -> started PgpoolProcess."""
+    started: list[PgpoolProcess] = []
+    yield _started(postgres, PgpoolProcess, started)
+    _stop_all(started)
 
 
 @pytest.fixture
@@ -98,27 +107,5 @@ def pgbouncer_proc(postgres: PostgresCluster | ExternalPostgres) -> Iterator[Sta
     if not PgBouncerProcess.available():
         pytest.fail("pgbouncer is not installed (apt-get install pgbouncer, or bash scripts/install.sh)", pytrace=False)
     started: list[PgBouncerProcess] = []
-
-    def start(
-        settings: Mapping[str, object] | None = None,
-        *,
-        users: Mapping[str, str] | None = None,
-        databases: Mapping[str, object] | None = None,
-        port: int | None = None,
-        wait: float = 15.0,
-    ) -> PgBouncerProcess:
-        proc = PgBouncerProcess(
-            backend_host=postgres.host,
-            backend_port=postgres.port,
-            users=dict(users if users is not None else TEST_USERS),
-            settings=dict(settings or {}),
-            databases=dict(databases) if databases is not None else None,
-            port=port,
-        )
-        started.append(proc)
-        return proc.start(wait)
-
-    yield start
-    for proc in started:
-        proc.stop()
-    _print_logs(started)
+    yield _started(postgres, PgBouncerProcess, started)
+    _stop_all(started)
