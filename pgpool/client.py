@@ -515,7 +515,7 @@ class ClientConnection(asyncio.Protocol):
         self.query_start = now
         if self.pending_changes:
             self._settle_changes(status)
-        elif self.tx_changes and status == TX_IDLE:
+        if self.tx_changes and status == TX_IDLE:
             self._settle_tx_changes()
         self.query_failed = False
         if self.pending_rfq or self.open_extended or self.copy_in:
@@ -526,19 +526,15 @@ class ClientConnection(asyncio.Protocol):
             stats.xact_time += elapsed
             stats.xact_hist.observe(elapsed)
             self.xact_start = now
-            if self.mode != PoolMode.SESSION and self.server is not None:
-                if self.state_check_due:
-                    self.state_check_due = False
-                    self.server.inject(state_check_sql(pool.server_user), self._on_state_checked)
-                    return False
-                if self.pinned:
-                    if self.drain:
-                        self.app.loop.call_soon(self._drain_now)
-                    return False
             if self.drain:
                 self.app.loop.call_soon(self._drain_now)
-                return self.mode != PoolMode.SESSION
-            return self.mode != PoolMode.SESSION
+            if self.mode == PoolMode.SESSION or self.server is None:
+                return False
+            if self.state_check_due:
+                self.state_check_due = False
+                self.server.inject(state_check_sql(pool.server_user), self._on_state_checked)
+                return False
+            return not self.pinned
         if self.mode == PoolMode.STATEMENT:
             # The client sees its BEGIN fail; the server is rolled back on release.
             pool.stats.count_error("statement_mode_transaction")
@@ -694,15 +690,17 @@ class ClientConnection(asyncio.Protocol):
         pool = self.pool
         server = self.server
         if server is not None:
-            if self.pending_rfq or self.open_extended or self.copy_in or self.syncing:
-                # Mid-query: cancel it, and drop the server rather than wait for it.
+            if self.pending_rfq or self.open_extended or self.copy_in or self.syncing or server.injected:
+                # Mid-query (its own or pgpool's check): cancel it, and drop the server rather than wait.
                 self.server = None
                 server.client = None
                 server.cancel_and_close(f"client left mid-query ({reason})")
             else:
                 # Idle (maybe inside a transaction): release rolls back / resets before reuse.
-                server.needs_reset = self.mode == PoolMode.SESSION or self.pinned
-                if self.pinned and not self.app.settings.server_reset_query:
+                # Session state it may have made (pinned, or not yet checked) is reset before reuse.
+                dirty = self.pinned or self.state_check_due
+                server.needs_reset = self.mode == PoolMode.SESSION or dirty
+                if dirty and not self.app.settings.server_reset_query:
                     server.close_needed = "client left session state on it and server_reset_query is empty"
                 pool.release_server(server)  # type: ignore[union-attr]
         if pool is not None:

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
+from .protocol.constants import TX_IDLE
 from .protocol.errors import CONNECTION_FAILURE, ProtocolError
 from .stats import PoolStats
 
@@ -276,11 +277,16 @@ class Pool:
             self.set_server_state(server, ServerState.MAINTENANCE)
             server.parked = True
             return
-        reset = self.app.settings.server_reset_query
-        if server.tx_status != b"I"[0]:
-            server.run_maintenance("ROLLBACK", self.server_available)
-        elif reset and (server.needs_reset or self.app.settings.server_reset_query_always):
-            server.run_maintenance(reset, self._after_reset)
+        self._clean(server)
+
+    def _clean(self, server: "ServerConnection") -> None:
+        """Roll back an open transaction, then run server_reset_query where owed, then reuse."""
+        settings = self.app.settings
+        if server.tx_status != TX_IDLE:
+            server.run_maintenance("ROLLBACK", self._clean)
+        elif settings.server_reset_query and (server.needs_reset or settings.server_reset_query_always):
+            server.needs_reset = False
+            server.run_maintenance(settings.server_reset_query, self._after_reset)
         else:
             self.server_available(server)
 

@@ -130,3 +130,19 @@ async def test_set_role_pins_until_reset(pgpool_proc):
         await other.close()
     finally:
         await admin.close()
+
+
+async def test_session_lock_taken_inside_a_transaction_is_released_when_the_client_leaves(pgpool_proc):
+    """ROLLBACK does not release a session advisory lock: the server is also reset before reuse."""
+    proc = pgpool_proc({"default_pool_size": 1})
+    leaver = await connect(proc)
+    await leaver.execute("BEGIN")
+    await leaver.fetchval("SELECT pg_advisory_lock(7)")
+    await leaver.close()                       # leaves idle inside the transaction, lock held
+    nxt = await connect(proc)
+    try:
+        # (pg_try_advisory_lock would succeed even if held: the lock is re-entrant in its own session.)
+        assert await nxt.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND pid = pg_backend_pid()") == 0
+    finally:
+        await nxt.close()
