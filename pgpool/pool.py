@@ -142,6 +142,12 @@ class Pool:
 
     def request_server(self, client: Any) -> None:
         """Queue a client that has something to send; it is linked as soon as a server is free."""
+        if not self.waiting and self.idle and not self.paused:
+            server = self.idle[0] if self.app.settings.server_round_robin else self.idle[-1]
+            if not server.needs_check():   # the common case: straight to a server, no queueing
+                client.wait_start = time.monotonic()
+                self.link(client, server)
+                return
         self.set_client_state(client, ClientState.WAITING)
         self.dispatch()
         if client.state == ClientState.WAITING and self.server_count() == 0 and self._login_failing():
