@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import asyncpg
+import psycopg
 import pytest
+
+from benchmarks.targets import free_port
 
 from tests.integration.helpers import connect, server_connections
 from tests.waiting import wait_until
@@ -146,3 +150,24 @@ async def test_session_lock_taken_inside_a_transaction_is_released_when_the_clie
                                   "AND pid = pg_backend_pid()") == 0
     finally:
         await nxt.close()
+
+
+async def test_pinned_client_is_shown_in_show_pools_and_metrics(pgpool_proc):
+    metrics_port = free_port()
+    proc = pgpool_proc({"default_pool_size": 2, "admin_users": "postgres", "metrics_port": metrics_port})
+    listener = await connect(proc)
+    await listener.execute("LISTEN pinned_channel")
+    await wait_until(lambda: "pinned to server" in proc.log_text(), timeout=5)
+    try:
+        async with await psycopg.AsyncConnection.connect(proc.dsn("postgres", dbname="pgbouncer"), autocommit=True,
+                                                         prepare_threshold=None) as console:
+            cur = await console.execute("SHOW POOLS")
+            names = [d.name for d in cur.description]
+            rows = [dict(zip(names, row)) for row in await cur.fetchall()]
+        app_pool = next(r for r in rows if r["database"] == "app" and r["user"] == "app")
+        assert int(app_pool["cl_pinned"]) == 1
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode())
+        assert 'pgpool_clients_pinned{database="app",user="app"} 1.0' in body
+    finally:
+        await listener.close()
