@@ -21,7 +21,7 @@ from .control import Controls
 from .prepared import StatementRegistry
 from .client import ADMIN_DATABASES, ClientConnection
 from .config import LoadedConfig, Settings
-from .pool import Pool
+from .pool import ClientState, Pool
 from .protocol import messages as m
 from .protocol.errors import (
     CANNOT_CONNECT_NOW, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS,
@@ -181,6 +181,9 @@ class App(Controls):
     def forward_cancel(self, pid: int, key: int) -> None:
         client = self.cancel.find(pid, key)
         if client is None:
+            return
+        if client.state == ClientState.WAITING:
+            client.cancel_while_waiting()   # its query never reached a server
             return
         server = client.server
         # Only a query in flight is cancelled: an idle link has nothing of this client's to stop.

@@ -33,7 +33,7 @@ from .protocol.constants import (
 )
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
-    INVALID_PASSWORD, PROTOCOL_VIOLATION, ProtocolError,
+    INVALID_PASSWORD, PROTOCOL_VIOLATION, QUERY_CANCELED, ProtocolError,
 )
 from .protocol.framing import MessageScanner
 from .protocol.scram import ScramError, ScramServer
@@ -61,6 +61,8 @@ WRITE_LOW_WATER = 64 * 1024
 ADMIN_DATABASES = ("pgbouncer", "pgpool")
 
 PARSE_COMPLETE_READY = m.message(b"1") + m.READY_FOR_QUERY_IDLE
+QUERY_CANCELED_READY = ProtocolError(QUERY_CANCELED, "canceling statement due to user request",
+                                     severity="ERROR").to_bytes() + m.READY_FOR_QUERY_IDLE
 
 _ids = itertools.count(1)
 
@@ -660,6 +662,34 @@ class ClientConnection(asyncio.Protocol):
         pool_name = self.pool.name if self.pool else "?"
         self.disconnect(f"server connection lost: {reason}", ProtocolError(
             CONNECTION_FAILURE, f"server connection lost for pool {pool_name}: {reason}"))
+
+    def cancel_while_waiting(self) -> bool:
+        """A CancelRequest for a client still queued for a server: answer as Postgres would.
+
+        Done when what waits is one request (a Query, or extended messages up to their first
+        Sync): it is dropped and the client gets 57014 and ReadyForQuery, exactly what a server
+        cancelling it at its first message sends. Otherwise the cancel is ignored, as for a
+        query that already finished.
+        """
+        data = b"".join(self.pending)
+        pos, last_type = 0, 0
+        while pos + 5 <= len(data):
+            last_type = data[pos]
+            if last_type in (F_QUERY, F_SYNC, F_FUNCTION_CALL):
+                pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+                break
+            pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+        if pos != len(data) or last_type not in (F_QUERY, F_SYNC, F_FUNCTION_CALL):
+            return False
+        self.pending.clear()
+        self.pending_size = 0
+        self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
+        self.pool.stats.count_error("cancelled_while_waiting")  # type: ignore[union-attr]
+        self.transport.write(QUERY_CANCELED_READY)
+        self.update_reading()
+        log.info("%s: query cancelled while waiting for a server (%.1fs)", self.log_prefix,
+                 time.monotonic() - self.wait_start)
+        return True
 
     # ---- leaving -------------------------------------------------------------------------------
 

@@ -258,3 +258,24 @@ async def test_query_timeout(pgpool_proc, postgres):
     other = await connect(proc)
     assert await other.fetchval("SELECT 1") == 1
     await other.close()
+
+
+async def test_cancel_while_queued_drops_the_query(pgpool_proc, postgres):
+    """asyncpg's timeout fires while the pool is saturated: the queued query never runs."""
+    postgres.run_sql("DROP TABLE IF EXISTS queued_cancel; CREATE TABLE queued_cancel (x int); "
+                     "GRANT ALL ON queued_cancel TO app", dbname="app")
+    proc = pgpool_proc({"default_pool_size": 1})
+    holder = await connect(proc)
+    waiter = await connect(proc)
+    try:
+        await holder.execute("BEGIN")
+        with pytest.raises(asyncio.TimeoutError):
+            await waiter.execute("INSERT INTO queued_cancel VALUES (1)", timeout=0.5)
+        # asyncpg sends its CancelRequest in the background: wait until pgpool has acted on it.
+        await wait_until(lambda: "cancelled while waiting for a server" in proc.log_text(), timeout=10)
+        await holder.execute("COMMIT")
+        assert await waiter.fetchval("SELECT count(*) FROM queued_cancel") == 0
+        assert await holder.fetchval("SELECT count(*) FROM queued_cancel") == 0
+    finally:
+        await holder.close()
+        await waiter.close()
