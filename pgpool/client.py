@@ -191,6 +191,8 @@ class ClientConnection(asyncio.Protocol):
                 made_up = server.prepared.take_client_output()
                 if made_up:
                     self.transport.write(made_up)
+                if not server.injected:
+                    server.scanner.watch = server.normal_watch()
         if self.closing:
             self.disconnect("client close request")
 

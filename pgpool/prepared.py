@@ -353,6 +353,16 @@ class ServerStatements:
         self._to_client.clear()
         return clean
 
+    def plain_queries_only(self) -> bool:
+        """Every reply owed is a simple Query's, ending at ReadyForQuery, with nothing to rewrite:
+        the core's own watch (ReadyForQuery, ErrorResponse, CopyInResponse) is all that must be seen."""
+        if self._skipping:
+            return False
+        for entry in self._queue:
+            if entry is not _QUERY_FWD:
+                return False
+        return True
+
     @property
     def idle(self) -> bool:
         """Nothing owed by the server: what the core's release on ReadyForQuery 'I' implies."""

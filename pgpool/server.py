@@ -360,8 +360,12 @@ class ServerConnection(asyncio.Protocol):
         return b""
 
     def normal_watch(self) -> bytes:
+        """The message types to look at now: the tracker's only while it has replies to place."""
         client = self.client
-        return self.watch_tags if client is not None and client.tx_changes else self.watch_normal
+        tags = client is not None and client.tx_changes
+        if self.prepared is None or self.prepared.plain_queries_only():
+            return WATCH_SERVER_TAGS if tags else WATCH_SERVER
+        return self.watch_tags if tags else self.watch_normal
 
     def inject(self, sql: str, done: Done) -> None:
         """Send pgpool's own simple query; its replies never reach a client; `done(error)` at its ReadyForQuery."""
