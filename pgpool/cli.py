@@ -85,7 +85,7 @@ async def _serve(app) -> int:
     if app.settings.pidfile:
         with open(app.settings.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
-    log.info("pgpool %s started (pid %d)", _version(), os.getpid())
+    log.info("pgpool %s started (pid %d)", __version__, os.getpid())
     await app.wait_stopped()
     if app.settings.pidfile:
         try:
@@ -94,8 +94,3 @@ async def _serve(app) -> int:
             pass
     log.info("pgpool stopped")
     return 0
-
-
-def _version() -> str:
-    from . import __version__
-    return __version__
