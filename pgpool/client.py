@@ -490,10 +490,8 @@ class ClientConnection(asyncio.Protocol):
             held = 1
         else:
             held = int(rows[0])
-        pool = self.pool
         if held and not self.pinned:
             self.pinned = True
-            pool.stats.pinned_total += 1  # type: ignore[union-attr]
             log.info("%s: pinned to server %s: session state (%d item(s)) from: %s", self.log_prefix,
                      server.log_prefix, held, self.pin_statement)
         elif not held and self.pinned:
@@ -559,15 +557,14 @@ class ClientConnection(asyncio.Protocol):
         if not answered:
             return
         self.pending_changes = [item for item in self.pending_changes if item[0] > self.rfq_seen]
-        changes = answered
         if self.query_failed or status == TX_FAILED:
             return
         if status == TX_IN_BLOCK:
-            self.tx_changes.extend(changes)
+            self.tx_changes.extend(answered)
             if self.server is not None:
                 self.server.scanner.watch = self.server.normal_watch()
             return
-        self._apply_changes(changes)
+        self._apply_changes(answered)
 
     def _settle_tx_changes(self) -> None:
         changes = self.tx_changes
@@ -649,9 +646,8 @@ class ClientConnection(asyncio.Protocol):
         self.syncing = False
         if server.prepared is not None and not server.prepared.unlink():
             server.close("released with prepared statement replies outstanding")
-        if self.tx_changes:
-            self.tx_changes = []
-        if server.scanner.watch is not server.normal_watch() and not server.injected:
+        self.tx_changes.clear()   # a SET inside an unfinished transaction dies with it
+        if not server.injected:
             server.scanner.watch = server.normal_watch()
         self.update_reading()
 

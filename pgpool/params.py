@@ -188,9 +188,6 @@ class SessionParams:
         self.reported: dict[str, str] = dict(reported or {})
         self.statements: dict[str, str] = dict(statements or {})
 
-    def copy(self) -> "SessionParams":
-        return SessionParams(self.reported, self.statements)
-
     def apply(self, change: SessionChange, reported_names: frozenset[str]) -> None:
         """Record a change that succeeded on the server; reported values arrive as ParameterStatus."""
         if change.kind == "reset_all":

@@ -143,7 +143,7 @@ class Pool:
     def request_server(self, client: Any) -> None:
         """Queue a client that has something to send; it is linked as soon as a server is free."""
         if not self.waiting and self.idle and not self.paused:
-            server = self.idle[0] if self.app.settings.server_round_robin else self.idle[-1]
+            server = self._next_idle()
             if not server.needs_check():   # the common case: straight to a server, no queueing
                 client.wait_start = time.monotonic()
                 self.link(client, server)
@@ -160,7 +160,7 @@ class Pool:
         waiting = self.waiting
         while waiting:
             if self.idle:
-                server = self.idle[0] if self.app.settings.server_round_robin else self.idle[-1]
+                server = self._next_idle()
                 if server.needs_check():
                     server.start_check()
                     continue
@@ -173,6 +173,10 @@ class Pool:
         if waiting and self._reserve_timer is None and self.conf.reserve_pool_size:
             delay = max(0.0, self.app.settings.reserve_pool_timeout - self.max_wait())
             self._reserve_timer = asyncio.get_running_loop().call_later(delay + 0.001, self._on_reserve_timer)
+
+    def _next_idle(self) -> "ServerConnection":
+        """Most recently used (LIFO), or the longest idle with server_round_robin."""
+        return self.idle[0] if self.app.settings.server_round_robin else self.idle[-1]
 
     def _on_reserve_timer(self) -> None:
         self._reserve_timer = None
@@ -407,14 +411,13 @@ class Pool:
 
 class _Borrower:
     """A waiter standing in the client queue on behalf of pgpool itself."""
-    __slots__ = ("pool", "state", "wait_start", "future", "server")
+    __slots__ = ("pool", "state", "wait_start", "future")
 
     def __init__(self, pool: Pool):
         self.pool = pool
         self.state = ClientState.LOGIN
         self.wait_start = 0.0
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.server = None
 
     def attach_server(self, server: "ServerConnection") -> None:
         # A borrowed server runs pgpool's queries: MAINTENANCE, and the borrower leaves the queue.

@@ -41,7 +41,7 @@ class PoolStats:
     __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_time",
                  "query_time", "wait_time", "wait_count", "server_connects", "server_login_failures",
                  "client_logins", "client_login_failures", "errors", "wait_hist", "xact_hist",
-                 "connect_hist", "pinned_total", "client_parse_count", "server_parse_count", "bind_count")
+                 "connect_hist", "client_parse_count", "server_parse_count", "bind_count")
 
     def __init__(self) -> None:
         self.xact_count = 0
@@ -60,7 +60,6 @@ class PoolStats:
         self.wait_hist = Histogram()
         self.xact_hist = Histogram()
         self.connect_hist = Histogram()
-        self.pinned_total = 0
         self.client_parse_count = 0   # named Parse messages from clients
         self.server_parse_count = 0   # Parse messages pgpool sent to servers (re-prepares included)
         self.bind_count = 0           # Binds of named statements
