@@ -298,6 +298,9 @@ class ServerConnection(asyncio.Protocol):
     # ---- data plane ----------------------------------------------------------------------------
 
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        if msg_type == B_READY_FOR_QUERY and buf is not None and end - start != 1:
+            # Its status byte is read at buf[start]: never take the next message's byte for it.
+            raise ProtocolError(PROTOCOL_VIOLATION, f"malformed ReadyForQuery: {end - start} bytes instead of 1")
         if self.injected:
             return self._on_injected_message(msg_type, buf, start, end)
         out = None

@@ -285,7 +285,8 @@ def _reference_walk(stream: bytes, watch: bytes, max_message: int, max_inspect: 
 
 def _scan_in_chunks(data: bytes, parse_whole: Callable[[int, bytes], None] | None) -> None:
     inp = Input(data)
-    watch = bytes(inp.take(32).ljust(32, b"\x00")[i // 8] >> (i % 8) & 1 for i in range(256))
+    bits = inp.take(32).ljust(32, b"\x00")
+    watch = bytes(bits[i // 8] >> (i % 8) & 1 for i in range(256))
     max_message = (64, 512, 1 << 20)[inp.byte() % 3]
     max_inspect = inp.byte() % 80
     cuts = [inp.byte() % 64 + 1 for _ in range(inp.byte() % 16)]
@@ -400,7 +401,7 @@ def _client_message(inp: Input) -> tuple[int, bytes]:
     elif kind == ord("B"):
         body = b"\x00" + name + b"\x00\x00\x00\x00\x00\x00\x00"
     elif kind in b"DC":
-        body = (b"S", b"P", b"x")[pick % 3:pick % 3 + 1] + name + b"\x00"
+        body = b"SPx"[pick % 3:pick % 3 + 1] + name + b"\x00"
     elif kind == ord("E"):
         body = b"\x00\x00\x00\x00\x00"
     elif kind == ord("Q"):
