@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(args.worker, args.seconds, args.corpus / args.worker, args.artifacts, args.timeout, args.rss_mb)
         return 0
 
+    if not (args.list or args.replay) and importlib.util.find_spec("atheris") is None:
+        print(ATHERIS_MISSING.format(python=sys.executable, version=sys.version.split()[0]), file=sys.stderr)
+        return 2
     from benchmarks.fuzz.targets import TARGETS
 
     if args.list:
@@ -126,10 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         TARGETS[names[0]].run(args.replay.read_bytes())
         print(f"{names[0]}: {args.replay} ran without a crash")
         return 0
-    if importlib.util.find_spec("atheris") is None:
-        print(ATHERIS_MISSING.format(python=sys.executable, version=sys.version.split()[0]), file=sys.stderr)
-        return 2
-
     artifacts = (args.artifacts or Path("fuzz-artifacts")).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     temp = None
