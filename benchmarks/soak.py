@@ -14,8 +14,10 @@ of --pool-size servers, then runs for the given time:
   open fds (/proc/<pid>/fd), SHOW POOLS counts, operations and errors so far.
 
 Client errors are "explained" when they are what a fault must cause: a lost server
-connection (SQLSTATE 57P01 / 08006 / 08003 or a closed connection) within a few seconds of
-a pg_terminate_backend. Anything else is unexplained. At the end it reports the slope of
+connection (SQLSTATE 57P01 / 08006 / 08003, a closed connection, or asyncpg's
+"cannot switch to state N; another operation (2) is in progress", which a direct
+connection to a terminated backend gives as well) within a few seconds of a
+pg_terminate_backend. Anything else is unexplained. At the end it reports the slope of
 RSS and fds (least squares over the second half of the samples, per minute), writes
 soak.json and soak.png to --out, and exits 1 on unexplained errors or if pgpool died.
 
@@ -44,6 +46,7 @@ TABLE = "pgpool_soak"
 EXPLAIN_WINDOW = 5.0             # seconds after a server was terminated in which losing it is expected
 LOST_SERVER_STATES = {"57P01", "08006", "08003", "08000"}
 ADMIN_USER = "postgres"
+ASYNCPG_ERROR_CONSUME = "another operation (2) is in progress"
 
 
 def read_rss_kb(pid: int) -> int:
@@ -76,6 +79,16 @@ def sqlstate_of(error: BaseException) -> str:
     return getattr(error, "sqlstate", None) or getattr(getattr(error, "diag", None), "sqlstate", None) or ""
 
 
+def describe_error(error: BaseException) -> str:
+    """The error and what it masked (an exception raised during another's handling hides it)."""
+    parts = []
+    seen: BaseException | None = error
+    while seen is not None and len(parts) < 4:
+        parts.append(f"{type(seen).__name__}: {seen}"[:300])
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)
+
+
 @dataclass
 class Soak:
     pgpool: PgpoolProcess
@@ -100,10 +113,12 @@ class Soak:
         state = sqlstate_of(error)
         lost = state in LOST_SERVER_STATES or isinstance(
             error, (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, psycopg.OperationalError,
-                    ConnectionError, OSError))
+                    ConnectionError, OSError)) or (
+            # asyncpg's own reaction to a FATAL in mid-operation: it happens on a direct connection too.
+            isinstance(error, asyncpg.InternalClientError) and ASYNCPG_ERROR_CONSUME in str(error))
         explained = lost and time.monotonic() - self.last_terminate < EXPLAIN_WINDOW
         self.errors.append({"t": self.now(), "worker": worker, "sqlstate": state, "explained": explained,
-                            "error": f"{type(error).__name__}: {error}"[:300]})
+                            "error": describe_error(error)})
 
     # ---- load --------------------------------------------------------------------------------
 

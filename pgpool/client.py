@@ -73,7 +73,8 @@ class ClientConnection(asyncio.Protocol):
                  "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
-                 "state_check_due", "pin_statement", "query_start", "statements", "set_statements", "set_portals")
+                 "state_check_due", "pin_statement", "query_start", "statements", "set_statements", "set_portals",
+                 "server_fatal")
 
     def __init__(self, app: "App"):
         self.app = app
@@ -102,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self.pending_changes: list[tuple[int, SessionChange]] = []
         self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
         self.query_failed = False
+        self.server_fatal = False              # the linked server sent FATAL: it is closing
         self.last_tag = b""
         now = time.monotonic()
         self.xact_start = now
@@ -590,6 +592,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_server_error(self, fields: dict[str, str]) -> None:
         self.query_failed = True
+        if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+            self.server_fatal = True
         self.pool.stats.count_error("server_error")  # type: ignore[union-attr]
 
     def on_copy_in(self) -> None:
@@ -658,6 +662,11 @@ class ClientConnection(asyncio.Protocol):
             self.server = None
             server.client = None
         pool_name = self.pool.name if self.pool else "?"
+        if self.server_fatal:
+            # The client already has the server's own FATAL, as a direct connection would: a second
+            # ErrorResponse makes libpq report two results for one command.
+            self.disconnect(f"server connection lost after FATAL: {reason}")
+            return
         self.disconnect(f"server connection lost: {reason}", ProtocolError(
             CONNECTION_FAILURE, f"server connection lost for pool {pool_name}: {reason}"))
 

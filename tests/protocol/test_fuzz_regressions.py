@@ -15,7 +15,7 @@ from benchmarks.fuzz.targets import TARGETS
 from pgpool import prepared
 from pgpool.protocol import messages as m
 from pgpool.protocol import scram
-from pgpool.protocol.errors import ProtocolError
+from pgpool.protocol.errors import ProtocolError, parse_error_fields
 from tests.protocol import fakes
 from tests.protocol.fakes import Plane, server_of
 
@@ -159,3 +159,42 @@ def test_server_sending_ready_for_query_of_wrong_size_is_closed(body, tracking):
     assert server.transport.closed
     assert b"C08006\x00" in client.transport.written and b"malformed ReadyForQuery" in client.transport.written
     assert plane.released(server) == 0
+
+
+# ---- found by the soak: a server's FATAL followed by pgpool's own error -----------------------
+
+def error_messages(data: bytes) -> list[dict[str, str]]:
+    return [parse_error_fields(message[5:]) for message in fakes.split_messages(data) if message[:1] == b"E"]
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_server_fatal_reaches_the_client_alone(split):
+    # pg_terminate_backend sends FATAL 57P01 and closes. A direct client sees that one error;
+    # a second ErrorResponse from pgpool made libpq report two results ("received 2 results
+    # from command 'COMMIT'" in psycopg) instead of the server's error.
+    plane = Plane()
+    client = plane.add_client()
+    client.data_received(fakes.query("COMMIT"))
+    server = server_of(client)
+    fatal = fakes.error("57P01", "terminating connection due to administrator command", severity="FATAL")
+    if split:
+        server.data_received(fatal[:7])
+        server.data_received(fatal[7:])
+    else:
+        server.data_received(fatal)
+    server.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    errors = error_messages(client.transport.written)
+    assert [e["C"] for e in errors] == ["57P01"]
+    assert client.closed and client.transport.closed
+
+
+def test_server_lost_without_fatal_still_gets_pgpools_error():
+    plane = Plane()
+    client = plane.add_client()
+    client.data_received(fakes.query("COMMIT"))
+    server = server_of(client)
+    server.data_received(fakes.error("40001", "could not serialize access"))   # an ERROR is no goodbye
+    server.connection_lost(None)
+    errors = error_messages(client.transport.written)
+    assert [e["C"] for e in errors] == ["40001", "08006"]
+    assert "server connection lost for pool appdb/app" in errors[1]["M"]
