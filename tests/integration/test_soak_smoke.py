@@ -1,10 +1,16 @@
-"""The soak harness itself, run for ~20 s: load with every kind of fault, zero unexplained errors, a report."""
+"""The soak harness itself, run for ~20 s: load with every kind of fault, zero unexplained errors, a report;
+and what the soak found, as a differential test against a direct connection."""
 
 from __future__ import annotations
 
 import json
 
+import asyncpg
+import psycopg
+import pytest
+
 from benchmarks.soak import run_soak, slope_per_minute
+from tests.waiting import wait_until
 
 
 def test_slope_is_least_squares_per_minute():
@@ -28,3 +34,33 @@ async def test_soak_smoke(postgres, tmp_path):
     written = json.loads((tmp_path / "soak.json").read_text())
     assert written["rss_slope_kb_per_min"] == report["rss_slope_kb_per_min"]
     assert (tmp_path / "soak.png").stat().st_size > 0
+
+
+async def commit_after_backend_terminated(dsn: str, postgres) -> tuple[str, str]:
+    """psycopg (defaults) inside a transaction whose backend is terminated: the error COMMIT gets."""
+    conn = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        cur = await conn.execute("SELECT pg_backend_pid()")   # psycopg opened a transaction: the server stays linked
+        pid = (await cur.fetchone())[0]
+        admin = await asyncpg.connect(postgres.dsn())
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await wait_until(lambda: admin.fetchval("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                                                    pid), message="terminated backend gone")
+        finally:
+            await admin.close()
+        with pytest.raises(psycopg.Error) as failed:
+            await conn.commit()
+        return type(failed.value).__name__, failed.value.sqlstate or ""
+    finally:
+        await conn.close()
+
+
+async def test_terminated_backend_gives_the_error_a_direct_connection_gives(postgres, pgpool_proc):
+    # Found by the soak: pgpool added its own 08006 after the server's FATAL 57P01, and psycopg
+    # reported "received 2 results from command 'COMMIT'" (InternalError) instead.
+    proc = pgpool_proc({"pool_mode": "transaction", "default_pool_size": 1})
+    direct = await commit_after_backend_terminated(postgres.dsn("app", dbname="app"), postgres)
+    pooled = await commit_after_backend_terminated(proc.dsn(), postgres)
+    assert direct == ("AdminShutdown", "57P01")
+    assert pooled == direct
