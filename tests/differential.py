@@ -205,14 +205,16 @@ async def open_twin(proc: Any, postgres: Any, *, name: str, driver: str = "async
 
 @contextlib.asynccontextmanager
 async def open_twins(proc: Any, postgres: Any, n: int = 2, driver: str = "asyncpg",
-                     **connect_kw: Any) -> AsyncIterator[list[Twin]]:
-    """n twins named A, B, C... sharing one trace; all closed on exit."""
+                     kw_for: Callable[[int], dict] | None = None, **connect_kw: Any) -> AsyncIterator[list[Twin]]:
+    """n twins named A, B, C... sharing one trace; all closed on exit. kw_for(i) adds
+    connect arguments for the i-th twin only (e.g. its own server_settings)."""
     trace: list[str] = []
     twins: list[Twin] = []
     try:
         for i in range(n):
+            own = kw_for(i) if kw_for is not None else {}
             twins.append(await open_twin(proc, postgres, name=chr(ord("A") + i), driver=driver,
-                                         trace=trace, **connect_kw))
+                                         trace=trace, **{**connect_kw, **own}))
         yield twins
     finally:
         for twin in twins:
