@@ -213,6 +213,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         if self.server is not None:
             self.server.set_reading(True)
+        elif self.admin is not None:
+            self.admin.on_writable()
 
     def update_reading(self) -> None:
         """Read from the client unless its server cannot take more, or it queued too much while waiting."""
