@@ -77,11 +77,10 @@ def _message(exc: BaseException) -> str:
 
 
 def observe_error(exc: BaseException) -> tuple:
-    """("error", SQLSTATE, message without digits or generated names); ("lost", type) without SQLSTATE."""
+    """("error", SQLSTATE, message without digits or generated names); ("lost", type, message) without
+    SQLSTATE (a driver-side error: connection lost, protocol violation)."""
     state = _sqlstate(exc)
-    if state is None:
-        return ("lost", type(exc).__name__)
-    return ("error", state, re.sub(r"\d+", "N", _message(exc)))
+    return ("error" if state else "lost", state or type(exc).__name__, re.sub(r"\d+", "N", _message(exc)))
 
 
 def observe_rows(rows: Any) -> tuple:
