@@ -75,7 +75,7 @@ async def _serve(app) -> int:
     try:
         await app.start()
     except OSError as error:
-        log.error("cannot listen on %s:%s: %s", app.settings.listen_addr, app.settings.listen_port, error)
+        log.error("pgpool cannot start: %s", error)
         return 1
     loop = asyncio.get_running_loop()
     # SIGTERM: graceful drain (a second one: at once); SIGINT: immediate safe shutdown; SIGHUP: reload.
