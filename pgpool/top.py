@@ -363,7 +363,7 @@ def render(instances: list[tuple[str, list[PoolRow] | str]], sort_key: str, reve
     parts: list[object] = [header]
     for instance, rows in instances:
         if isinstance(rows, str):
-            parts.append(Text(f"{instance}: {rows}", style="bold red"))
+            parts.append(Text(rows, style="bold red"))   # the error names the instance already
             continue
         table = Table(title=f"{instance}  {len(rows)} pool(s)", title_justify="left", box=None, pad_edge=False,
                       padding=(0, 1), collapse_padding=True, header_style="bold", expand=False)
