@@ -9,5 +9,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 bash "${repo_root}/scripts/install.sh"
 cd "${repo_root}"
+# As `source .venv/bin/activate` would: tools installed in the venv (hadolint, mkdocs) are on PATH.
+export VIRTUAL_ENV="${repo_root}/.venv" PATH="${repo_root}/.venv/bin:${PATH}"
 # exec: Ctrl-C and SIGTERM reach the demo itself, which stops everything it started.
 exec "${repo_root}/.venv/bin/python" -m benchmarks.demo "$@"

@@ -9,4 +9,6 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 bash "${repo_root}/scripts/install.sh"
 cd "${repo_root}"
+# As `source .venv/bin/activate` would: tools installed in the venv (hadolint, mkdocs) are on PATH.
+export VIRTUAL_ENV="${repo_root}/.venv" PATH="${repo_root}/.venv/bin:${PATH}"
 exec "${repo_root}/.venv/bin/python" -m pytest "$@"
