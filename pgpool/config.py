@@ -948,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgpool.config",
                                      description="pgpool settings reference and checker")
     parser.add_argument("--markdown", action="store_true",
-                        help="print the settings table (as in README.md)")
+                        help="print the settings table (as in docs/settings.md)")
     parser.add_argument("--check", metavar="FILE", help="load FILE and report problems")
     args = parser.parse_args(argv)
     if args.markdown:
