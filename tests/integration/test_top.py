@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from benchmarks.targets import free_port
 from tests.waiting import wait_until
@@ -141,8 +142,9 @@ async def test_top_in_a_terminal_sorts_by_keys_and_quits(pgpool_proc, tmp_path):
         await asyncio.wait_for(load, 30)
 
 
-async def test_top_once_prints_one_view_and_names_an_unreachable_console(pgpool_proc):
-    proc = pgpool_proc({"admin_users": ["postgres"], "default_pool_size": 2})
+@pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256"])
+async def test_top_once_prints_one_view_and_names_an_unreachable_console(pgpool_proc, auth_type):
+    proc = pgpool_proc({"admin_users": ["postgres"], "default_pool_size": 2, "auth_type": auth_type})
     conn = await asyncpg.connect(proc.dsn("app"))
     try:
         assert await conn.fetchval("SELECT 1") == 1
