@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import auth, tls
+from .authquery import AuthQuery
 from .cancel import CancelRegistry
 from .control import Controls
 from .prepared import StatementRegistry
@@ -46,6 +47,7 @@ class App(Controls):
         self.auth_users: dict[str, str] = self._load_auth_users(self.settings)
         self.tls: tls.TlsContexts = tls.build_contexts(self.settings)   # replaced whole by RELOAD
         self.unix_socket: str | None = None
+        self.auth_query = AuthQuery(self.get_pool)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()

@@ -307,6 +307,9 @@ class ClientConnection(asyncio.Protocol):
 
         creds = auth.lookup_credentials(self.app.auth_users, self.user)
         is_admin = self.database in ADMIN_DATABASES and self.app.find_database(self.database) is None
+        if not creds.known and not is_admin:
+            creds = await self.app.auth_query.lookup(self.app.settings, self.app.auth_users, self.database,
+                                                     self.user, creds)
         scram_keys = await self._authenticate(creds)
         if is_admin:
             self.admin = self.app.open_admin_console(self, creds)
@@ -406,6 +409,13 @@ class ClientConnection(asyncio.Protocol):
 
     async def _authenticate(self, creds: auth.Credentials) -> tuple[bytes, bytes] | None:
         """Run the auth exchange; return SCRAM keys usable for pass-through, if any."""
+        if self.app.settings.auth_type == "cert":
+            cert_user = tls.certificate_user(self.transport.get_extra_info("peercert")) if self.encrypted() else None
+            refusal = auth.check_certificate_user(self.user, cert_user)
+            if refusal is not None:
+                raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, refusal,
+                                    detail=None if cert_user is None else f'the certificate is for "{cert_user}"')
+            return None
         try:
             method = auth.choose_client_method(self.app.settings.auth_type, creds)
         except ValueError as error:

@@ -59,6 +59,7 @@ class Controls:
         self.settings = new
         self.auth_users = auth_users
         self.tls = contexts
+        self.auth_query.clear()
         if old.verbose != new.verbose:
             logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
         self._apply_to_pools(new)

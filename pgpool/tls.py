@@ -61,6 +61,9 @@ class TlsContexts:
 
 def build_contexts(settings: Settings) -> TlsContexts:
     """Contexts for `settings`; raises TlsConfigError naming the setting at fault."""
+    if settings.auth_type == "cert" and (settings.client_tls_sslmode == "disable" or not settings.client_tls_ca_file):
+        raise TlsConfigError("auth_type = cert needs client_tls_sslmode (not disable) and client_tls_ca_file "
+                             "(the CA that signs client certificates)")
     return TlsContexts(build_client_context(settings), settings.client_tls_sslmode,
                        build_server_context(settings), settings.server_tls_sslmode)
 
