@@ -521,6 +521,17 @@ class _ProxyProcess:
         merged = {**self._defaults(), **self.settings}
         return {k: v for k, v in merged.items() if v is not None}  # None removes a default
 
+    def _probe(self) -> None:
+        """Raises OSError until the pooler accepts connections: on TCP, and on its Unix socket if it has one."""
+        settings = self._merged_settings()
+        if settings.get("unix_socket_dir"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(os.path.join(str(settings["unix_socket_dir"]), f".s.PGSQL.{self.port}"))
+        if settings.get("listen_addr") != "":
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                pass
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
@@ -550,8 +561,8 @@ class _ProxyProcess:
                     f"log tail:\n{_log_tail(self.log_text())}"
                 )
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
+                self._probe()
+                return self
             except OSError:
                 pass
             if time.monotonic() > deadline:
