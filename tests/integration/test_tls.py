@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import trustme
 
+from benchmarks import burst
 from benchmarks.targets import PgpoolProcess, PostgresCluster, TlsFiles, find_client_program
 from pgpool.protocol import messages as m
 from tests.integration.helpers import RawClient
@@ -369,3 +370,21 @@ async def test_bad_input_after_ssl_request_stays_bounded(start_pgpool, certs, po
         await conn.close()
     assert proc.returncode is None
     assert "TLS handshake failed" in proc.log_text()
+
+
+# ---- a Prefect-like burst ------------------------------------------------------------------------
+
+async def test_prefect_like_burst_with_tls_on_both_sides(start_pgpool, certs, tls_postgres):
+    """benchmarks/burst.py's workload, small: every client and every server connection over TLS, zero errors."""
+    proc = start_pgpool({**client_tls(certs), "server_tls_sslmode": "verify-full", "server_tls_ca_file": certs.ca_file,
+                         "default_pool_size": 4}, host="localhost")
+    dsn = f"postgresql://app:app@localhost:{proc.port}/app?sslmode=verify-full&sslrootcert={certs.ca_file}"
+    opts = burst.BurstOptions(flows=16, tasks_per_flow=3, clients=12, duration_s=60.0, burst_window_s=0.3,
+                              task_work_ms=10.0, ui_interval_s=0.1, seed=5, progress=False,
+                              monitor_dsn=tls_postgres.dsn() + "?sslmode=require")
+    result = await burst.run_target(burst.Target("pgpool-tls", dsn), opts)
+    assert result["errors"] == {"total": 0, "kinds": []}
+    assert result["status"] == "finished"
+    assert result["flows"] == {"planned": 16, "completed": 16, "failed": 0, "unfinished": 0}
+    assert result["clients"] == {"requested": 12, "connected": 12}
+    assert proc.log_text().count("TLS established") >= 12
