@@ -196,6 +196,7 @@ class TlsFiles:
     cert_pem: str
     key_pem: str
     client_ca: str = ""
+    only: bool = True   # pg_hba accepts TCP only over TLS (hostssl); False: with or without (host)
 
 
 class PostgresCluster:
@@ -292,7 +293,7 @@ class PostgresCluster:
                 for key, value in conf.items():
                     f.write(f"{key} = {_sql_literal(str(value))}\n")
             # First match wins: the per-user md5/password lines must precede the catch-all.
-            host = "host" if self.tls is None else "hostssl"
+            host = "hostssl" if self.tls is not None and self.tls.only else "host"
             cert_line = "" if self.tls is None or not self.tls.client_ca else \
                 f"hostssl all certuser {LOOPBACK}/32 cert\n"
             self._write_owned(
