@@ -388,3 +388,15 @@ async def test_prefect_like_burst_with_tls_on_both_sides(start_pgpool, certs, tl
     assert result["flows"] == {"planned": 16, "completed": 16, "failed": 0, "unfinished": 0}
     assert result["clients"] == {"requested": 12, "connected": 12}
     assert proc.log_text().count("TLS established") >= 12
+
+
+async def test_unix_socket_clients_are_not_asked_for_tls(start_pgpool, certs, postgres, tmp_path):
+    """As Postgres' hostssl never matches local connections: require applies to TCP clients only."""
+    proc = start_pgpool({**client_tls(certs), "unix_socket_dir": str(tmp_path)}, backend=postgres)
+    conn = await asyncpg.connect(host=str(tmp_path), port=proc.port, user="app", password="app", database="app")
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
+        await asyncpg.connect(proc.dsn(), ssl=False)
