@@ -124,7 +124,11 @@ class App(Controls):
         self.unix_socket = path
         os.chmod(path, int(self.settings.unix_socket_mode, 8))
         if self.settings.unix_socket_group:
-            os.chown(path, -1, grp.getgrnam(self.settings.unix_socket_group).gr_gid)
+            try:
+                gid = grp.getgrnam(self.settings.unix_socket_group).gr_gid
+            except KeyError:
+                raise OSError(f"unix_socket_group {self.settings.unix_socket_group!r}: no such group") from None
+            os.chown(path, -1, gid)
         log.info("listening on unix:%s", path)
 
     async def wait_stopped(self) -> None:

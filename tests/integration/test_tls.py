@@ -356,7 +356,9 @@ async def test_bad_input_after_ssl_request_stays_bounded(start_pgpool, certs, po
     silent = await _ssl_request(proc)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await stalled.at_eof(timeout=10) and await silent.at_eof(timeout=10)
+    # Closed without a clear-text ErrorResponse: a client mid-handshake expects TLS records.
+    assert await asyncio.wait_for(stalled.reader.read(), 10) == b""
+    assert await asyncio.wait_for(silent.reader.read(), 10) == b""
     assert loop.time() - started < 5   # client_login_timeout = 1
     # Direct TLS garbage: first byte 0x16, then nonsense.
     raw = await RawClient.open(proc.port)
