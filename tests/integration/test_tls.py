@@ -11,6 +11,7 @@ import re
 import signal
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -402,3 +403,43 @@ async def test_unix_socket_clients_are_not_asked_for_tls(start_pgpool, certs, po
         await conn.close()
     with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
         await asyncpg.connect(proc.dsn(), ssl=False)
+
+
+async def test_cancel_reaches_a_tls_only_server(start_pgpool, certs, tls_postgres):
+    """CancelRequest goes to Postgres in clear (Postgres handles it before pg_hba), and stops the query."""
+    proc = start_pgpool({**client_tls(certs), "server_tls_sslmode": "verify-full", "server_tls_ca_file": certs.ca_file},
+                        host="localhost")
+    conn = await asyncpg.connect(f"postgresql://app:app@localhost:{proc.port}/app", ssl=verify_ctx(certs))
+    try:
+        with pytest.raises(TimeoutError):
+            await conn.fetchval("SELECT pg_sleep(30)", timeout=0.5)   # asyncpg sends a CancelRequest at its timeout
+
+        async def sleeping() -> int:
+            direct = await asyncpg.connect(tls_postgres.dsn(), ssl="require")
+            try:
+                return await direct.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' "
+                                             "AND state = 'active'")
+            finally:
+                await direct.close()
+        await wait_until(lambda: _is_zero(sleeping), timeout=10, message="the query cancelled on the server")
+        assert await conn.fetchval("SELECT 'after cancel'") == "after cancel"
+    finally:
+        await conn.close()
+    assert "could not send cancel request" not in proc.log_text()
+
+
+async def _is_zero(count) -> bool:
+    return await count() == 0
+
+
+def test_check_reads_the_certificate_files(tmp_path, certs):
+    config = tmp_path / "pgpool.toml"
+    config.write_text(f'[pgpool]\nclient_tls_sslmode = "require"\nclient_tls_cert_file = "{certs.pgpool_cert}"\n'
+                      f'client_tls_key_file = "{tmp_path / "missing.key"}"\n')
+    out = subprocess.run([sys.executable, "-m", "pgpool", "--config", str(config), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "client_tls_key_file" in out.stderr and "No such file" in out.stderr
+    config.write_text(config.read_text().replace(str(tmp_path / "missing.key"), certs.pgpool_key))
+    out = subprocess.run([sys.executable, "-m", "pgpool", "--config", str(config), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
