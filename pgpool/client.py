@@ -40,6 +40,11 @@ from .protocol.errors import (
 from .protocol.framing import MessageScanner
 from .protocol.scram import ScramError, ScramServer
 
+try:   # under uvloop, direct TLS uses uvloop's TLS layer, as loop.start_tls does
+    from uvloop.loop import Loop as UvLoop, SSLProtocol as UvSSLProtocol
+except ImportError:
+    UvLoop = UvSSLProtocol = None
+
 if TYPE_CHECKING:
     from .app import App
     from .params import SessionParams
@@ -349,9 +354,10 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         handshake_done = loop.create_future()
         first = self.login.take_rest()
-        layer = sslproto.SSLProtocol(loop, self, ctx, handshake_done, server_side=True,
-                                     ssl_handshake_timeout=self.app.settings.client_login_timeout or None,
-                                     call_connection_made=False)
+        tls_layer = UvSSLProtocol if UvLoop is not None and isinstance(loop, UvLoop) else sslproto.SSLProtocol
+        layer = tls_layer(loop, self, ctx, handshake_done, server_side=True,
+                          ssl_handshake_timeout=self.app.settings.client_login_timeout or None,
+                          call_connection_made=False)
         raw = self.transport
         raw.set_protocol(layer)
         layer.connection_made(raw)
@@ -363,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
         except (ssl.SSLError, OSError, EOFError) as error:
             raw.close()
             raise TlsHandshakeFailed(tls.describe_tls_error(error)) from None
-        self.transport = layer._app_transport   # what loop.start_tls returns
+        self.transport = layer._get_app_transport()   # what loop.start_tls returns
         self._after_handshake(direct=True)
 
     def _after_handshake(self, direct: bool) -> None:
