@@ -246,12 +246,13 @@ def auth_query_sql(query: str, user: str) -> str:
     return f"SELECT pgpool_secret FROM ({bound}) AS pgpool_auth(pgpool_user, pgpool_secret)"
 
 
-def credentials_from_auth_query(user: str, rows: list[str | None], users: Mapping[str, str]) -> Credentials:
-    """Credentials for `user` from auth_query's secret column; fake ones (a failing login, shaped
-    like the others) when the role is missing, cannot log in, or its password is NULL or expired."""
+def credentials_from_auth_query(user: str, rows: list[str | None]) -> Credentials:
+    """Credentials for `user` from auth_query's secret column. When the role is missing, cannot
+    log in, or its password is NULL or expired: fake SCRAM credentials (what Postgres stores by
+    default since version 14), so such a user is asked for the same method as the real ones."""
     secret = rows[0] if rows else None
     if not secret:
-        return lookup_credentials({name: s for name, s in users.items() if name != user}, user)
+        return lookup_credentials({}, user)
     return Credentials(user, secret, secret_kind(secret), known=True)
 
 

@@ -82,6 +82,6 @@ class AuthQuery:
                                 f'(SQLSTATE {error.sqlstate})',
                                 hint="see docs/tls-and-rds.md: auth_user needs a SECURITY DEFINER function "
                                      "where pg_authid is not readable")
-        creds = auth.credentials_from_auth_query(user, rows, users)
+        creds = auth.credentials_from_auth_query(user, rows)
         self._cache[key] = (time.monotonic() + CACHE_SECONDS, creds)
         return creds

@@ -204,12 +204,15 @@ def test_auth_query_binds_any_user_name_as_one_literal(user):
 
 def test_credentials_from_auth_query():
     scram = auth.scram.make_verifier("pw").to_secret()
-    assert auth.credentials_from_auth_query("u", [], {}).known is False
-    assert auth.credentials_from_auth_query("u", [None], {}).known is False
+    for missing in ([], [None], [""]):
+        creds = auth.credentials_from_auth_query("u", missing)
+        # Shaped like a SCRAM role: the same method is asked of unknown users as of real ones.
+        assert (creds.known, creds.kind) == (False, auth.SecretKind.SCRAM)
+        assert auth.choose_client_method("md5", creds) == "scram-sha-256"
     md5 = auth.md5_secret("u", "pw")
-    creds = auth.credentials_from_auth_query("u", [md5], {})
+    creds = auth.credentials_from_auth_query("u", [md5])
     assert (creds.known, creds.kind) == (True, auth.SecretKind.MD5)
-    assert auth.credentials_from_auth_query("u", [scram], {}).kind is auth.SecretKind.SCRAM
+    assert auth.credentials_from_auth_query("u", [scram]).kind is auth.SecretKind.SCRAM
 
 
 def test_check_certificate_user():
