@@ -136,7 +136,9 @@ def lookup_credentials(users: Mapping[str, str], user: str) -> Credentials:
     if secret is not None:
         return Credentials(user, secret, secret_kind(secret), known=True)
     model = _model_secret(users, user)
-    verifier = scram.parse_verifier(model) if model is not None else None
+    if model is None:   # nobody to look like (auth_query): a SCRAM role, Postgres' default since 14
+        return Credentials(user, _fake_verifier(user).to_secret(), SecretKind.SCRAM, known=False)
+    verifier = scram.parse_verifier(model)
     if verifier is not None:
         fake = _fake_verifier(user, verifier.iterations, len(verifier.salt))
         return Credentials(user, fake.to_secret(), SecretKind.SCRAM, known=False)
