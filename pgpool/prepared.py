@@ -911,16 +911,11 @@ class ServerStatements:
             # Bind / Describe of a statement we believed was here: it is not (someone deallocated it).
             self._kill(info[2])
         elif sqlstate == FEATURE_NOT_SUPPORTED:
-            # "cached plan must not change result type": DDL changed what the statement returns. Retire
-            # it here (closed, prepared afresh at its next use) and in the registry, so the same SQL from
-            # any client of the pool is prepared again rather than matched to a stale copy on another server.
-            self._retire_stale(info[2])
-
-    def _retire_stale(self, sst: ServerStatement) -> None:
-        if self.cache.get(sst.stmt) is sst:
-            del self.cache[sst.stmt]
-            self._to_close.append(sst)
-        self.registry.retire(sst.stmt)
+            # "cached plan must not change result type": DDL changed what the statement returns. The same
+            # SQL parsed again, by this client (asyncpg re-prepares) or any other of the pool, becomes a new
+            # Statement, prepared afresh on every server. Server copies of the old one stay: a client still
+            # holding it gets this error again, as its own session would give it (psycopg then re-prepares).
+            self.registry.retire(info[2].stmt)
 
     def _kill(self, sst: ServerStatement) -> None:
         sst.state = DEAD

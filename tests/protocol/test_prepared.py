@@ -904,13 +904,16 @@ def test_cached_plan_error_invalidates_the_statement_so_a_reprepare_reaches_the_
         _send(tracker, describe("S", "__asyncpg_stmt_1__"), SYNC)
     seen = _reply(tracker, error_response("0A000", CACHED_PLAN), msg(b"Z", b"I"))
     assert show(seen)[0] == f"E 0A000 {CACHED_PLAN}"
-    # asyncpg drops its cache and prepares the same SQL again.
+    # A client still holding the old statement gets what its own session would give: the same error.
+    sent = _send(tracker, bind("__asyncpg_stmt_1__"), execute(), SYNC)
+    assert sent[0][5:].startswith(b"\x00" + server_name + b"\x00")
+    _reply(tracker, error_response("0A000", CACHED_PLAN), msg(b"Z", b"I"))
+    # asyncpg drops its cache and prepares the same SQL again: that Parse must reach the server.
     sent = _send(tracker, close("S", "__asyncpg_stmt_1__"), parse("__asyncpg_stmt_2__", "select * from t"),
                  describe("S", "__asyncpg_stmt_2__"), FLUSH)
-    assert [m[:1] for m in sent] == [b"C", b"P", b"D", b"H"], "the stale server statement is closed, the new one parsed"
-    assert sent[0][6:-1] == server_name
-    assert sent[1][5:sent[1].index(0, 5)] != server_name
-    assert tracker.take_client_output() == b""
+    assert [m[:1] for m in sent] == [b"P", b"D", b"H"], "the same SQL is prepared afresh"
+    assert sent[0][5:sent[0].index(0, 5)] != server_name
+    assert tracker.take_client_output() == b"3\x00\x00\x00\x04", "only the client's Close was answered locally"
     # A new client of the pool on the other server: the stale copy there is not used either.
     other.link(ClientStatements())
     sent = _send(other, parse("_pg3_0", "select * from t"), SYNC)
