@@ -105,7 +105,7 @@ from .protocol.constants import (
     F_QUERY, F_SYNC, TX_FAILED, TX_IDLE,
 )
 from .protocol.errors import FEATURE_NOT_SUPPORTED, INVALID_SQL_STATEMENT_NAME, PROGRAM_LIMIT_EXCEEDED, \
-    PROTOCOL_VIOLATION, ProtocolError, parse_error_fields
+    PROTOCOL_VIOLATION, ProtocolError, error_response, parse_error_fields
 from .protocol.framing import watch_table
 
 _int32 = struct.Struct("!I")
@@ -115,6 +115,10 @@ _int32 = struct.Struct("!I")
 PREFIX = b"PGPOOL_"
 # Sent instead of a client name that looks like ours but is unknown: pgpool never prepares it.
 MISSING = b"PGPOOL_missing"
+# Sent instead of a stale statement (see StatementRegistry.retire) on a server lacking it: the server
+# answers 26000 and skips to Sync, which pgpool turns into the 0A000 the client's own session would give.
+STALE = b"PGPOOL_stale"
+CACHED_PLAN_CHANGED = error_response(FEATURE_NOT_SUPPORTED, "cached plan must not change result type")
 _ids = itertools.count(1)
 
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
@@ -252,12 +256,13 @@ def classify_deallocate(sql: bytes) -> tuple[str, bytes] | None:
 class Statement:
     """One Parse content (query text + parameter type OIDs) under one search_path, shared by every client
     of the pool that prepares it there."""
-    __slots__ = ("content", "path_key", "parsed_ok", "drops_all", "__weakref__")
+    __slots__ = ("content", "path_key", "parsed_ok", "stale", "drops_all", "__weakref__")
 
     def __init__(self, content: bytes, path_key: bytes = b""):
         self.content = content
         self.path_key = path_key
         self.parsed_ok = False   # some server accepted this content: a Parse of it can be answered locally
+        self.stale = False       # retired after 0A000: its result type changed since clients prepared it
         query_end = content.find(b"\x00")
         # Executing it drops every prepared statement of the server session (psycopg prepares DISCARD ALL).
         self.drops_all = scan_deallocations(content, 0, query_end if query_end >= 0 else len(content))[0]
@@ -289,6 +294,7 @@ class StatementRegistry:
     def retire(self, stmt: Statement) -> None:
         """Server copies of `stmt` are stale (DDL changed its result type): the next Parse of the same
         content gets a new Statement, prepared afresh, while clients holding the old one keep it."""
+        stmt.stale = True
         key = (stmt.path_key, stmt.content)
         if self._by_key.get(key) is stmt:
             del self._by_key[key]
@@ -570,6 +576,8 @@ class ServerStatements:
             return self._forward_unknown(K_BIND, b"B", buf, start, end, name_start, name_end, cname)
         if stmt.drops_all or self._drop_portals:
             self._note_portal(buf[start:portal_end], stmt.drops_all)
+        if stmt.stale and stmt not in self.cache:
+            return self._forward_stale(K_BIND, b"B", buf, start, end, name_start, name_end, cname)
         sst, prefix = self._ensure(stmt)
         self._queue.append((K_BIND, A_FORWARD, (sst.name, cname, sst)))
         # Parameters can be large: copy them once, into the rewritten message.
@@ -603,6 +611,8 @@ class ServerStatements:
         stmt = self._names.get(cname)
         if stmt is None:
             return self._forward_unknown(K_DESCRIBE, b"D", buf, start, end, start + 1, name_end, cname)
+        if stmt.stale and stmt not in self.cache:
+            return self._forward_stale(K_DESCRIBE, b"D", buf, start, end, start + 1, name_end, cname)
         sst, prefix = self._ensure(stmt)
         self._queue.append((K_DESCRIBE, A_FORWARD, (sst.name, cname, sst)))
         return prefix + _message(b"D", b"S" + sst.name + b"\x00")
@@ -670,6 +680,13 @@ class ServerStatements:
             return None
         self._queue.append((kind, A_FORWARD, (MISSING, cname, None)))
         return _message(msg_type, buf[start:name_start] + MISSING + buf[name_end:end])
+
+    def _forward_stale(self, kind: int, msg_type: bytes, buf: bytes, start: int, end: int,
+                       name_start: int, name_end: int, cname: bytes) -> bytes:
+        """A statement prepared before DDL changed its result type, on a server lacking it: parsing it
+        here would silently return other columns; its own session would say 0A000 (and skip to Sync)."""
+        self._queue.append((kind, A_FORWARD, (STALE, cname, None)))
+        return _message(msg_type, buf[start:name_start] + STALE + buf[name_end:end])
 
     def _deallocate_all(self) -> tuple[dict[bytes, Statement], list[ServerStatement]]:
         names = self._names
@@ -805,7 +822,10 @@ class ServerStatements:
         info = head[2]
         if buf is not None and head[1] == A_FORWARD and info is not None and info[0] is not None:
             sqlstate = parse_error_fields(buf[start:end]).get("C", "")
-            out = self._fix_error(buf, start, end, info[0], info[1])
+            if info[0] is STALE and sqlstate == INVALID_SQL_STATEMENT_NAME:
+                out = CACHED_PLAN_CHANGED
+            else:
+                out = self._fix_error(buf, start, end, info[0], info[1])
         # Undo newest first, so a Close followed by a Parse of the same name restores the older statement.
         for entry in reversed(failed):
             self._undo(entry, sqlstate if entry is head else "")

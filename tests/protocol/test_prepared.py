@@ -893,6 +893,7 @@ def test_cached_plan_error_invalidates_the_statement_so_a_reprepare_reaches_the_
     sent = _send(tracker, parse("__asyncpg_stmt_1__", "select * from t"), describe("S", "__asyncpg_stmt_1__"), FLUSH)
     _reply(tracker, msg(b"1"), msg(b"t", b"\x00\x00"), msg(b"T", b"\x00\x00"))
     server_name = sent[0][5:sent[0].index(0, 5)]
+    old_statement = asyncpg_client.names[b"__asyncpg_stmt_1__"]
     other.link(ClientStatements())
     _send(other, parse("p", "select * from t"), SYNC)
     _reply(other, msg(b"1"), msg(b"Z", b"I"))
@@ -918,6 +919,20 @@ def test_cached_plan_error_invalidates_the_statement_so_a_reprepare_reaches_the_
     other.link(ClientStatements())
     sent = _send(other, parse("_pg3_0", "select * from t"), SYNC)
     assert [m[:1] for m in sent] == [b"P", b"S"], "a Parse of a statement known stale must reach a server"
+    _reply(other, msg(b"1"), msg(b"Z", b"I"))
+    assert other.unlink()
+    # The asyncpg client still holding the old statement, on a third server that never had it: parsing
+    # it there would return the new columns under the old row description; its own session says 0A000.
+    third = ServerStatements(registry, 10)
+    holder = ClientStatements()
+    holder.names[b"__asyncpg_stmt_9__"] = old_statement
+    third.link(holder)
+    sent = _send(third, bind("__asyncpg_stmt_9__"), execute(), SYNC)
+    assert [m[:1] for m in sent] == [b"B", b"E", b"S"]
+    seen = _reply(third, error_response("26000", 'prepared statement "PGPOOL_stale" does not exist'),
+                  msg(b"Z", b"I"))
+    assert show(seen) == [f"E 0A000 {CACHED_PLAN}", "Z b'I'"]
+    assert third.unlink()
 
 
 def test_invalid_statement_name_invalidates_the_statement_on_that_server():
