@@ -173,8 +173,11 @@ PENDING, CONFIRMED, DEAD = 0, 1, 2
 _ORD_S = ord("S")
 _CLOSE_BEFORE = watch_table(F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_SYNC, F_FLUSH)
 
-# Cheap byte pre-filter: SQL that cannot contain DEALLOCATE or DISCARD never reaches the parser.
-_may_reset = re.compile(rb"[dD][eE][aA][lL][lL][oO][cC][aA][tT][eE]|[dD][iI][sS][cC][aA][rR][dD]").search
+# The keywords that start a statement dropping prepared statements, in any letter case.
+_reset_word = re.compile(rb"[dD][eE][aA][lL][lL][oO][cC][aA][tT][eE]|[dD][iI][sS][cC][aA][rR][dD]").search
+_BLANKS = b" \t\r\n\f"
+# A text whose first byte is not one of these holds such a statement only if it is a statement list.
+_MAY_START = b"dD/-"
 # Texts longer than this are parsed every time rather than kept in the cache.
 _SCAN_CACHE_TEXT = 8192
 # CommandComplete tags of a statement that dropped every prepared statement of the session.
@@ -229,11 +232,22 @@ def _scan(sql: bytes) -> tuple[bool, tuple[str, bytes] | None]:
 _scan_cached = functools.lru_cache(maxsize=512)(_scan)
 
 
+def _may_reset(buf: bytes, start: int, end: int) -> bool:
+    """Cheap byte pre-filter, so ordinary SQL never reaches the parser: one statement that does not
+    start with D (or a comment) is no DEALLOCATE / DISCARD; otherwise look for the keywords."""
+    pos = start
+    while pos < end and buf[pos] in _BLANKS:
+        pos += 1
+    if pos >= end or (buf[pos] not in _MAY_START and buf.find(b";", pos, end) < 0):
+        return False
+    return _reset_word(buf, pos, end) is not None
+
+
 def scan_deallocations(buf: bytes, start: int, end: int) -> tuple[bool, tuple[str, bytes] | None]:
     """For the SQL text buf[start:end]: (does any statement drop every prepared statement (DEALLOCATE
     [PREPARE] ALL, DISCARD ALL)?, the deallocation when the text is that single statement: ("all", b"")
     or ("name", name)). Ordinary SQL is answered by a byte search; the rest is parsed once per text."""
-    if _may_reset(buf, start, end) is None:
+    if not _may_reset(buf, start, end):
         return _NO_RESET
     sql = buf[start:end]
     return _scan(sql) if len(sql) > _SCAN_CACHE_TEXT else _scan_cached(sql)
