@@ -1,14 +1,35 @@
 """Named protocol-level prepared statements across server connections.
 
-Owns: each client's namespace of statement names (`ClientStatements`); per server
-connection, the LRU of statements pgpool prepared there under its own names
-(`PGPOOL_<n>`, keyed by the Parse content: query text + parameter type OIDs) and the
-FIFO of requests sent to that server in reply order (`ServerStatements`). With these it
-rewrites Parse / Bind / Describe / Close / DEALLOCATE from client names to server names,
-injects a Parse where the linked server lacks a statement and a Close to evict one,
-and puts the replies back in the order and shape one PostgreSQL session would give.
+Owns: each client's namespace of statement names (`ClientStatements`); per pool, the
+registry of shared statements (`StatementRegistry`), keyed by everything that changes a
+statement's meaning: the Parse content (query text + parameter type OIDs) and the
+client's search_path (`ClientStatements.path_key`); per server connection, the LRU of
+statements pgpool prepared there under its own names (`PGPOOL_<n>`) and the FIFO of
+requests sent to that server in reply order (`ServerStatements`). With these it rewrites
+Parse / Bind / Describe / Close / DEALLOCATE from client names to server names, injects a
+Parse where the linked server lacks a statement and a Close to evict one, and puts the
+replies back in the order and shape one PostgreSQL session would give. Also owns
+recognising the SQL that drops every prepared statement (DEALLOCATE ALL, DISCARD ALL):
+PostgreSQL's own grammar (pglast) behind a byte pre-filter and a cache keyed by the text.
 Pure and sans-IO: bytes in, bytes out. Must not import asyncio, hold sockets, or know
 pools; the caller routes the bytes.
+
+Sharing. A Parse is answered locally (ParseComplete without server work) only when the
+linked server already holds the statement of the same key, or, for a client holding no
+server (`parse_without_server`), when some server of the same pool accepted it. Resets:
+DEALLOCATE ALL / DISCARD ALL in any form (simple Query, inside a statement list, behind
+comments, as a named or unnamed prepared statement run by Execute) clear only the
+client's own names; every statement pgpool had on that server is retired (re-prepared on
+demand for other clients; its Close is sent, harmless if it is gone). The effect counts
+from the statement's CommandComplete, as DEALLOCATE is not transactional.
+
+Invalidation. 26000 on Bind / Describe of a statement pgpool believed present drops it
+from that server's LRU. 0A000 ("cached plan must not change result type": DDL changed
+the result type) retires the Statement from the registry: the same SQL parsed again by
+any client of the pool is prepared afresh on every server (so asyncpg's own re-prepare
+recovers as on a direct connection), while clients still holding the old statement get
+0A000 at each use, as their own session would (on a server lacking it, a Bind to a name
+the server lacks draws 26000, turned into that 0A000, so the server skips to Sync alike).
 
 Reply order. Every request sent to the server is queued with what its reply needs:
 forward it, swallow it (pgpool's own Parse / Close), or make it up (a ParseComplete for
@@ -36,10 +57,16 @@ segments. Known differences from a plain session, all outside what drivers do:
   in an earlier, still unanswered segment can get a reply a plain session would not give;
 - Describe of a known statement in a failed transaction, on a server that lacks it,
   gets 25P02 (Postgres would describe a statement that returns no rows);
-- DEALLOCATE ALL / DISCARD ALL sent with the extended protocol clear the names at Parse,
-  so a DISCARD ALL that then fails inside a transaction block leaves them cleared;
-- DEALLOCATE inside a multi-statement Query is not recognised, and SQL-level
-  PREPARE / EXECUTE names are not rewritten (those pin the client: issue 3, part 2).
+- DEALLOCATE name (not ALL) inside a statement list is not rewritten: for a protocol-level
+  name the server answers 26000; SQL-level PREPARE / EXECUTE names are not rewritten
+  either (those pin the client);
+- after DDL changes a statement's result type, the first client of the pool whose Parse
+  of it is answered from a stale server copy, before anyone got 0A000, gets that 0A000
+  although its own fresh session would not (pgpool cannot see DDL made elsewhere);
+- the search_path key follows tracked settings (startup, SET); SET LOCAL search_path or
+  a set_config() not adopted as a tracked setting does not change it, so a statement
+  parsed then is shared under the session's key (the server re-plans it under the
+  current search_path; only a changed result type shows, as 0A000).
 
 Eviction (max_prepared_statements per server connection) retires the least recently
 used statement and sends its Close (reply swallowed) in front of the client's next
@@ -48,11 +75,12 @@ after an error, the server would skip the Query too. A Close the server skipped 
 again later. (PostgreSQL keeps a portal working after its statement is closed, despite
 what the protocol docs say, so evicting inside a transaction is safe.)
 
-Integration contract (client.py / server.py):
+Integration contract (client.py / server.py / pool.py):
 
-    registry = StatementRegistry()                  # one per app (or pool)
+    pool.statement_registry = StatementRegistry()   # one per pool: never shared across pools
     client.prepared = ClientStatements()            # one per client, for its lifetime
-    server.prepared = ServerStatements(registry, max_prepared_statements)  # per server
+    client.prepared.path_key = params.search_path_key(client.params)  # after login, after each change
+    server.prepared = ServerStatements(pool.statement_registry, max_prepared_statements)  # per server
 
     # link / unlink (attach_server / detach_server):
     server.prepared.link(client.prepared)           # before the client's pending bytes flow
@@ -78,7 +106,7 @@ Integration contract (client.py / server.py):
         return out                                  # None | b"" | replacement bytes
 
     # after pgpool itself ran DISCARD ALL / DEALLOCATE ALL on the server (server_reset_query):
-    server.prepared.forget_all()
+    if drops_all_statements(sql): server.prepared.forget_all()
 
 A server is released only on ReadyForQuery 'I' with nothing outstanding; at that point
 `server.prepared.idle` is True. ErrorResponse and ReadyForQuery are never swallowed or
