@@ -19,13 +19,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgpool.params import SessionParams, search_path_key
 from pgpool.prepared import (
     CLIENT_TYPES, SERVER_TYPES, WATCH_CLIENT, WATCH_SERVER, ClientStatements, ServerStatements,
-    StatementRegistry, classify_deallocate,
+    StatementRegistry, classify_deallocate, drops_all_statements,
 )
 from pgpool.protocol.errors import ProtocolError, error_response, parse_error_fields
 from pgpool.protocol.framing import MessageScanner
 from tests.frontend import FLUSH, SYNC, bind, close, describe, execute, msg, parse, query, split_messages
+from tests.protocol.fakes import Plane, complete, ready
 
 # ---- message bytes (PostgreSQL docs, "Message Formats") ---------------------------------------
 
@@ -1016,7 +1018,6 @@ def test_split_streams_with_resets_give_the_same_bytes():
 
 
 def test_scan_deallocations_recognises_every_spelling_and_only_those():
-    from pgpool.prepared import drops_all_statements
     for sql in (b"DEALLOCATE ALL", b"discard all;", b"select 1; DEALLOCATE PREPARE ALL", b"/* c */ Discard All",
                 b"SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; DISCARD ALL"):
         assert drops_all_statements(sql), sql
@@ -1031,7 +1032,6 @@ def test_scan_deallocations_recognises_every_spelling_and_only_those():
 # ---- wiring: per-pool registry, reset forgets the server's statements, the search_path key ---------
 
 def test_each_pool_has_its_own_statement_registry():
-    from tests.protocol.fakes import Plane
     plane = Plane(**{"databases.otherdb": "host=127.0.0.1 port=5432 dbname=otherdb"})
     other = plane.app.get_pool("otherdb", "app", None)
     assert plane.pool.statement_registry is not other.statement_registry
@@ -1041,7 +1041,6 @@ def test_each_pool_has_its_own_statement_registry():
 @pytest.mark.parametrize("reset, forgets", [("DISCARD ALL", True), ("DEALLOCATE ALL; RESET ALL", True),
                                             ("RESET ALL", False)])
 def test_server_reset_query_forgets_the_statements_it_dropped(reset, forgets):
-    from tests.protocol.fakes import Plane, complete, ready
     plane = Plane(server_reset_query_always="1", server_reset_query=reset)
     server = plane.servers[0]
     client = plane.add_client()
@@ -1057,8 +1056,6 @@ def test_server_reset_query_forgets_the_statements_it_dropped(reset, forgets):
 
 
 def test_search_path_key_follows_startup_and_set():
-    from pgpool.params import SessionParams, search_path_key
-    from tests.protocol.fakes import Plane, complete, ready
     assert search_path_key(SessionParams()) == b""
     a = SessionParams(statements={"search_path": "SELECT pg_catalog.set_config('search_path', 'a', false)"})
     b = SessionParams(statements={"search_path": "SELECT pg_catalog.set_config('search_path', 'b', false)"})
