@@ -876,7 +876,8 @@ def test_parse_without_server_needs_a_statement_parsed_under_the_same_search_pat
     _send(tracker, parse("s", "select * from t"), SYNC)
     _reply(tracker, msg(b"1"), msg(b"Z", b"I"))
     assert tracker.unlink()
-    assert ClientStatements(path_key=b"SET search_path TO a").parse_without_server(registry, parse("x", "select * from t") + sync)
+    assert ClientStatements(path_key=b"SET search_path TO a").parse_without_server(
+        registry, parse("x", "select * from t") + sync)
     assert not ClientStatements(path_key=b"SET search_path TO b").parse_without_server(
         registry, parse("x", "select * from t") + sync)
     assert not ClientStatements().parse_without_server(StatementRegistry(), parse("x", "select * from t") + sync), \
