@@ -390,8 +390,10 @@ class PooledRun:
 
 
 def run_pooled(scripts: list[list[Round]], order: list[int], n_servers: int, max_prepared: int,
-               delivery: list[int]) -> dict[int, list[bytes]]:
+               delivery: list[int], path_keys: list[bytes] = ()) -> dict[int, list[bytes]]:
     run = PooledRun(n_servers, max_prepared)
+    for client, key in enumerate(path_keys):
+        run.namespaces[client] = ClientStatements(path_key=key)
     positions = [0] * len(scripts)
     pending = [i for i in range(len(scripts)) if scripts[i]]
     step = 0
@@ -413,8 +415,8 @@ def run_pooled(scripts: list[list[Round]], order: list[int], n_servers: int, max
 
 
 def assert_same(scripts: list[list[Round]], order: list[int] = (), n_servers: int = 1, max_prepared: int = 100,
-                delivery: list[int] = ()) -> dict[int, list[bytes]]:
-    pooled = run_pooled(scripts, list(order), n_servers, max_prepared, list(delivery))
+                delivery: list[int] = (), path_keys: list[bytes] = ()) -> dict[int, list[bytes]]:
+    pooled = run_pooled(scripts, list(order), n_servers, max_prepared, list(delivery), list(path_keys))
     for c, script in enumerate(scripts):
         assert show(pooled[c]) == show(run_direct(script)), f"client {c}"
         assert pooled[c] == run_direct(script), f"client {c}"
@@ -1075,3 +1077,14 @@ def test_search_path_key_follows_startup_and_set():
     server.transport.take()
     server.data_received(complete("SET") + ready())
     assert client.statements.path_key == search_path_key(client.params) != search_path_key(a)
+
+
+@settings(max_examples=max(100, settings.default.max_examples // 2))
+@given(scripts=st.lists(client_script(), min_size=2, max_size=3),
+       order=st.lists(st.integers(0, 5), min_size=1, max_size=12),
+       n_servers=st.integers(1, 2), max_prepared=st.integers(1, 4),
+       path_keys=st.lists(st.sampled_from([b"", b"SET search_path TO a"]), min_size=3, max_size=3))
+def test_interleaved_clients_under_different_search_paths_see_their_own_session(scripts, order, n_servers,
+                                                                                 max_prepared, path_keys):
+    """Clients whose equal SQL is shared, or not, by search_path: still each sees its own session."""
+    assert_same(scripts, order=order, n_servers=n_servers, max_prepared=max_prepared, path_keys=path_keys)
