@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgpool import prepared
 from pgpool.params import SessionParams, search_path_key
 from pgpool.prepared import (
     CLIENT_TYPES, SERVER_TYPES, WATCH_CLIENT, WATCH_SERVER, ClientStatements, ServerStatements,
-    StatementRegistry, classify_deallocate, drops_all_statements,
+    StatementRegistry, classify_deallocate, drops_all_statements, scan_deallocations,
 )
 from pgpool.protocol.errors import ProtocolError, error_response, parse_error_fields
 from pgpool.protocol.framing import MessageScanner
@@ -1030,6 +1031,18 @@ def test_scan_deallocations_recognises_every_spelling_and_only_those():
         assert not drops_all_statements(sql), sql
     # Comments and multi-statement strings: the single-statement form is still recognised.
     assert classify_deallocate(b"/* hi */ DEALLOCATE foo") == ("name", b"foo")
+
+
+def test_ordinary_sql_never_reaches_the_parser_and_the_rest_is_parsed_once():
+    prepared._scan_cached.cache_clear()
+    for sql in (b"SELECT abalance FROM pgbench_accounts WHERE aid = 1", b"UPDATE t SET v = 1; SELECT 1",
+                b"BEGIN", b"  select 'discard all'", b"INSERT INTO deallocations VALUES (1)"):
+        assert scan_deallocations(sql, 0, len(sql)) == (False, None)
+    assert prepared._scan_cached.cache_info().currsize == 0, "the byte pre-filter let ordinary SQL through"
+    for _ in range(3):
+        assert scan_deallocations(b"SELECT 1; DEALLOCATE ALL", 0, 24) == (True, None)
+    info = prepared._scan_cached.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
 
 
 # ---- wiring: per-pool registry, reset forgets the server's statements, the search_path key ---------
