@@ -57,6 +57,9 @@ segments. Known differences from a plain session, all outside what drivers do:
   in an earlier, still unanswered segment can get a reply a plain session would not give;
 - Describe of a known statement in a failed transaction, on a server that lacks it,
   gets 25P02 (Postgres would describe a statement that returns no rows);
+- a Query over _SCAN_LIMIT (16 KB) is not split: a DEALLOCATE ALL / DISCARD ALL in it is
+  learnt from its CommandComplete, so messages pipelined behind it without waiting are
+  rewritten as if it had not run; a Parse content that long is never taken for one;
 - DEALLOCATE name (not ALL) inside a statement list is not rewritten: for a protocol-level
   name the server answers 26000; SQL-level PREPARE / EXECUTE names are not rewritten
   either (those pin the client);
@@ -189,6 +192,8 @@ _EXECUTE_FWD = (K_EXECUTE, A_FORWARD, None)
 _CLOSE_FWD = (K_CLOSE, A_FORWARD, None)
 _SYNC_FWD = (K_SYNC, A_FORWARD, None)
 _QUERY_FWD = (K_QUERY, A_FORWARD, None)
+# A Query too long to split that may drop every statement: its CommandComplete tags are watched.
+_QUERY_WATCH_DROPS = (K_QUERY, A_FORWARD, (None, None, None, None, None, None, False))
 # A client's CopyDone / CopyFail sent before the server said CopyInResponse: Syncs before it are ignored.
 _MARK = (K_MARK, A_SYNTH, (b"", None, None, 0))
 
@@ -206,11 +211,17 @@ _reset_word = re.compile(rb"[dD][eE][aA][lL][lL][oO][cC][aA][tT][eE]|[dD][iI][sS
 _BLANKS = b" \t\r\n\f"
 # A text whose first byte is not one of these holds such a statement only if it is a statement list.
 _MAY_START = b"dD/-"
-# Texts longer than this are parsed every time rather than kept in the cache.
+# Texts longer than this are split every time rather than kept in the cache.
 _SCAN_CACHE_TEXT = 8192
+# Texts longer than this are not split at all (it would stall every client for milliseconds): the
+# tracker follows the CommandComplete tags of such a Query instead.
+_SCAN_LIMIT = 16 * 1024
+# A statement that may drop prepared statements starts with one of these words.
+_reset_head = re.compile(r"(?:deallocate|discard)\b", re.IGNORECASE).match
 # CommandComplete tags of a statement that dropped every prepared statement of the session.
 _DROPPED_ALL_TAGS = (b"DEALLOCATE ALL\x00", b"DISCARD ALL\x00")
-_NO_RESET: tuple[bool, tuple[str, bytes] | None] = (False, None)
+_NO_RESET: tuple[bool | None, tuple[str, bytes] | None] = (False, None)
+_TOO_LONG: tuple[bool | None, tuple[str, bytes] | None] = (None, None)
 
 
 def _message(msg_type: bytes, body: bytes) -> bytes:
@@ -233,28 +244,33 @@ def _find_nul(buf: bytes, pos: int, end: int, what: str) -> int:
     return nul
 
 
-def _scan(sql: bytes) -> tuple[bool, tuple[str, bytes] | None]:
-    """Parse with PostgreSQL's own grammar (pglast): comments, quoting and statement lists as the server sees them."""
+def _scan(sql: bytes) -> tuple[bool | None, tuple[str, bytes] | None]:
+    """Split with PostgreSQL's own grammar (pglast: comments, quoting, dollar quoting and statement
+    lists as the server reads them), then parse only the statements that start with the keywords."""
+    text = sql.decode("utf-8", "replace")
     try:
-        statements = pglast.parse_sql(sql.decode("utf-8", "replace"))
-    except Exception:   # noqa: BLE001 - not valid SQL: the server refuses it whole, nothing is deallocated
+        parts = pglast.parser.split(text, only_slices=True)
+    except Exception:   # noqa: BLE001 - a syntax error anywhere: the server runs none of it
         return _NO_RESET
     drops_all = False
     found: list[tuple[str, bytes] | None] = []
-    for raw in statements:
-        node = raw.stmt
-        if isinstance(node, ast.DeallocateStmt):
-            if node.isall or node.name is None:
-                drops_all = True
-                found.append(("all", b""))
-            else:
-                found.append(("name", node.name.encode()))
-        elif isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
-            drops_all = True
-            found.append(("all", b""))
-        else:
-            found.append(None)
+    for part in parts:
+        what = _classify_statement(text[part]) if _reset_head(text, part.start) else None
+        drops_all = drops_all or (what is not None and what[0] == "all")
+        found.append(what)
     return drops_all, (found[0] if len(found) == 1 else None)
+
+
+def _classify_statement(text: str) -> tuple[str, bytes] | None:
+    try:
+        node = pglast.parse_sql(text)[0].stmt
+    except Exception:   # noqa: BLE001 - refused by the server as well
+        return None
+    if isinstance(node, ast.DeallocateStmt):
+        return ("all", b"") if node.isall or node.name is None else ("name", node.name.encode())
+    if isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
+        return ("all", b"")
+    return None
 
 
 _scan_cached = functools.lru_cache(maxsize=512)(_scan)
@@ -271,19 +287,22 @@ def _may_reset(buf: bytes, start: int, end: int) -> bool:
     return _reset_word(buf, pos, end) is not None
 
 
-def scan_deallocations(buf: bytes, start: int, end: int) -> tuple[bool, tuple[str, bytes] | None]:
+def scan_deallocations(buf: bytes, start: int, end: int) -> tuple[bool | None, tuple[str, bytes] | None]:
     """For the SQL text buf[start:end]: (does any statement drop every prepared statement (DEALLOCATE
     [PREPARE] ALL, DISCARD ALL)?, the deallocation when the text is that single statement: ("all", b"")
-    or ("name", name)). Ordinary SQL is answered by a byte search; the rest is parsed once per text."""
+    or ("name", name)). Ordinary SQL is answered by a byte search; the rest is split once per text.
+    (None, None): a text over _SCAN_LIMIT that may hold one; not split."""
     if not _may_reset(buf, start, end):
         return _NO_RESET
+    if end - start > _SCAN_LIMIT:
+        return _TOO_LONG
     sql = buf[start:end]
     return _scan(sql) if len(sql) > _SCAN_CACHE_TEXT else _scan_cached(sql)
 
 
 def drops_all_statements(sql: bytes) -> bool:
     """Whether running `sql` drops every prepared statement of the session (for server_reset_query)."""
-    return scan_deallocations(sql, 0, len(sql))[0]
+    return scan_deallocations(sql, 0, len(sql))[0] is not False
 
 
 def classify_deallocate(sql: bytes) -> tuple[str, bytes] | None:
@@ -307,7 +326,7 @@ class Statement:
         self.stale = False       # retired after 0A000: its result type changed since clients prepared it
         query_end = content.find(b"\x00")
         # Executing it drops every prepared statement of the server session (psycopg prepares DISCARD ALL).
-        self.drops_all = scan_deallocations(content, 0, query_end if query_end >= 0 else len(content))[0]
+        self.drops_all = scan_deallocations(content, 0, query_end if query_end >= 0 else len(content))[0] is True
 
     def __repr__(self) -> str:
         return f"Statement({self.content[:60]!r})"
@@ -564,7 +583,7 @@ class ServerStatements:
             self._queue.append(_PARSE_FWD)
             if self._unnamed_drops or _may_reset(buf, start + 1, end):
                 query_end = _find_nul(buf, start + 1, end, "Parse")
-                self._unnamed_drops = scan_deallocations(buf, start + 1, query_end)[0]
+                self._unnamed_drops = scan_deallocations(buf, start + 1, query_end)[0] is True
             return None
         cname = buf[start:name_end]
         content = buf[name_end + 1:end]
@@ -679,6 +698,10 @@ class ServerStatements:
 
     def _on_query(self, buf: bytes, start: int, end: int) -> bytes | None:
         drops_all, found = scan_deallocations(buf, start, end - 1 if end > start and buf[end - 1] == 0 else end)
+        if drops_all is None:
+            # Too long to split: if the server says it dropped every statement, pgpool follows.
+            self._queue.append(_QUERY_WATCH_DROPS)
+            return None
         if found is None and not drops_all:
             # Ordinary SQL; also DEALLOCATE name inside a statement list (not rewritten: see the docstring).
             self._queue.append(_QUERY_FWD)
@@ -831,6 +854,10 @@ class ServerStatements:
                     # DEALLOCATE is not transactional: done now, even if a later statement of the list fails.
                     self._commit(head)
                     queue[0] = (K_QUERY, A_FORWARD, info[:4] + (None, None, False))
+                elif head is _QUERY_WATCH_DROPS and buf is not None and buf[start:end] in _DROPPED_ALL_TAGS:
+                    # Learnt only now: the client's names go, and everything pgpool had on this server.
+                    self._names.clear()
+                    self.forget_all()
             return None
         raise self._lost(msg_type)
 

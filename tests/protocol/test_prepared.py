@@ -201,7 +201,7 @@ class ModelSession:
         if implicit:
             self.tx = "T"
         for part in (p.strip() for p in sql.split(";")):
-            if not part:
+            if not _COMMENT.sub("", part).strip():
                 continue
             if (_model_deallocate(part) or ("",))[0] == "discard":
                 result = self._error("25001", "DISCARD ALL cannot run inside a transaction block", False)
@@ -1101,3 +1101,20 @@ def test_interleaved_clients_under_different_search_paths_see_their_own_session(
                                                                                  max_prepared, path_keys):
     """Clients whose equal SQL is shared, or not, by search_path: still each sees its own session."""
     assert_same(scripts, order=order, n_servers=n_servers, max_prepared=max_prepared, path_keys=path_keys)
+
+
+def test_big_statement_lists_are_split_not_parsed_and_huge_ones_are_followed_by_their_tags():
+    # A 14 KB statement list: split by PostgreSQL's grammar, only the DEALLOCATE statement itself parsed.
+    rows = ",".join(f"({i}, 'discard me')" for i in range(800)).encode()
+    big = b"INSERT INTO t VALUES " + rows + b"; DEALLOCATE ALL"
+    assert scan_deallocations(big, 0, len(big)) == (True, None)
+    assert scan_deallocations(big[:-16], 0, len(big) - 16) == (False, None)
+    # Above the parse limit, nothing is parsed: the tracker follows the statement's CommandComplete tag.
+    huge = b"INSERT INTO t VALUES " + rows * 3 + b"; DEALLOCATE ALL"
+    assert scan_deallocations(huge, 0, len(huge)) == (None, None)
+    a = rounds([parse("s", "select 1"), SYNC], [bind("s"), execute(), SYNC], [bind("s"), execute(), SYNC])
+    b = rounds([parse("t", "select 2"), SYNC], [query("select 3; deallocate all; " + "-- discard\n" * 2000)],
+               [bind("t"), execute(), SYNC])
+    seen = assert_same([a, b], order=[0, 1, 1, 0, 1, 0])
+    assert show(seen[1])[-2] == 'E 26000 prepared statement "t" does not exist'
+    assert "E" not in "".join(x[0] for x in show(seen[0]))
