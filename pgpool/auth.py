@@ -8,10 +8,10 @@ PostgreSQL.
 Must not: touch sockets or build wire messages (the connection layer does, with
 `protocol/`), or put secrets in exception messages or reprs.
 
-No user enumeration: an unknown user gets fake credentials shaped like the real
-ones in the same auth_file, so the method asked for, the SCRAM salt and iteration
-count, and the work done per attempt look like those of a known user giving a wrong
-password. Fake credentials never pass a check.
+No user enumeration: an unknown user gets fake credentials shaped like those of a
+known user of the same auth_file (picked by a keyed hash of the name), so the method
+asked for, the SCRAM salt and iteration count, and the work done per attempt look
+like those of a known user giving a wrong password. Fake credentials never pass a check.
 
 Text is str throughout; decode wire bytes and files as UTF-8 with
 errors="surrogateescape" so passwords that are not valid UTF-8 still compare
@@ -24,6 +24,7 @@ import enum
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,20 +122,39 @@ def secret_kind(secret: str) -> SecretKind:
 def lookup_credentials(users: Mapping[str, str], user: str) -> Credentials:
     """Credentials for `user`, or fake ones that fail exactly like a wrong password.
 
-    The fake secret is a SCRAM verifier if most secrets in `users` are SCRAM
-    (so auth_type md5 still switches to SCRAM, as it would for most known users),
-    otherwise an md5 secret. Both are derived from the user name and a
-    per-process key: a repeated attempt sees the same salt. This scans `users`
-    once per unknown user; that is cheap next to a login.
+    An unknown user is treated like one known user picked by a keyed hash of its
+    name: a SCRAM verifier with that user's iteration count and salt length if its
+    secret is SCRAM, else an md5 secret. Under every auth_type and any mix of
+    secrets an unknown name is therefore asked for what some known user is asked
+    for, in the same proportions, and the same thing on every attempt: the answer
+    tells nothing about whether the name exists. (No single method can serve both
+    md5 and SCRAM secrets, so "the method every user gets" does not exist for a
+    mixed file; a majority rule would mark every user of the minority kind as
+    known.) This walks `users` once per unknown user; that is cheap next to a login.
     """
     secret = users.get(user)
     if secret is not None:
         return Credentials(user, secret, secret_kind(secret), known=True)
-    scram_secrets = sum(1 for s in users.values() if s.startswith("SCRAM-SHA-256$"))
-    if 2 * scram_secrets >= len(users):
+    model = _model_secret(users, user)
+    if model is None:   # nobody to look like (auth_query): a SCRAM role, Postgres' default since 14
         return Credentials(user, _fake_verifier(user).to_secret(), SecretKind.SCRAM, known=False)
+    verifier = scram.parse_verifier(model)
+    if verifier is not None:
+        fake = _fake_verifier(user, verifier.iterations, len(verifier.salt))
+        return Credentials(user, fake.to_secret(), SecretKind.SCRAM, known=False)
     fake_md5 = MD5_PREFIX + _derive(b"md5", user).hex()[:32]
     return Credentials(user, fake_md5, SecretKind.MD5, known=False)
+
+
+def _model_secret(users: Mapping[str, str], user: str) -> str | None:
+    """The secret of the known user an unknown `user` is made to look like."""
+    if not users:
+        return None
+    index = int.from_bytes(_derive(b"model", user)[:8], "big") % len(users)
+    for i, secret in enumerate(users.values()):
+        if i == index:
+            return secret
+    return None
 
 
 def choose_client_method(auth_type: str, creds: Credentials) -> str:
@@ -227,6 +247,43 @@ def server_password_for(creds: Credentials | None, db_password: str | None) -> s
     return creds.secret
 
 
+def auth_query_sql(query: str, user: str) -> str:
+    """`query` with $1 bound to `user`, wrapped to return the secret as its only column.
+
+    pgpool's own queries run as simple queries, so the user name goes in as a dollar-quoted
+    literal (immune to standard_conforming_strings and backslashes) with a tag that does not
+    occur in the name. auth_query returns (user name, secret) as in PgBouncer; the wrapper
+    renames the columns so any two-column query fits.
+    """
+    tag = "$pgpool$"
+    n = 0
+    while tag in user or tag[:-1] in user:
+        n += 1
+        tag = f"$pgpool{n}$"
+    literal = f"{tag}{user}{tag}"
+    bound = re.sub(r"\$1(?!\d)", lambda _: literal, query.strip().rstrip(";"))
+    return f"SELECT pgpool_secret FROM ({bound}) AS pgpool_auth(pgpool_user, pgpool_secret)"
+
+
+def credentials_from_auth_query(user: str, rows: list[str | None]) -> Credentials:
+    """Credentials for `user` from auth_query's secret column. When the role is missing, cannot
+    log in, or its password is NULL or expired: fake SCRAM credentials (what Postgres stores by
+    default since version 14), so such a user is asked for the same method as the real ones."""
+    secret = rows[0] if rows else None
+    if not secret:
+        return lookup_credentials({}, user)
+    return Credentials(user, secret, secret_kind(secret), known=True)
+
+
+def check_certificate_user(user: str, cert_user: str | None) -> str | None:
+    """auth_type cert: None if the verified client certificate's CN is `user`, else why not (as Postgres)."""
+    if cert_user is None:
+        return "connection requires a valid client certificate"
+    if cert_user != user:
+        return f'certificate authentication failed for user "{user}"'
+    return None
+
+
 def _read_quoted(line: str, start: int) -> tuple[str, int]:
     """The quoted field at line[start] with "" unescaped, and the index after it."""
     if not line.startswith('"', start):
@@ -248,12 +305,13 @@ def _derive(purpose: bytes, user: str) -> bytes:
     return hmac.digest(_DERIVATION_KEY, purpose + b"\0" + _utf8(user), "sha256")
 
 
-def _fake_verifier(user: str) -> scram.ScramVerifier:
+def _fake_verifier(user: str, iterations: int = scram.DEFAULT_ITERATIONS,
+                   salt_len: int = scram.DEFAULT_SALT_LEN) -> scram.ScramVerifier:
     # Keys are derived like the salt, so nothing about a fake verifier changes
     # between attempts; no password hashes to them.
     return scram.ScramVerifier(
-        iterations=scram.DEFAULT_ITERATIONS,
-        salt=_derive(b"salt", user)[:scram.DEFAULT_SALT_LEN],
+        iterations=iterations,
+        salt=_derive(b"salt", user)[:salt_len],
         stored_key=_derive(b"stored", user),
         server_key=_derive(b"server", user),
     )

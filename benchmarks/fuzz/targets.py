@@ -325,7 +325,7 @@ def _scan_in_chunks(data: bytes, parse_whole: Callable[[int, bytes], None] | Non
 
 
 def _framing_seeds() -> list[bytes]:
-    head = b"\xff" * 32 + b"\x02\x40\x03"
+    head = b"\xff" * 32 + b"\x02\x40" + b"\x03\x05\x07\x0b"   # watch all; 1 MB; inspect 64; 3 cuts
     stream = (frame(b"P", b"s1\x00SELECT $1\x00\x00\x01\x00\x00\x00\x17") + frame(b"B", b"\x00s1\x00" + b"\x00" * 8)
               + frame(b"E", b"\x00\x00\x00\x00\x00") + frame(b"S") + frame(b"Q", b"SELECT 1\x00")
               + frame(b"d", b"x" * 100) + frame(b"X"))
@@ -368,7 +368,7 @@ def fuzz_framing_backend(data: bytes) -> None:
     _scan_in_chunks(data, _parse_backend)
 
 
-@target(ProtocolError, ConnectionResetError, seeds=lambda: [_framing_seeds()[1][35:]])
+@target(ProtocolError, ConnectionResetError, seeds=lambda: [_framing_seeds()[1][38:]])
 def fuzz_backend_login(data: bytes) -> None:
     """A server's login replies read as server.py reads them (LoginStream, then the parsers)."""
     stream = LoginStream(1 << 16, "server")
@@ -488,7 +488,7 @@ CLASSIFIERS: dict[str, Callable[[bytes, int, int], object]] = {
     "params.classify_query": params.classify_query,
     "pinning.classify_state": pinning.classify_state,
     "prepared.classify_deallocate": lambda buf, start, end: prepared.classify_deallocate(buf[start:end - 1]),
-    "prepared._may_be_deallocate": prepared._may_be_deallocate,
+    "prepared.scan_deallocations": lambda buf, start, end: prepared.scan_deallocations(buf, start, end - 1),
 }
 
 

@@ -35,8 +35,7 @@ async def app_pool(admin) -> dict:
 
 
 async def connect_app(proc, user: str = "app") -> asyncpg.Connection:
-    # Unnamed statements only: servers are replaced under clients here on purpose.
-    return await asyncpg.connect(proc.dsn(user), statement_cache_size=0)
+    return await asyncpg.connect(proc.dsn(user))
 
 
 async def close_quietly(conn: asyncpg.Connection) -> None:
@@ -220,7 +219,7 @@ async def test_pause_one_database_leaves_the_others_running(pgpool_proc, postgre
     backend = f"host={postgres.host} port={postgres.port}"
     proc = pgpool_proc(ADMIN, databases={"app": f"{backend} dbname=app", "other": f"{backend} dbname=app"})
     admin = await console(proc)
-    other = await asyncpg.connect(proc.dsn("app", dbname="other"), statement_cache_size=0)
+    other = await asyncpg.connect(proc.dsn("app", dbname="other"))
     try:
         await admin.execute("PAUSE app")
         databases = {r["name"]: r["paused"] for r in await show(admin, "DATABASES")}
@@ -260,8 +259,10 @@ async def test_sigterm_lets_50_in_flight_transactions_commit_and_refuses_new_con
         await wait_until(all_in_flight, message="10 transactions running and 40 queued")
         proc.send_signal(signal.SIGTERM)
 
-        status, body = await http_get(metrics_port, "/readyz")
-        assert (status, body) == (503, "not ready: shutting down\n")
+        # The signal is delivered asynchronously: wait (bounded) for pgpool to have handled it.
+        async def not_ready():
+            return await http_get(metrics_port, "/readyz") == (503, "not ready: shutting down\n")
+        await wait_until(not_ready, timeout=10, message="/readyz to answer 503 after SIGTERM")
         with pytest.raises((OSError, asyncpg.PostgresError)):
             await connect_app(proc)
 
