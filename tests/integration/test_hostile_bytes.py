@@ -214,3 +214,24 @@ def test_hostile_bytes_do_not_harm_a_healthy_client(pgpool_proc):
     assert rss_end - rss_start < 32 * 1024, f"RSS grew from {rss_start} kB to {rss_end} kB"
     log = proc.log_text()
     assert "Traceback" not in log and "internal error" not in log, log[-4000:]
+
+
+async def test_malformed_flush_left_behind_does_not_reach_the_next_client(pgpool_proc):
+    # Found by the test above: Postgres fails a Flush that has a body ("invalid message format")
+    # and then skips to the next Sync. pgpool counted no reply for it, released the server after
+    # the Query's ReadyForQuery, and the next client got the stale error and its own messages skipped.
+    proc = pgpool_proc({"default_pool_size": 1, "pool_mode": "transaction"})
+    sock = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+    try:
+        login(sock)
+        sock.sendall(m.query("SELECT 1") + m.message(b"H", b"\x00\x00\x00\x00"))
+        while read_message(sock)[0] != b"Z":
+            pass
+    finally:
+        sock.close()
+    conn = await asyncpg.connect(proc.dsn())   # defaults: statement cache on
+    try:
+        for i in range(5):
+            assert await conn.fetchval("SELECT $1::int", i) == i
+    finally:
+        await conn.close()
