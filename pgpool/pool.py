@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
+from .session import DROPS, classify
 from .protocol.constants import TX_IDLE
 from .protocol.errors import CONNECTION_FAILURE, ProtocolError
 from .stats import PoolStats
@@ -301,7 +302,13 @@ class Pool:
             self.server_available(server)
 
     def _after_reset(self, server: "ServerConnection") -> None:
-        server.params.statements.clear()   # DISCARD ALL / RESET ALL undid every tracked SET
+        """server_reset_query ran: forget what it undid (tracked SETs, prepared statements)."""
+        text = self.app.settings.server_reset_query.encode("utf-8")
+        verdict = classify(text, 0, len(text))
+        for change in verdict.changes:   # DISCARD ALL / RESET ALL: every tracked SET is gone
+            server.params.apply(change, self.reported_names)
+        if verdict.flags & DROPS and server.prepared is not None:
+            server.prepared.forget_all()      # DISCARD ALL / DEALLOCATE ALL dropped the shared statements
         self.server_available(server)
 
     def server_available(self, server: "ServerConnection") -> None:
