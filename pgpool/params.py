@@ -102,6 +102,13 @@ class SessionChange:
         self.name = name
         self.statement = statement
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SessionChange) and (self.kind, self.name, self.statement) == \
+            (other.kind, other.name, other.statement)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name, self.statement))
+
     def __repr__(self) -> str:
         return f"SessionChange({self.kind!r}, {self.name!r}, {self.statement!r})"
 

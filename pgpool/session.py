@@ -120,6 +120,8 @@ def prefilter(text: bytes) -> bool:
         return False            # a statement list: the parser splits it
     if head in _TRIVIAL_HEADS:
         return b"/*" not in text and b"--" not in text and b"(" not in text
+    if head == b"rol":    # ROLLBACK, but not ROLLBACK TO SAVEPOINT
+        return end - pos < 64 and b"to" not in text[pos + 8:].lower().split() and b"/*" not in text
     if head not in _DML_HEADS or end > PREFILTER_LIMIT:
         return False
     if head != b"ins" and head != b"upd" and head != b"del" and _TEMP_RE.search(text, pos):
@@ -140,6 +142,12 @@ def prefilter(text: bytes) -> bool:
 
 
 # ---- the parser -----------------------------------------------------------------------------
+
+def _is_none(node: ast.VariableSetStmt) -> bool:
+    """SET ROLE NONE: back to the session user."""
+    args = node.args or ()
+    return len(args) == 1 and getattr(getattr(args[0], "val", None), "sval", None) == "none"
+
 
 class _Walk:
     """Collects flags, changes and the first cause over a parse tree."""
@@ -203,7 +211,7 @@ class _Walk:
         if node.is_local and kind != VariableSetKind.VAR_RESET_ALL:
             return              # SET LOCAL ends with the transaction
         if name in ("role", "session_authorization"):
-            if kind in (VariableSetKind.VAR_SET_VALUE, VariableSetKind.VAR_SET_CURRENT):
+            if kind in (VariableSetKind.VAR_SET_VALUE, VariableSetKind.VAR_SET_CURRENT) and not _is_none(node):
                 self.mark(AUDIT | REFUSE, "SET ROLE" if name == "role" else "SET SESSION AUTHORIZATION")
             else:
                 self.mark(DROPS, "")
