@@ -79,7 +79,7 @@ class ClientConnection(asyncio.Protocol):
                  "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
-                 "audit_due", "audit_cause", "pin_causes", "resync_due", "resync_reported", "tx_snapshot", "query_start",
+                 "audit_due", "auditing", "audit_cause", "pin_causes", "resync_due", "resync_reported", "tx_snapshot", "query_start",
                  "statements", "stmt_verdicts", "portal_verdicts")
 
     def __init__(self, app: "App"):
@@ -129,6 +129,7 @@ class ClientConnection(asyncio.Protocol):
         self.pinned = False                      # keeps its server: it holds unshareable session state
         self.pin_causes: tuple[str, ...] = ()    # what the last audit found that cannot move
         self.audit_due = False                   # ask the server about session state at the transaction's end
+        self.auditing = False                    # an audit is on its way: its answer may pin
         self.audit_cause = ""                    # the statement that made the audit due, for the log
         self.resync_due = False                  # a RESET left the server off the client's startup values
         self.resync_reported: list[str] = []     # reported names to announce once the server has them again
@@ -496,7 +497,7 @@ class ClientConnection(asyncio.Protocol):
             self.pending_changes.append((answer, change))
         if self.mode == PoolMode.SESSION:
             return False
-        if flags & AUDIT or (flags & DROPS and self.pinned) or \
+        if flags & AUDIT or (flags & DROPS and (self.pinned or self.auditing)) or \
                 (flags & UNDO and (self.tx_changes or self.pending_changes)):
             if not self.audit_due:
                 self.audit_due = True
@@ -505,6 +506,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_audited(self, error: ProtocolError | None) -> None:
         """The server said what session state it holds: adopt settings, pin or unpin, then release."""
+        self.auditing = False
         server = self.server
         if server is None:
             return
@@ -614,6 +616,7 @@ class ClientConnection(asyncio.Protocol):
                 return False
             if self.audit_due or self.app.settings.session_audit == "always":
                 self.audit_due = False
+                self.auditing = True
                 server.inject(audit_sql(pool.server_user), self._on_audited)
                 return False
             if self.pinned:
