@@ -85,59 +85,70 @@ CURSOR_OPT_HOLD = 0x0020
 _TRIVIAL_HEADS = frozenset((b"beg", b"com", b"end", b"abo", b"sta", b"sho", b"fet", b"mov"))
 # Plain DML: stateless when every call in it is a safe built-in and it makes no temporary table.
 _DML_HEADS = frozenset((b"sel", b"ins", b"upd", b"del", b"wit", b"val", b"tab"))
-# Words that may stand before "(" in plain DML without being a function call.
+# SQL grammar that may stand before "(" in plain DML without being a call. Only words a function
+# cannot be named without quotes (reserved, or type and expression syntax), so no user function hides here.
 _PAREN_WORDS = frozenset((
-    "in", "values", "exists", "any", "all", "some", "over", "filter", "within", "as", "cast", "coalesce",
-    "nullif", "greatest", "least", "row", "array", "extract", "position", "substring", "overlay", "trim",
-    "using", "on", "and", "or", "not", "is", "when", "then", "else", "case", "select", "where", "from",
-    "join", "lateral", "returning", "set", "conflict", "grouping", "rollup", "cube", "sets", "by", "into",
-    "numeric", "decimal", "varchar", "char", "character", "varying", "timestamp", "time", "interval",
-    "float", "precision", "bit", "with", "union", "except", "intersect", "limit", "offset", "having",
-    "distinct", "do", "update", "group", "order", "partition", "asc", "desc", "nulls", "first", "last",
-    "like", "ilike", "similar", "between", "escape", "tablesample", "only", "recursive", "materialized",
-    "default", "null", "true", "false", "to", "zone", "at", "of", "for", "share", "key", "nowait", "skip",
-    "locked", "table", "unnest", "rows", "range", "groups", "preceding", "following", "current",
-    "unbounded", "exclude", "ties", "others", "no", "ordinality", "xmlelement", "xmlattributes",
-    "xmlforest", "xmlconcat", "xmlparse", "xmlroot", "xmlserialize", "xmlexists", "treat", "normalize",
+    "in", "values", "exists", "any", "all", "some", "over", "filter", "within", "group", "as", "cast",
+    "coalesce", "nullif", "greatest", "least", "row", "array", "extract", "position", "substring", "overlay",
+    "trim", "using", "on", "and", "or", "not", "is", "when", "then", "else", "case", "select", "where", "from",
+    "join", "lateral", "set", "conflict", "grouping", "rollup", "cube", "sets", "by", "numeric", "decimal",
+    "varchar", "char", "character", "varying", "timestamp", "time", "interval", "float", "bit", "union",
+    "except", "intersect", "limit", "offset", "having", "like", "ilike", "between", "only", "materialized",
+    "zone", "treat", "normalize", "xmlelement", "xmlattributes", "xmlforest", "xmlconcat", "xmlparse", "xmlroot",
+    "xmlserialize", "xmlexists",
 ))
-_CALL_RE = re.compile(rb"""([A-Za-z_][A-Za-z0-9_$]*)(\s*\.\s*[A-Za-z_][A-Za-z0-9_$]*)?\s*\(|["'](?=\s*\()""")
-_TEMP_RE = re.compile(rb"temp", re.IGNORECASE)
-_INSERT_TARGET_RE = re.compile(rb"\s*insert\s+into\s+[A-Za-z_][A-Za-z0-9_$.]*\s*(?:as\s+[A-Za-z_]\w*\s*)?\(",
-                               re.IGNORECASE)
-
-PREFILTER_LIMIT = 64 * 1024   # longer texts (bulk INSERTs) are not scanned by regex on every execution
+_SAFE_CALLS = frozenset(name.encode() for name in SAFE_FUNCTIONS | _PAREN_WORDS)
+_IDENT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_$")
+_SPACE = frozenset(b" \t\r\n")
+_INSERT_TARGET_RE = re.compile(rb"\s*insert\s+into\s+[a-z_][a-z0-9_$.]*\s*(?:as\s+[a-z_]\w*\s*)?\(")
 
 
 def prefilter(text: bytes) -> bool:
     """True when `text` is certainly stateless, decided from bytes alone (no decode, no parser)."""
+    lower = text.lower()
     pos = 0
-    end = len(text)
-    while pos < end and text[pos] in b" \t\r\n":
+    end = len(lower)
+    while pos < end and lower[pos] in _SPACE:
         pos += 1
-    head = text[pos:pos + 3].lower()
-    semicolon = text.find(b";", pos)
-    if semicolon >= 0 and text[semicolon + 1:].strip(b" \t\r\n;"):
+    head = lower[pos:pos + 3]
+    semicolon = lower.find(b";", pos)
+    if semicolon >= 0 and lower[semicolon + 1:].strip(b" \t\r\n;"):
         return False            # a statement list: the parser splits it
+    if b"/*" in lower or b"--" in lower:
+        return False            # a comment may stand between a function's name and its "("
     if head in _TRIVIAL_HEADS:
-        return b"/*" not in text and b"--" not in text and b"(" not in text
-    if head == b"rol":    # ROLLBACK, but not ROLLBACK TO SAVEPOINT
-        return end - pos < 64 and b"to" not in text[pos + 8:].lower().split() and b"/*" not in text
-    if head not in _DML_HEADS or end > PREFILTER_LIMIT:
+        return b"(" not in lower
+    if head == b"rol":          # ROLLBACK, but not ROLLBACK TO SAVEPOINT
+        return end - pos < 64 and b"to" not in lower[pos + 8:].split()
+    if head not in _DML_HEADS:
         return False
-    if head != b"ins" and head != b"upd" and head != b"del" and _TEMP_RE.search(text, pos):
+    if head != b"ins" and head != b"upd" and head != b"del" and b"temp" in lower:
         return False            # SELECT ... INTO TEMP
-    scan_from = pos
     if head == b"ins":
-        target = _INSERT_TARGET_RE.match(text, pos)
+        target = _INSERT_TARGET_RE.match(lower, pos)
         if target is not None:
-            scan_from = target.end()
-    for match in _CALL_RE.finditer(text, scan_from):
-        name = match.group(1)
-        if name is None or match.group(2) is not None:
-            return False        # "quoted"( or schema.qualified(: the parser decides
-        word = name.decode("ascii").lower()
-        if word not in SAFE_FUNCTIONS and word not in _PAREN_WORDS:
-            return False
+            pos = target.end()  # INSERT INTO t (columns): not a call
+    return _calls_are_safe(lower, pos)
+
+
+def _calls_are_safe(lower: bytes, start: int) -> bool:
+    """Every "name(" in the text names a safe built-in or is SQL grammar (IN (, VALUES (, ...)."""
+    paren = lower.find(b"(", start)
+    while paren >= 0:
+        last = paren - 1
+        while last >= start and lower[last] in _SPACE:
+            last -= 1
+        first = last
+        while first >= start and lower[first] in _IDENT:
+            first -= 1
+        if first < last:
+            if first >= start and lower[first] in b'."':
+                return False    # schema.name( or "quoted"name(: the parser decides
+            if lower[first + 1:last + 1] not in _SAFE_CALLS:
+                return False
+        elif last >= start and lower[last] in b'."\'':
+            return False        # "quoted"( / schema."name"(
+        paren = lower.find(b"(", paren + 1)
     return True
 
 

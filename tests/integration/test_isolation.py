@@ -357,7 +357,8 @@ async def test_asyncpg_pool_with_server_settings_keeps_its_search_path(pgpool_pr
                     seen.append(await conn.fetchval("SHOW search_path"))
                     await conn.execute("SET work_mem = '3MB'")
             assert seen[0] == seen[1] == "tenant_b", (cycle, seen)
-            await other.same("SELECT current_setting('search_path'), current_setting('work_mem')")
+            if cycle >= 3:    # then another client takes the server between acquires
+                await other.same("SELECT current_setting('search_path'), current_setting('work_mem')")
     finally:
         await other.close()
         await pooled.close()
