@@ -14,10 +14,15 @@ servers are reused LIFO, so B gets A's server unless A is pinned to it.
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import asyncpg
+import psycopg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from benchmarks.targets import free_port
 from tests.differential import Twin, open_twin
 from tests.waiting import wait_until
 
@@ -379,3 +384,96 @@ async def test_server_reset_query_always_with_asyncpg_defaults(pgpool_proc, post
     finally:
         await a.close()
         await b.close()
+
+
+# ---- settings: session_pinning = false, session_audit = always, counters --------------------------
+
+async def test_state_found_by_the_audit_is_not_handed_over_when_pinning_is_off(pgpool_proc, postgres,
+                                                                                helper_functions):
+    """Nothing can refuse a lock taken inside a function: the server is reset before its next client."""
+    proc = pgpool_proc({"default_pool_size": 1, "session_pinning": False})
+    a = await open_twin(proc, postgres, name="A", driver="asyncpg")
+    b = await open_twin(proc, postgres, name="B", driver="asyncpg")
+    try:
+        await a.same("SELECT pgpool_test_lock_it(51)")
+        await b.same(LOCKS)
+        await wait_until(lambda: "session_pinning is off" in proc.log_text(), timeout=5)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.fixture
+def locking_trigger(postgres):
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(postgres.dsn(dbname="app"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    asyncio.run(run("""
+        CREATE TABLE IF NOT EXISTS pgpool_isolation_locked (a int);
+        GRANT ALL ON pgpool_isolation_locked TO PUBLIC;
+        CREATE OR REPLACE FUNCTION pgpool_test_lock_trigger() RETURNS trigger LANGUAGE plpgsql AS
+          $$ BEGIN PERFORM pg_advisory_lock_shared(61); RETURN NEW; END $$;
+        CREATE OR REPLACE TRIGGER pgpool_isolation_lock BEFORE INSERT ON pgpool_isolation_locked
+          FOR EACH ROW EXECUTE FUNCTION pgpool_test_lock_trigger();
+    """))
+    yield
+    asyncio.run(run("DROP TABLE pgpool_isolation_locked; DROP FUNCTION pgpool_test_lock_trigger()"))
+
+
+async def test_session_audit_always_sees_state_no_statement_shows(pgpool_proc, postgres, locking_trigger):
+    """A trigger takes the lock: the INSERT's text is plain, only an audit of every transaction sees it."""
+    proc = pgpool_proc({"default_pool_size": 2, "session_audit": "always"})
+    a = await open_twin(proc, postgres, name="A", driver="asyncpg")
+    b = await open_twin(proc, postgres, name="B", driver="asyncpg")
+    try:
+        await a.same("INSERT INTO pgpool_isolation_locked VALUES (1)")
+        await b.same(LOCKS)
+        await a.same(LOCKS)
+        await wait_until(lambda: "pinned to server" in proc.log_text(), timeout=5)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_audits_adopted_settings_and_pins_are_counted_and_orm_traffic_pays_none(pgpool_proc, postgres):
+    metrics_port = free_port()
+    proc = pgpool_proc({"default_pool_size": 2, "admin_users": "postgres", "metrics_port": metrics_port})
+
+    async def pools() -> dict:
+        async with await psycopg.AsyncConnection.connect(proc.dsn("postgres", dbname="pgbouncer"), autocommit=True,
+                                                         prepare_threshold=None) as console:
+            cur = await console.execute("SHOW POOLS")
+            names = [d.name for d in cur.description]
+            rows = [dict(zip(names, row)) for row in await cur.fetchall()]
+        return next(r for r in rows if r["database"] == "app" and r["user"] == "app")
+
+    # What Prefect's API sends: SQLAlchemy 2 with the asyncpg dialect, defaults.
+    engine = create_async_engine(proc.dsn().replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        for _ in range(5):
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE IF NOT EXISTS pgpool_orm (id int PRIMARY KEY, name text)"))
+                await conn.execute(text("INSERT INTO pgpool_orm VALUES (:i, :n) ON CONFLICT (id) DO UPDATE SET "
+                                        "name = excluded.name"), {"i": 1, "n": "x"})
+                await conn.execute(text("SELECT count(*), max(name), now() FROM pgpool_orm WHERE id IN (:a, :b)"),
+                                   {"a": 1, "b": 2})
+    finally:
+        await engine.dispose()
+    assert int((await pools())["session_audits"]) == 0
+
+    conn = await asyncpg.connect(proc.dsn())
+    try:
+        await conn.execute("SELECT set_config('work_mem', '5MB', false)")
+        await conn.execute("LISTEN counted")
+        row = await pools()
+        assert int(row["session_audits"]) == 2 and int(row["settings_adopted"]) == 1 and row["pins"] == "listen=1"
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode())
+        assert 'pgpool_session_audits_total{database="app",user="app"} 2.0' in body
+        assert 'pgpool_session_settings_adopted_total{database="app",user="app"} 1.0' in body
+        assert 'pgpool_session_pins_total{cause="listen",database="app",user="app"} 1.0' in body
+    finally:
+        await conn.close()
