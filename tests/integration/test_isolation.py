@@ -468,6 +468,7 @@ async def test_audits_adopted_settings_and_pins_are_counted_and_orm_traffic_pays
     try:
         await conn.execute("SELECT set_config('work_mem', '5MB', false)")
         await conn.execute("LISTEN counted")
+        await wait_until(lambda: "pinned to server" in proc.log_text(), timeout=5)   # the audit answered
         row = await pools()
         assert int(row["session_audits"]) == 2 and int(row["settings_adopted"]) == 1 and row["pins"] == "listen=1"
         body = await asyncio.to_thread(
