@@ -13,6 +13,10 @@ from hypothesis import strategies as st
 from pgpool import session
 from pgpool.session import AUDIT, DROPS, REFUSE, STATELESS, UNDO, audit_sql, classify, parse_audit, prefilter, \
     verdict_of
+from tests.protocol.fakes import (
+    SYNC, Plane, bind, complete, data_row, execute, parameter_status, parse, query, ready, row_description,
+    server_of,
+)
 
 
 def verdict(sql: str):
@@ -225,3 +229,82 @@ def test_audit_rows_become_settings_and_pins():
 def test_an_audit_answer_that_is_not_ours_is_an_error(rows):
     with pytest.raises(ValueError):
         parse_audit(rows)
+
+
+# ---- the data plane: the verdict at every execution, the audit, RESET (fake sockets) ------------
+
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+BIND_COMPLETE = b"2\x00\x00\x00\x04"
+NO_DATA = b"n\x00\x00\x00\x04"
+
+
+def audit_answer(*rows: bytes) -> bytes:
+    return row_description("v") + b"".join(data_row(r) for r in rows) + complete(f"SELECT {len(rows)}") + ready()
+
+
+def test_a_named_statement_is_audited_at_every_execution_not_at_parse():
+    """Case 2: psycopg and asyncpg prepare once and execute by name in later transactions."""
+    plane = Plane(servers=1)
+    client = plane.add_client()
+    client.data_received(parse("LISTEN ch", "s1") + SYNC)
+    server = server_of(client)
+    server.transport.take()
+    server.data_received(PARSE_COMPLETE + ready())
+    assert b"pg_listening_channels" not in server.transport.take(), "a Parse alone changes nothing"
+    assert plane.released(server) == 1
+    for round_ in range(2):
+        client.data_received(bind("", "s1") + execute() + SYNC)
+        server = server_of(client)
+        server.transport.take()
+        server.data_received(BIND_COMPLETE + complete("LISTEN") + ready())
+        assert b"pg_listening_channels" in server.transport.take(), f"execution {round_ + 1} not audited"
+        server.data_received(audit_answer(b"plisten"))
+        assert client.pinned and client.server is server
+
+
+def test_an_audit_that_finds_nothing_releases_the_server_and_adopts_settings():
+    plane = Plane(servers=1)
+    client = plane.add_client()
+    client.data_received(query("SELECT set_config('work_mem', '5MB', false)"))
+    server = server_of(client)
+    server.data_received(row_description("set_config") + data_row(b"5MB") + complete("SELECT 1") + ready())
+    assert plane.released(server) == 0, "the audit comes first"
+    server.data_received(audit_answer(b"swork_mem=5MB"))
+    assert not client.pinned and plane.released(server) == 1
+    assert client.params.statements == {"work_mem": "SELECT pg_catalog.set_config('work_mem', '5MB', false)"}
+    assert plane.pool.stats.session_audits == 1 and plane.pool.stats.settings_adopted == 1
+
+
+def test_plain_traffic_is_never_audited():
+    plane = Plane(servers=1)
+    client = plane.add_client()
+    for sql in ("BEGIN", "SELECT count(*) FROM t WHERE id IN ($1)", "COMMIT"):
+        client.data_received(query(sql))
+        server_of(client).data_received(complete("X") + ready(b"I" if sql == "COMMIT" else b"T"))
+    assert plane.pool.stats.session_audits == 0 and plane.released(plane.servers[0]) == 1
+
+
+def test_reset_all_in_a_statement_list_goes_back_to_startup_values_and_tells_the_client():
+    """Case 1: asyncpg's pool reset at every release."""
+    plane = Plane(servers=1)
+    client = plane.add_client(statements={"search_path": "SELECT pg_catalog.set_config('search_path', 'tenant_b', "
+                                                         "false)"},
+                              reported={"application_name": "tenant-app"})
+    client.params.remember_startup()
+    plane.servers[0].params.statements = dict(client.params.statements)   # as if synced before
+    plane.servers[0].params.reported["application_name"] = "tenant-app"
+    client.data_received(query("SET search_path TO other"))
+    server = server_of(client)
+    server.data_received(complete("SET") + ready())
+    assert client.params.statements == {"search_path": "SET search_path TO other"}
+    client.transport.take()
+    client.data_received(query("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;"))
+    server = server_of(client)
+    server.data_received(row_description("v") + data_row(b"") + complete("SELECT 1") + complete("CLOSE CURSOR ALL")
+                         + complete("UNLISTEN") + parameter_status("application_name", "") + complete("RESET")
+                         + ready())
+    assert client.params.statements == client.params.startup_statements
+    assert client.params.reported["application_name"] == "tenant-app"
+    told = client.transport.take()
+    assert told.endswith(parameter_status("application_name", "tenant-app") + ready()), told[-80:]
+    assert server.params.statements == {}, "the server's own RESET ALL went to its defaults"
