@@ -22,6 +22,7 @@ import re
 
 from pglast import ast, parser
 from pglast.enums import DiscardMode, TransactionStmtKind, VariableSetKind
+from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS
 
 from .params import SessionChange, canonical_name
 from .pg_functions import BUILTIN_FUNCTIONS
@@ -85,18 +86,19 @@ CURSOR_OPT_HOLD = 0x0020
 _TRIVIAL_HEADS = frozenset((b"beg", b"com", b"end", b"abo", b"sta", b"sho", b"fet", b"mov"))
 # Plain DML: stateless when every call in it is a safe built-in and it makes no temporary table.
 _DML_HEADS = frozenset((b"sel", b"ins", b"upd", b"del", b"wit", b"val", b"tab"))
-# SQL grammar that may stand before "(" in plain DML without being a call. Only words a function
-# cannot be named without quotes (reserved, or type and expression syntax), so no user function hides here.
-_PAREN_WORDS = frozenset((
-    "in", "values", "exists", "any", "all", "some", "over", "filter", "within", "group", "as", "cast",
-    "coalesce", "nullif", "greatest", "least", "row", "array", "extract", "position", "substring", "overlay",
-    "trim", "using", "on", "and", "or", "not", "is", "when", "then", "else", "case", "select", "where", "from",
-    "join", "lateral", "set", "conflict", "grouping", "rollup", "cube", "sets", "by", "numeric", "decimal",
-    "varchar", "char", "character", "varying", "timestamp", "time", "interval", "float", "bit", "union",
-    "except", "intersect", "limit", "offset", "having", "like", "ilike", "between", "only", "materialized",
-    "zone", "treat", "normalize", "xmlelement", "xmlattributes", "xmlforest", "xmlconcat", "xmlparse", "xmlroot",
-    "xmlserialize", "xmlexists",
-))
+# SQL grammar that may stand before "(" in plain DML without being a call. Only reserved words
+# (no function can be named so without quotes), and four everyday unreserved ones checked in
+# context by _grammar_word: `) OVER (`, `) FILTER (`, `ON CONFLICT (`, `GROUP / ORDER / PARTITION BY (`.
+_PAREN_WORDS = frozenset(word for word in (
+    "in", "values", "exists", "any", "all", "some", "as", "cast", "coalesce", "nullif", "greatest", "least",
+    "row", "array", "extract", "position", "substring", "overlay", "trim", "using", "on", "and", "or", "not",
+    "when", "then", "else", "case", "select", "where", "from", "lateral", "grouping", "numeric", "decimal",
+    "varchar", "char", "character", "timestamp", "time", "interval", "float", "bit", "union", "except",
+    "intersect", "limit", "offset", "having", "only", "group", "treat", "normalize", "xmlelement",
+    "xmlattributes", "xmlforest", "xmlconcat", "xmlparse", "xmlroot", "xmlserialize", "xmlexists",
+) if word in RESERVED_KEYWORDS or word in COL_NAME_KEYWORDS)
+_AFTER_PAREN_WORDS = frozenset((b"over", b"filter"))
+_AFTER_WORD = {b"conflict": (b"on",), b"by": (b"group", b"order", b"partition")}
 _SAFE_CALLS = frozenset(name.encode() for name in SAFE_FUNCTIONS | _PAREN_WORDS)
 _IDENT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_$")
 _SPACE = frozenset(b" \t\r\n")
@@ -144,12 +146,28 @@ def _calls_are_safe(lower: bytes, start: int) -> bool:
         if first < last:
             if first >= start and lower[first] in b'."':
                 return False    # schema.name( or "quoted"name(: the parser decides
-            if lower[first + 1:last + 1] not in _SAFE_CALLS:
+            word = lower[first + 1:last + 1]
+            if word not in _SAFE_CALLS and not _grammar_word(lower, start, first, word):
                 return False
         elif last >= start and lower[last] in b'."\'':
             return False        # "quoted"( / schema."name"(
         paren = lower.find(b"(", paren + 1)
     return True
+
+
+def _grammar_word(lower: bytes, start: int, before: int, word: bytes) -> bool:
+    """An unreserved word before "(" that the words before it show to be grammar, not a call."""
+    while before >= start and lower[before] in _SPACE:
+        before -= 1
+    if word in _AFTER_PAREN_WORDS:
+        return before >= start and lower[before] == 41   # ")": count(*) FILTER (...), sum(x) OVER (...)
+    previous = _AFTER_WORD.get(word)
+    if previous is None:
+        return False
+    first = before
+    while first >= start and lower[first] in _IDENT:
+        first -= 1
+    return lower[first + 1:before + 1] in previous
 
 
 # ---- the parser -----------------------------------------------------------------------------
