@@ -180,9 +180,10 @@ def _is_none(node: ast.VariableSetStmt) -> bool:
 
 class _Walk:
     """Collects flags, changes and the first cause over a parse tree."""
-    __slots__ = ("flags", "changes", "cause", "text")
+    __slots__ = ("flags", "changes", "cause", "text", "transaction_control")
 
     def __init__(self, text: str):
+        self.transaction_control = False
         self.flags = 0
         self.changes: list[SessionChange] = []
         self.cause = ""
@@ -223,6 +224,7 @@ class _Walk:
         elif isinstance(node, ast.TransactionStmt):
             if node.kind == TransactionStmtKind.TRANS_STMT_ROLLBACK_TO:
                 self.flags |= UNDO
+            self.transaction_control = True
             return
         elif isinstance(node, (ast.CreateStmt, ast.ViewStmt, ast.CreateSeqStmt)):
             relation = node.view if isinstance(node, ast.ViewStmt) else \
@@ -312,6 +314,9 @@ def verdict_of(text: bytes) -> Verdict:
     walk = _Walk(sql)
     for raw in statements:
         walk.statement(raw)
+    if walk.changes and walk.transaction_control:
+        # `BEGIN; SET ...; ROLLBACK` in one Query: whether the SET holds is the server's to say.
+        walk.mark(AUDIT, "SET or RESET beside transaction control in one query")
     if not walk.flags and not walk.changes:
         return STATELESS
     return Verdict(walk.flags, tuple(walk.changes), walk.cause)

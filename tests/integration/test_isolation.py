@@ -19,6 +19,8 @@ import urllib.request
 import asyncpg
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -478,3 +480,40 @@ async def test_audits_adopted_settings_and_pins_are_counted_and_orm_traffic_pays
         assert 'pgpool_session_pins_total{cause="listen",database="app",user="app"} 1.0' in body
     finally:
         await conn.close()
+
+
+# ---- property: any interleaving of settings changes, 3 clients, a pool of 1 ------------------------
+
+PROPERTY_STEPS = [
+    "SET work_mem = '3MB'", "SELECT set_config('work_mem', '5MB', false)", "RESET work_mem", "RESET ALL",
+    "SET search_path TO other", "SET search_path TO DEFAULT", "DISCARD ALL",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    "DO $$ BEGIN PERFORM set_config('statement_timeout', '7000', false); END $$",
+    "SET statement_timeout = 9000; SELECT 1", "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+    "BEGIN; SET work_mem = '6MB'; ROLLBACK", "BEGIN; SAVEPOINT s; SET work_mem = '7MB'; ROLLBACK TO s; COMMIT",
+    "SELECT 1",
+]
+PROPERTY_LOOK = ("SELECT current_setting('work_mem'), current_setting('search_path'), "
+                 "current_setting('default_transaction_isolation'), current_setting('statement_timeout')")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(PROPERTY_STEPS)), min_size=1, max_size=8))
+def test_any_interleaving_of_settings_matches_direct_connections(pgpool_proc, postgres, steps):
+    proc = pgpool_proc({"default_pool_size": 1})
+
+    async def scenario() -> None:
+        trace: list[str] = []
+        twins = [await open_twin(proc, postgres, name=name, driver="asyncpg", trace=trace, **kwargs)
+                 for name, kwargs in (("A", {"server_settings": {"search_path": "tenant_a"}}),
+                                      ("B", {"server_settings": {"work_mem": "2MB"}}), ("C", {}))]
+        try:
+            for who, sql in steps:
+                await twins[who].same(simple(sql))
+                for twin in twins:
+                    await twin.same(PROPERTY_LOOK)
+        finally:
+            for twin in twins:
+                await twin.close()
+
+    asyncio.run(scenario())

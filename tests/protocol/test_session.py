@@ -129,6 +129,13 @@ def test_settings_only_the_server_knows_make_the_audit_due(sql):
     assert verdict(sql).flags & AUDIT, sql
 
 
+def test_a_set_beside_transaction_control_in_one_query_is_checked_with_the_server():
+    """Found by the property test: `BEGIN; SET work_mem = '6MB'; ROLLBACK` ends with ReadyForQuery 'I'."""
+    assert verdict("BEGIN; SET work_mem = '6MB'; ROLLBACK").flags & AUDIT
+    assert verdict("BEGIN; RESET ALL; COMMIT").flags & AUDIT
+    assert not verdict("SET work_mem = '6MB'; SELECT 1").flags & AUDIT
+
+
 def test_rollback_to_savepoint_is_marked_so_a_set_before_it_is_checked():
     assert verdict("ROLLBACK TO SAVEPOINT a").flags & UNDO
     assert verdict("ROLLBACK TO a").flags & UNDO
