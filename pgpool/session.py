@@ -301,16 +301,29 @@ class _Walk:
                 self.mark(flags, f"{name}()")
 
 
+# The parser builds a Python object per node (tens of microseconds each, recursively): a long or
+# deeply nested statement would stall every client on the event loop, and a huge one can exhaust
+# the C stack. Past these bounds a statement is not parsed; the server is asked instead.
+PARSE_LIMIT = 8 * 1024        # bytes of statement text
+TOKEN_LIMIT = 1000            # lexer tokens (the lexer is linear and cheap)
+_TOO_BIG = Verdict(AUDIT, (), "statement too long for pgpool to classify")
+_UNPARSABLE = Verdict(AUDIT, (), "statement pgpool cannot parse")
+
+
 def verdict_of(text: bytes) -> Verdict:
     """The verdict for one statement text, uncached: pre-filter first, then the parser."""
     if prefilter(text):
         return STATELESS
+    if len(text) > PARSE_LIMIT:
+        return _TOO_BIG
     try:
         sql = text.decode("utf-8")
+        if len(parser.scan(sql)) > TOKEN_LIMIT:
+            return _TOO_BIG
         statements = parser.parse_sql(sql)
-    except (UnicodeDecodeError, parser.ParseError, ValueError):
+    except Exception:   # ParseError, UnicodeDecodeError, RecursionError: never let client text escape
         # The server will refuse it too; if it does not (another encoding), ask it afterwards.
-        return Verdict(AUDIT, (), "statement pgpool cannot parse")
+        return _UNPARSABLE
     walk = _Walk(sql)
     for raw in statements:
         walk.statement(raw)

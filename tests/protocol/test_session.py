@@ -195,6 +195,14 @@ def test_text_the_parser_refuses_is_audited_not_trusted():
     assert verdict_of(b"LISTEN \xff").flags & AUDIT   # another client_encoding: the server knows
 
 
+def test_huge_or_deep_statements_are_audited_without_parsing(monkeypatch):
+    """One client's 300 KB expression must neither stall every client nor crash the parser."""
+    monkeypatch.setattr(session.parser, "parse_sql", lambda *a: pytest.fail("the parser was called"))
+    assert verdict_of(b"SELECT f(" + b"1+" * 100_000 + b"1)").flags & AUDIT
+    assert verdict_of(b"SELECT f(" + b"1+" * 1_000 + b"1)").flags & AUDIT      # 2 KB, 2000 tokens
+    assert verdict_of(b"INSERT INTO t VALUES " + b"($1, now()), " * 10_000 + b"($1, now())") is STATELESS
+
+
 # ---- the cache ---------------------------------------------------------------------------------
 
 def test_the_verdict_is_cached_per_text_and_read_from_the_given_slice(monkeypatch):
