@@ -517,3 +517,22 @@ def test_any_interleaving_of_settings_matches_direct_connections(pgpool_proc, po
                 await twin.close()
 
     asyncio.run(scenario())
+
+
+async def test_a_set_prepared_without_a_server_is_still_followed(pgpool_proc, postgres):
+    """Case 5: psycopg prepares (Parse + Sync) before executing; pgpool answers a Parse of SQL it
+    already knows without a server, and the SET it names must still be followed at Execute."""
+    proc = pgpool_proc({"default_pool_size": 1})
+    trace: list[str] = []
+    twins = [await open_twin(proc, postgres, name=name, driver="psycopg-prepare0", trace=trace) for name in "ABC"]
+    a, b, c = twins
+    try:
+        await a.same("SET statement_timeout = 4321")
+        await a.same("RESET statement_timeout")
+        await b.same("SET statement_timeout = 4321")     # the same SQL: its Parse is answered locally
+        await c.same("SHOW statement_timeout")
+        await b.same("SHOW statement_timeout")
+        await a.same("SHOW statement_timeout")
+    finally:
+        for twin in twins:
+            await twin.close()
