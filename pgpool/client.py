@@ -24,7 +24,8 @@ from . import auth, tls
 from .config import PoolMode
 from .loginstream import LoginStream
 from .prepared import ClientStatements
-from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, set_config_sql, sync_sql
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, \
+    set_config_sql, sync_sql
 from .session import AUDIT, DROPS, REFUSE, STATELESS, UNDO, Verdict, audit_sql, classify, parse_audit, refusal_sql
 from .pool import ClientState
 from .protocol import messages as m
@@ -187,7 +188,7 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if data[:1] == b"P" and self.mode != PoolMode.SESSION and self.app.settings.max_prepared_statements \
                         and _parse_is_stateless(data) \
-                        and self.statements.parse_without_server(self.app.statement_registry, data):
+                        and self.statements.parse_without_server(pool.statement_registry, data):
                     pool.stats.client_parse_count += 1  # type: ignore[union-attr]
                     self.transport.write(PARSE_COMPLETE_READY)
                     return
@@ -409,6 +410,8 @@ class ClientConnection(asyncio.Protocol):
             # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
             self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
                                           max_inspect=min(settings.max_packet_size, MAX_REWRITE))
+            # Shared prepared statements are keyed by search_path too.
+            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
             self.app.on_client_logged_in(self)
         if self.app.settings.log_connections:
@@ -632,6 +635,7 @@ class ClientConnection(asyncio.Protocol):
         for name in [name for name in server_statements if name not in found]:
             del server_statements[name]   # undone on the server (ROLLBACK TO SAVEPOINT, RESET in a function)
             client_statements.pop(name, None)
+        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
 
     def _set_pins(self, pins: tuple[str, ...], server: "ServerConnection") -> None:
         if pins and not self.app.settings.session_pinning:
@@ -795,6 +799,7 @@ class ClientConnection(asyncio.Protocol):
             self.params.statements = snapshot[0]  # type: ignore[union-attr]
             if self.server is not None:
                 self.server.params.statements = snapshot[1]
+            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
 
     def _apply_changes(self, changes: list[SessionChange]) -> None:
         """Apply settled changes to both sides; a RESET leaves the server off the client's startup values."""
@@ -805,6 +810,7 @@ class ClientConnection(asyncio.Protocol):
             self.params.apply(change, reported)  # type: ignore[union-attr]
             if self.server is not None:
                 self.server.params.apply(change, reported)
+        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
 
     @property
     def prepared_count(self) -> int:

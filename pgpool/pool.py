@@ -17,7 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
-from .session import DROPS, classify
+from .prepared import StatementRegistry, drops_all_statements
+from .session import classify
 from .protocol.constants import TX_IDLE
 from .protocol.errors import CONNECTION_FAILURE, ProtocolError
 from .stats import PoolStats
@@ -58,6 +59,8 @@ class Pool:
         self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM login (pass-through)
         self.name = f"{db.name}/{user}"
         self.stats = PoolStats()
+        # Shared prepared statements: a Parse is answered locally only for what THIS pool prepared.
+        self.statement_registry = StatementRegistry()
         # Server containers.
         self.connecting: set[ServerConnection] = set()
         self.idle: list[ServerConnection] = []
@@ -304,11 +307,10 @@ class Pool:
     def _after_reset(self, server: "ServerConnection") -> None:
         """server_reset_query ran: forget what it undid (tracked SETs, prepared statements)."""
         text = self.app.settings.server_reset_query.encode("utf-8")
-        verdict = classify(text, 0, len(text))
-        for change in verdict.changes:   # DISCARD ALL / RESET ALL: every tracked SET is gone
+        for change in classify(text, 0, len(text)).changes:   # DISCARD ALL / RESET ALL: every tracked SET
             server.params.apply(change, self.reported_names)
-        if verdict.flags & DROPS and server.prepared is not None:
-            server.prepared.forget_all()      # DISCARD ALL / DEALLOCATE ALL dropped the shared statements
+        if server.prepared is not None and drops_all_statements(text):
+            server.prepared.forget_all()   # the server has none of pgpool's statements any more
         self.server_available(server)
 
     def server_available(self, server: "ServerConnection") -> None:
