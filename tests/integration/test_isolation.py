@@ -301,8 +301,6 @@ RESET_SIMPLE_ONLY = {
 def _reset_cases():
     for name, steps in RESET_FORMS.items():
         for path in PATHS:
-            if name == "discard-all" and path in ("prepared", "asyncpg"):
-                continue    # DISCARD ALL as a named statement is issue 8 case 7 (prepared-statement namespaces)
             yield pytest.param(path, steps, id=f"{name}-{path}")
     for name, steps in RESET_SIMPLE_ONLY.items():
         yield pytest.param("simple", steps, id=f"{name}-simple")
