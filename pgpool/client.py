@@ -91,7 +91,7 @@ class ClientConnection(asyncio.Protocol):
                  "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
-                 "audit_due", "auditing", "audit_cause", "pin_causes", "resync_due", "resync_reported", "tx_snapshot", "query_start",
+                 "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
                  "statements", "stmt_verdicts", "portal_verdicts")
 
     def __init__(self, app: "App"):
@@ -139,7 +139,6 @@ class ClientConnection(asyncio.Protocol):
         self.drain = False                       # shutting down: leave at the next transaction boundary
         self.rfq_replacement: bytes | None = None  # what the client sees instead of a ReadyForQuery
         self.pinned = False                      # keeps its server: it holds unshareable session state
-        self.pin_causes: tuple[str, ...] = ()    # what the last audit found that cannot move
         self.audit_due = False                   # ask the server about session state at the transaction's end
         self.auditing = False                    # an audit is on its way: its answer may pin
         self.audit_cause = ""                    # the statement that made the audit due, for the log
@@ -590,7 +589,8 @@ class ClientConnection(asyncio.Protocol):
                 (flags & UNDO and (self.tx_changes or self.pending_changes)):
             if not self.audit_due:
                 self.audit_due = True
-                self.audit_cause = verdict.cause or "ROLLBACK TO SAVEPOINT after SET"
+                self.audit_cause = verdict.cause or ("ROLLBACK TO SAVEPOINT after SET" if flags & UNDO
+                                                     else "a statement that may drop session state")
         return False
 
     def _on_audited(self, error: ProtocolError | None) -> None:
@@ -646,7 +646,6 @@ class ClientConnection(asyncio.Protocol):
             if not self.app.settings.server_reset_query:
                 server.close_needed = "session state left on it, session_pinning off, server_reset_query empty"
             pins = ()
-        self.pin_causes = pins
         if pins and not self.pinned:
             self.pinned = True
             stats = self.pool.stats  # type: ignore[union-attr]
@@ -705,6 +704,8 @@ class ClientConnection(asyncio.Protocol):
                     self._resync()
                 return False
             if self.audit_due or self.app.settings.session_audit == "always":
+                if not self.audit_due:
+                    self.audit_cause = "session_audit = always"
                 self.audit_due = False
                 self.auditing = True
                 server.inject(audit_sql(pool.server_user), self._on_audited)
