@@ -313,6 +313,22 @@ class PostgresCluster:
         self.base_dir = None
         atexit.unregister(self.stop)
 
+    # ---- faults: restart the server under its clients (tests/integration/test_faults.py) ----
+
+    def restart(self, mode: str = "fast") -> float:
+        """`pg_ctl restart -m mode`, waiting until it accepts connections again; returns the seconds it took."""
+        started = time.monotonic()
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-m", mode, "-w", "-t", "60",
+                       "restart")
+        return time.monotonic() - started
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the postmaster but keep the cluster (start_server brings it back)."""
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop")
+
+    def start_server(self) -> None:
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start")
+
     def __enter__(self) -> "PostgresCluster":
         return self.start()
 

@@ -348,8 +348,11 @@ class Settings(BaseSettings):
     server_connect_timeout: float = _setting(
         15.0, "Seconds a server connection and login may take.", ge=0)
     server_login_retry: float = _setting(
-        15.0, "Seconds to wait after a failed server login before trying again; clients get "
-        "the error meanwhile.", ge=0)
+        15.0, "Seconds to wait after a server login failed for a permanent cause (wrong password "
+        "28P01, no such database 3D000, TLS verification) before trying again; clients get the "
+        "error meanwhile. Transient causes (57P03 starting up / shutting down, 53300, refused, reset, "
+        "server_connect_timeout) are retried on a short jittered backoff (0.05 s growing to at most "
+        "min(0.5 s, this value)) while waiting clients keep waiting up to query_wait_timeout.", ge=0)
 
     # Client timeouts
     client_login_timeout: float = _setting(

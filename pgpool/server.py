@@ -185,17 +185,17 @@ class ServerConnection(asyncio.Protocol):
                 except OSError as error:
                     raise ProtocolError(CONNECTION_FAILURE,
                                         f"could not connect to server {db.host}:{db.port} for pool {pool.name}: "
-                                        f"{error.strerror or error}") from None
+                                        f"{error.strerror or error}", transient=True) from None
                 await self._login_exchange()
                 if db.connect_query:
                     await self._run_connect_query(db.connect_query)
         except TimeoutError:
             raise ProtocolError(CONNECTION_FAILURE,
                                 f"server_connect_timeout: no login to {db.host}:{db.port} for pool {pool.name} "
-                                f"within {settings.server_connect_timeout:g}s") from None
+                                f"within {settings.server_connect_timeout:g}s", transient=True) from None
         except ConnectionResetError as error:
             raise ProtocolError(CONNECTION_FAILURE, f"server {db.host}:{db.port} closed the connection during "
-                                                    f"login for pool {pool.name}: {error}") from None
+                                                    f"login for pool {pool.name}: {error}", transient=True) from None
         self._login = None
         self.last_used = time.monotonic()
         if settings.log_connections:
