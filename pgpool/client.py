@@ -14,13 +14,13 @@ import asyncio
 import itertools
 import logging
 import os
-import socket
 import time
 from typing import TYPE_CHECKING
 
 from . import auth
 from .config import PoolMode
 from .loginstream import LoginStream
+from .netopts import apply_tcp_options
 from .pinning import MAY_CREATE, classify_state, refusal_sql, state_check_sql
 from .prepared import ClientStatements
 from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, classify_query, \
@@ -134,9 +134,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        apply_tcp_options(transport.get_extra_info("socket"), self.app.settings)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self.log_prefix = f"C-{self.id} {self.peer}"
         self.app.on_client_connected(self)

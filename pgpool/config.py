@@ -102,12 +102,7 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "syslog_facility": "daemon",
     "syslog_ident": "pgbouncer",
     "tcp_defer_accept": "1",
-    "tcp_keepalive": "1",
-    "tcp_keepcnt": "0",
-    "tcp_keepidle": "0",
-    "tcp_keepintvl": "0",
     "tcp_socket_buffer": "0",
-    "tcp_user_timeout": "0",
     "transaction_timeout": "0",
     "unix_socket_dir": "/tmp",
     "unix_socket_group": "",
@@ -287,6 +282,23 @@ class Settings(BaseSettings):
         restart=True, allowed="a comma-separated list of host names or IP addresses, or *")
     listen_port: int = _setting(6432, "TCP port to listen on for clients (0 = any free port).",
                                 restart=True, ge=0, le=65535)
+
+    # TCP options of every client and server socket, as PgBouncer (new connections pick up a RELOAD)
+    tcp_keepalive: bool = _setting(
+        True, "Turn on TCP keepalive (SO_KEEPALIVE) on client and server sockets, so a peer that "
+        "vanished without a FIN (a dead host, a dropped NAT entry) is found. PgBouncer's default: 1.")
+    tcp_keepidle: int = _setting(
+        0, "Seconds a connection is idle before the first keepalive probe (TCP_KEEPIDLE; 0 = the "
+        "OS default, 7200 s on Linux).", ge=0)
+    tcp_keepintvl: int = _setting(
+        0, "Seconds between keepalive probes (TCP_KEEPINTVL; 0 = the OS default, 75 s on Linux).", ge=0)
+    tcp_keepcnt: int = _setting(
+        0, "Unanswered keepalive probes before the connection is dropped (TCP_KEEPCNT; 0 = the OS "
+        "default, 9 on Linux).", ge=0)
+    tcp_user_timeout: int = _setting(
+        0, "Milliseconds sent data may stay unacknowledged before the connection is dropped "
+        "(TCP_USER_TIMEOUT, Linux; 0 = the OS default). Bounds how long a server that stopped "
+        "answering mid-query (blackholed network) holds its client.", ge=0)
 
     # Authentication and console access
     auth_type: Literal["trust", "plain", "md5", "scram-sha-256"] = _setting(

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
 from . import auth
 from .loginstream import LoginStream
+from .netopts import apply_tcp_options
 from .params import SessionParams
 from .config import PoolMode
 from .pool import ServerState
@@ -110,9 +110,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        apply_tcp_options(transport.get_extra_info("socket"), self.app.settings)
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:

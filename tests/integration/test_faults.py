@@ -7,6 +7,7 @@ because they restart, stop and cut it.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Iterator
 
@@ -16,6 +17,7 @@ import pytest
 from benchmarks.ledger import LedgerLoad, audit, cause_of, create_table
 from benchmarks.targets import PgpoolProcess, PostgresCluster, find_pg_bindir
 from tests.conftest import TEST_USERS
+from tests.faultproxy import FaultProxy
 from tests.integration.helpers import RawClient
 from tests.waiting import wait_until
 
@@ -185,3 +187,124 @@ async def test_client_in_transaction_gets_08006_when_its_server_dies(cluster, po
         assert "08006" in text and "server connection lost for pool app/app" in text, text
     finally:
         raw.close()
+
+
+# ---- network faults ----------------------------------------------------------------------------
+
+def _ss_lines(filter_expr: str) -> list[str]:
+    out = subprocess.run(["ss", "-tnoHp", "state", "established", filter_expr], capture_output=True, text=True,
+                         check=True).stdout
+    return out.splitlines()
+
+
+async def test_keepalive_is_set_on_client_and_server_sockets(cluster, pooler):
+    """tcp_keepalive / tcp_keepidle reach both sides: the kernel runs a keepalive timer of ~7 s on each."""
+    proc = pooler({"tcp_keepidle": 7, "tcp_keepintvl": 3, "tcp_keepcnt": 2, "tcp_user_timeout": 4000})
+    conn = await asyncpg.connect(proc.dsn())
+    try:
+        await conn.execute("BEGIN")   # hold the server so both sockets stay established
+        assert await conn.fetchval("SELECT 1") == 1
+
+        def keepalive_timers() -> list[float] | None:
+            lines = _ss_lines(f"( sport = :{proc.port} )") + \
+                [line for line in _ss_lines(f"( dport = :{cluster.port} )") if f"pid={proc.pid}," in line]
+            # A timer shows "on" while data is unacknowledged; ask again until both sides are quiet.
+            timers = [line.split("timer:(")[1] for line in lines if "timer:(" in line]
+            if len(lines) < 2 or len(timers) < len(lines) or not all(t.startswith("keepalive,") for t in timers):
+                return None
+            return [t.split(",")[1] for t in timers]
+
+        timers = await wait_until(keepalive_timers, timeout=5, message="keepalive timers on both sockets")
+        # ss prints e.g. "6.900ms" for 6.9 s here, "119min" for the OS default of 7200 s.
+        assert all("min" not in t and "h" not in t and 0 < float(t.rstrip("msec")) <= 7.0 for t in timers), timers
+    finally:
+        conn.terminate()
+
+
+async def test_server_that_stops_answering_mid_query_is_bounded_by_query_timeout(cluster, pooler):
+    """A blackholed route between pgpool and Postgres: the client gets 57014 naming query_timeout after
+    ~1 s, the stuck server is dropped, and once the route heals the pool serves again."""
+    async with FaultProxy(cluster.host, cluster.port) as proxy:
+        proc = pooler({"default_pool_size": 2, "query_timeout": 1, "server_connect_timeout": 2},
+                      databases={"app": f"host=127.0.0.1 port={proxy.port} dbname=app"})
+        conn = await asyncpg.connect(proc.dsn())
+        assert await conn.fetchval("SELECT 1") == 1
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.fetchval("SELECT 2")
+        took = time.monotonic() - started
+        error = cause_of(info.value)
+        assert error is not None and error.sqlstate == "57014", info.value
+        assert "query_timeout" in str(error) and "app/app" in str(error)
+        assert 0.9 <= took < 3.0, took
+        proxy.heal()
+        again = await asyncpg.connect(proc.dsn())
+        assert await asyncio.wait_for(again.fetchval("SELECT 3"), 10) == 3
+        await again.close()
+        assert "sent error 57014: query_timeout" in proc.log_text()   # reported
+
+
+async def _ledger_through_proxy(cluster, pooler, fault, *, clients: int = 20, settings: dict | None = None):
+    """Run the ledger through pgpool -> proxy -> Postgres, apply `fault(proxy)` mid-run, heal, audit."""
+    async with FaultProxy(cluster.host, cluster.port) as proxy:
+        proc = pooler({"default_pool_size": 5, "max_client_conn": 100, "query_wait_timeout": 20,
+                       "server_connect_timeout": 2, **(settings or {})},
+                      databases={"app": f"host=127.0.0.1 port={proxy.port} dbname=app"})
+        await create_table(cluster.dsn(dbname="app"))
+        async with LedgerLoad(proc.dsn(), clients) as load:
+            ledger = load.ledger
+            await wait_until(lambda: len(ledger.commits) > 100, timeout=20, message="load running")
+            await fault(proxy)
+            proxy.heal()
+            healed = ledger.now()
+            await wait_until(lambda: len([t for t in ledger.commits if t > healed]) > 100, timeout=20,
+                             message="commits after the fault healed")
+            recovered = ledger.first_commit_after(healed) - healed
+        result = await audit(ledger, cluster.dsn(dbname="app"))
+    assert result.violations() == []
+    assert result.errors_without_cause == 0, [e for e in ledger.errors if not e.sqlstate]
+    return ledger, result, recovered
+
+
+async def test_rst_between_pgpool_and_postgres(cluster, pooler):
+    """Every server connection is reset three times, 100 ms apart: in-flight transactions fail with a
+    cause (08006 naming the pool), nothing acknowledged is lost, service resumes at once."""
+    async def fault(proxy: FaultProxy) -> None:
+        for _ in range(3):
+            proxy.reset()
+            await asyncio.sleep(0.1)   # the fault's own rhythm, not synchronisation
+    ledger, result, recovered = await _ledger_through_proxy(cluster, pooler, fault)
+    assert result.errors >= 1
+    assert all(e.sqlstate in ("08006", "57P01") for e in ledger.errors), ledger.errors
+    assert recovered < 2.0
+
+
+async def test_new_connections_reset_then_heal(cluster, pooler):
+    """Connections are reset and new ones refused (RST) for 0.5 s: waiters ride through it."""
+    async def fault(proxy: FaultProxy) -> None:
+        proxy.reset(new_connections_too=True)
+        await asyncio.sleep(0.5)
+    ledger, result, recovered = await _ledger_through_proxy(cluster, pooler, fault)
+    assert not [e for e in ledger.errors if e.stage == "connect"], ledger.errors
+    assert recovered < 2.0
+
+
+async def test_latency_spike(cluster, pooler):
+    """300 ms added each way for a second: slower, never an error."""
+    async def fault(proxy: FaultProxy) -> None:
+        proxy.delay(0.3)
+        await asyncio.sleep(1.0)
+    ledger, result, recovered = await _ledger_through_proxy(cluster, pooler, fault)
+    assert result.errors == 0, ledger.errors
+
+
+async def test_blackhole_under_load_is_bounded_and_recovers(cluster, pooler):
+    """The route to Postgres swallows everything for 1.5 s: transactions stuck in it end with query_timeout
+    (in doubt if COMMIT was among them), nothing acknowledged is lost, service resumes after the heal."""
+    async def fault(proxy: FaultProxy) -> None:
+        proxy.blackhole()
+        await asyncio.sleep(1.5)
+    ledger, result, recovered = await _ledger_through_proxy(cluster, pooler, fault, settings={"query_timeout": 1})
+    assert all(e.sqlstate in ("57014", "08006") for e in ledger.errors), ledger.errors
+    assert recovered < 3.0
