@@ -24,7 +24,9 @@ from .client import ADMIN_DATABASES
 from .config import RELOADABLE_SETTINGS, Settings, implemented_settings
 from .pool import ClientState, ServerState
 from .protocol import messages as m
-from .protocol.errors import INVALID_AUTHORIZATION_SPECIFICATION, PROTOCOL_VIOLATION, ProtocolError, error_response
+from .protocol.errors import (
+    INVALID_AUTHORIZATION_SPECIFICATION, PROGRAM_LIMIT_EXCEEDED, PROTOCOL_VIOLATION, ProtocolError, error_response,
+)
 
 if TYPE_CHECKING:
     from .app import App
@@ -43,6 +45,10 @@ Table = tuple[Columns, list[Sequence[object]]]
 
 CONFIG_FILE_ERROR = "F0000"
 MAX_QUERY = 64 * 1024       # a console query is one short command
+# A console client that sends commands faster than they run is read no further until the queue
+# halves; one that does not read its replies is closed past MAX_UNREAD_REPLY_BYTES.
+MAX_QUEUED_COMMANDS = 1000
+MAX_UNREAD_REPLY_BYTES = 8 * 1024 * 1024
 _COMMAND = re.compile(r'(\w+)(.*)', re.ASCII | re.DOTALL)
 _ARGUMENT = re.compile(r'\s*("(?:[^"]|"")*"|[^\s"]+)?\s*', re.ASCII)
 _SET = re.compile(r"set\s", re.IGNORECASE)
@@ -93,6 +99,7 @@ class AdminConsole:
         self.queue: collections.deque[tuple[int, bytes]] = collections.deque()
         self.task: asyncio.Task | None = None
         self.closed = False
+        self.reading_paused = False   # too many commands queued: the client is read no further
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -106,6 +113,9 @@ class AdminConsole:
                 break
             self.queue.append((buf[0], bytes(buf[5:1 + length])))
             del buf[:1 + length]
+        if len(self.queue) > MAX_QUEUED_COMMANDS and not self.reading_paused:
+            self.reading_paused = True
+            self.client.transport.pause_reading()
         if self.queue and self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -119,6 +129,9 @@ class AdminConsole:
             while self.queue and not self.closed:
                 msg_type, body = self.queue.popleft()
                 await self._handle(msg_type, body)
+                if self.reading_paused and len(self.queue) < MAX_QUEUED_COMMANDS // 2 and not self.closed:
+                    self.reading_paused = False
+                    self.client.transport.resume_reading()
         except Exception as error:   # a console bug must cost this console only
             log.exception("admin console: internal error")
             self._fail(f"pgpool internal error on the admin console: {error!r}")
@@ -129,7 +142,13 @@ class AdminConsole:
         if msg_type == ord("Q"):
             reply = await self.execute(body.rstrip(b"\x00").decode("utf-8", "replace"))
             if reply is not None and not self.closed:
-                self.client.transport.write(reply + m.READY_FOR_QUERY_IDLE)
+                transport = self.client.transport
+                unread = transport.get_write_buffer_size()
+                if unread > MAX_UNREAD_REPLY_BYTES:
+                    self._fail(f"admin console: client does not read its replies ({unread} bytes unread, limit "
+                               f"{MAX_UNREAD_REPLY_BYTES})", PROGRAM_LIMIT_EXCEEDED)
+                    return
+                transport.write(reply + m.READY_FOR_QUERY_IDLE)
         elif msg_type == ord("X"):
             self.client.disconnect("admin console: client close request")
         else:
@@ -137,8 +156,10 @@ class AdminConsole:
             self._fail(f"the admin console supports only the simple query protocol; got message type "
                        f"{chr(msg_type)!r} (use psql, or a driver's simple-query mode)")
 
-    def _fail(self, message: str) -> None:
-        self.client.disconnect(message, ProtocolError(PROTOCOL_VIOLATION, message))
+    def _fail(self, message: str, sqlstate: str = PROTOCOL_VIOLATION) -> None:
+        self.closed = True
+        self.queue.clear()
+        self.client.disconnect(message, ProtocolError(sqlstate, message))
 
     async def execute(self, sql: str) -> bytes | None:
         """Run every ';'-separated command; stop at the first error. None: send nothing back."""

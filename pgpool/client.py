@@ -204,17 +204,22 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = True
         if self.server is not None:
             self.server.set_reading(False)
+        elif self.login is None and self.admin is None:
+            self.update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.server is not None:
             self.server.set_reading(True)
+        elif self.login is None and self.admin is None:
+            self.update_reading()
 
     def update_reading(self) -> None:
         """Read from the client unless its server cannot take more, or it queued too much while waiting."""
         server = self.server
         blocked = (server is not None and server.write_paused) or \
-                  ((server is None or self.syncing) and self.pending_size > PENDING_LIMIT)
+                  ((server is None or self.syncing) and self.pending_size > PENDING_LIMIT) or \
+                  (server is None and self.write_paused)   # pgpool's own replies unread: read no more
         if blocked != self.reading_paused and not self.closed:
             self.reading_paused = blocked
             if blocked:

@@ -308,3 +308,75 @@ async def test_blackhole_under_load_is_bounded_and_recovers(cluster, pooler):
     ledger, result, recovered = await _ledger_through_proxy(cluster, pooler, fault, settings={"query_timeout": 1})
     assert all(e.sqlstate in ("57014", "08006") for e in ledger.errors), ledger.errors
     assert recovered < 3.0
+
+
+# ---- bounded everything ------------------------------------------------------------------------
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _query(sql: str) -> bytes:
+    body = sql.encode() + b"\x00"
+    return b"Q" + (4 + len(body)).to_bytes(4, "big") + body
+
+
+async def test_client_that_never_reads(cluster, pooler):
+    """A client asks for 2 GB and reads nothing: pgpool's memory stays flat (backpressure reaches
+    Postgres), other clients are served by the rest of the pool, and query_timeout ends it."""
+    proc = pooler({"default_pool_size": 2, "query_timeout": 3})
+    warm = await asyncpg.connect(proc.dsn())
+    assert await warm.fetchval("SELECT 1") == 1
+    rss_before = _rss_kib(proc.pid)
+    raw = await RawClient.open(proc.port)
+    try:
+        await raw.login_md5("app", TEST_USERS["app"])
+        raw.send(_query("SELECT repeat('x', 100000) FROM generate_series(1, 20000)"))
+        for i in range(10):   # others keep working while it stalls
+            assert await warm.fetchval("SELECT $1::int", i) == i
+        await wait_until(lambda: "sent error 57014: query_timeout" in proc.log_text(), timeout=10)
+        assert _rss_kib(proc.pid) - rss_before < 32 * 1024
+    finally:
+        raw.close()
+    assert await warm.fetchval("SELECT 2") == 2
+    await warm.close()
+
+
+async def test_console_flood_closes_only_that_console(cluster, pooler):
+    """Console commands sent faster than they run are read no faster than they run (all answered);
+    a console that never reads its replies is closed with 54000 past 8 MB unread; another console
+    and the data plane go on."""
+    proc = pooler({"admin_users": ["postgres"]})
+    flood = await RawClient.open(proc.port)
+    await flood.login_md5("postgres", TEST_USERS["postgres"], database="pgbouncer")
+    flood.send(_query("SHOW VERSION") * 3000)
+    for _ in range(3000):
+        await flood.read_until(b"Z")
+    flood.close()
+
+    reader = await RawClient.open(proc.port)
+    await reader.login_md5("postgres", TEST_USERS["postgres"], database="pgbouncer")
+    try:
+        for _ in range(400):   # ~10 MB of SHOW CONFIG replies, never read while sending
+            reader.send(_query("SHOW CONFIG") * 100)
+            await reader.writer.drain()
+            if reader.reader.at_eof() or reader.writer.is_closing():
+                break
+            if "does not read its replies" in proc.log_text():
+                break
+        await wait_until(lambda: "does not read its replies" in proc.log_text(), timeout=10)
+    except ConnectionError:
+        pass
+    finally:
+        reader.close()
+    other = await RawClient.open(proc.port)
+    await other.login_md5("postgres", TEST_USERS["postgres"], database="pgbouncer")
+    other.send(_query("SHOW VERSION"))
+    assert (await other.read_until(b"Z"))[-1][0] == b"Z"
+    other.close()
+    conn = await asyncpg.connect(proc.dsn())
+    assert await conn.fetchval("SELECT 1") == 1
+    await conn.close()
