@@ -280,6 +280,7 @@ class PostgresCluster:
             self._write_owned(
                 self.data_dir / "pg_hba.conf",
                 "local all all trust\n"
+                "local replication all trust\n"   # pg_basebackup for a standby (start_standby)
                 f"host all md5user {LOOPBACK}/32 md5\n"
                 f"host all plainuser {LOOPBACK}/32 password\n"
                 f"host all all {LOOPBACK}/32 scram-sha-256\n",
@@ -328,6 +329,35 @@ class PostgresCluster:
 
     def start_server(self) -> None:
         self._run_tool("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start")
+
+    def start_standby(self, host: str = "127.0.0.2") -> "PostgresCluster":
+        """A streaming standby of this (running) cluster: pg_basebackup -R into a throwaway dir,
+        listening on another loopback address with the same port, so that a host list
+        (host=127.0.0.1,127.0.0.2, one port, as PgBouncer's) reaches both. stop() removes it;
+        promote() makes it a primary."""
+        standby = PostgresCluster(port=self.port, max_connections=self.max_connections, settings=self.settings)
+        standby.host = host
+        standby.base_dir = Path(tempfile.mkdtemp(prefix="pgpool-standby-"))
+        _give_to(standby.base_dir, standby._user)
+        atexit.register(standby.stop)
+        try:
+            standby._run_tool("pg_basebackup", "-D", str(standby.data_dir), "-h", str(self.socket_dir),
+                              "-p", str(self.port), "-U", self.superuser, "-R", "-X", "stream", "--no-sync")
+            with (standby.data_dir / "postgresql.conf").open("a") as f:
+                f.write(f"\n# standby of {self.host}:{self.port}\nlisten_addresses = {_sql_literal(host)}\n"
+                        f"unix_socket_directories = {_sql_literal(str(standby.socket_dir))}\n")
+            with (standby.data_dir / "pg_hba.conf").open("a") as f:
+                f.write("host all all 127.0.0.0/8 scram-sha-256\n")
+            standby._run_tool("pg_ctl", "-D", str(standby.data_dir), "-l", str(standby.log_path), "-w", "-t", "60",
+                              "start")
+            standby._running = True
+        except BaseException:
+            standby.stop()
+            raise
+        return standby
+
+    def promote(self) -> None:
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "promote")
 
     def __enter__(self) -> "PostgresCluster":
         return self.start()

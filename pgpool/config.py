@@ -72,8 +72,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "client_tls_sslmode": "disable",
     "conffile": None,
     "disable_pqexec": "0",
-    "dns_max_ttl": "15",
-    "dns_nxdomain_ttl": "15",
     "dns_zone_check_period": "0",
     "job_name": "pgbouncer",
     "listen_backlog": "128",
@@ -120,7 +118,6 @@ PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS = frozenset(
         "auth_dbname",
         "auth_query",
         "auth_user",
-        "load_balance_hosts",
         "max_db_client_connections",
         "query_wait_timeout",
         "server_lifetime",
@@ -173,7 +170,21 @@ class DatabaseEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Database name clients ask for; '*' is the fallback entry.")
-    host: str = Field("127.0.0.1", description="Server host name or IP address.")
+    host: str = Field(
+        "127.0.0.1", description="Server host name or IP address, or a comma-separated list of them "
+        "(PgBouncer's host=a,b,c): a new server connection tries them in turn (see load_balance_hosts); "
+        "an unresolvable or unreachable host is skipped.")
+    load_balance_hosts: Literal["round-robin", "disable"] = Field(
+        "round-robin", description="With several hosts: round-robin = each new server connection starts "
+        "at the next host; disable = always try them in the listed order, first that works. PgBouncer's "
+        "names and default.")
+    target_session_attrs: Literal["any", "read-write", "primary", "read-only", "standby",
+                                  "prefer-standby"] = Field(
+        "any", description="pgpool: which servers this database's pools accept, with libpq's names: "
+        "read-write / primary never get a read-only server (learned from in_hot_standby and "
+        "default_transaction_read_only, PostgreSQL 14+, else one query at login); a 25006 read-only "
+        "error from a server that reports read-only retires that host's servers and re-resolves its "
+        "name. read-only / standby / prefer-standby (standbys first, else any) as libpq.")
     port: int = Field(5432, ge=1, le=65535, description="Server port.")
     dbname: str | None = Field(
         None, description="Database name on the server; defaults to the entry's name "
@@ -196,7 +207,7 @@ class DatabaseEntry(BaseModel):
     datestyle: str | None = Field(None, description="DateStyle asked of the server.")
     timezone: str | None = Field(None, description="TimeZone asked of the server.")
 
-    @field_validator("pool_mode", mode="before")
+    @field_validator("pool_mode", "load_balance_hosts", "target_session_attrs", mode="before")
     @classmethod
     def _lower_pool_mode(cls, value: Any) -> Any:
         return _lower(value)
@@ -295,6 +306,13 @@ class Settings(BaseSettings):
     tcp_keepcnt: int = _setting(
         0, "Unanswered keepalive probes before the connection is dropped (TCP_KEEPCNT; 0 = the OS "
         "default, 9 on Linux).", ge=0)
+    dns_max_ttl: float = _setting(
+        15.0, "Seconds a resolved host name is trusted before DNS is asked again (PgBouncer's "
+        "dns_max_ttl; 0 = ask at every new server connection). A 25006 in a read-write pool forgets "
+        "the name at once, so a failover that moves a DNS name is followed.", ge=0)
+    dns_nxdomain_ttl: float = _setting(
+        15.0, "Seconds a host name that did not resolve is not asked again (PgBouncer's "
+        "dns_nxdomain_ttl).", ge=0)
     tcp_user_timeout: int = _setting(
         0, "Milliseconds sent data may stay unacknowledged before the connection is dropped "
         "(TCP_USER_TIMEOUT, Linux; 0 = the OS default). Bounds how long a server that stopped "

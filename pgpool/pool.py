@@ -17,6 +17,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+from .hosts import ROLE_QUERY, DnsCache, HostPlan, Role, accepts
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
 from .protocol.constants import TX_IDLE
 from .protocol.errors import (
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from .server import ServerConnection
 
 log = logging.getLogger("pgpool.pool")
+
+DNS = DnsCache()   # one per process, as PgBouncer's; bounded by dns_max_ttl / dns_nxdomain_ttl
 
 # Server login failures that heal by themselves: Postgres starting up / shutting down / restarting,
 # out of connection slots. Unreachable, refused, reset and timed-out connects are flagged transient
@@ -109,6 +112,7 @@ class Pool:
         self.paused = False
         self.disabled = False
         self._reserve_timer: asyncio.TimerHandle | None = None
+        self.hosts = HostPlan()            # which host of db.host the next server connection tries first
 
     # ---- state moves ---------------------------------------------------------------------------
 
@@ -275,24 +279,28 @@ class Pool:
             f"{len(self.waiting)} waiting)")
 
     def launch_server(self) -> None:
+        asyncio.get_running_loop().create_task(self._connect(self._new_server()))
+
+    def _new_server(self) -> "ServerConnection":
         from .server import ServerConnection   # server.py imports this module
         server = ServerConnection(self)
         self.set_server_state(server, ServerState.CONNECTING)
-        asyncio.get_running_loop().create_task(self._connect(server))
+        return server
+
+    def _drop_attempt(self, server: "ServerConnection") -> None:
+        server.close_transport()
+        if server.state != ServerState.CLOSED:
+            self.set_server_state(server, ServerState.CLOSED)
 
     async def _connect(self, server: "ServerConnection") -> None:
         started = time.monotonic()
         try:
-            await server.connect_and_login()
+            server = await self._login_some_host(server)
         except ProtocolError as error:
-            server.close_transport()
-            self.set_server_state(server, ServerState.CLOSED)
             self._on_login_failed(error)
             return
         except Exception as error:   # a bug in login must not leak a CONNECTING slot
             log.exception("pool %s: unexpected error in server login", self.name)
-            server.close_transport()
-            self.set_server_state(server, ServerState.CLOSED)
             self._on_login_failed(ProtocolError(CONNECTION_FAILURE, f"server login failed for pool {self.name}: {error!r}"))
             return
         if server.closed_reason is not None:   # lost right after login: never hand it out
@@ -311,6 +319,82 @@ class Pool:
             self.server_available(server)
         if recovering:
             self.dispatch()   # open the rest of what the queue needs, not one server per janitor tick
+
+    async def _login_some_host(self, server: "ServerConnection") -> "ServerConnection":
+        """Log `server` (or its replacements) into the first host of the plan that works and has the
+        role target_session_attrs asks for. Unresolvable, unreachable and wrong-role hosts are skipped
+        (transient); a permanent failure (wrong password) ends the walk at once, as in libpq.
+        Failed attempts are closed here; the returned server is logged in."""
+        db = self.db
+        attrs = db.target_session_attrs
+        settings = self.app.settings
+        last_error: ProtocolError | None = None
+        attempt: ServerConnection | None = server
+        for second_pass in range(HostPlan.passes(db)):
+            for host in self.hosts.order(db):
+                try:
+                    addresses = await DNS.resolve(host, db.port, settings)
+                except OSError as error:
+                    last_error = ProtocolError(CONNECTION_FAILURE, f"could not resolve host \"{host}\" for pool "
+                                               f"{self.name}: {error.strerror or error}", transient=True)
+                    continue
+                if attempt is None:
+                    attempt = self._new_server()
+                attempt.set_target(host, addresses[0])
+                try:
+                    await attempt.connect_and_login()
+                    role = await self._learn_role(attempt) if attrs != "any" else None
+                except ProtocolError as error:
+                    self._drop_attempt(attempt)
+                    attempt = None
+                    if not is_transient(error):
+                        raise
+                    last_error = error
+                    continue
+                except BaseException:
+                    self._drop_attempt(attempt)
+                    raise
+                if role is None or accepts(attrs, role, second_pass=bool(second_pass)):
+                    return attempt
+                what = "in hot standby" if role.standby else "read-only"
+                last_error = ProtocolError(CONNECTION_FAILURE, f"server {host}:{db.port} is {what}; pool {self.name} "
+                                           f"needs target_session_attrs={attrs}", transient=True)
+                attempt.close(f"{what}, not what target_session_attrs={attrs} asks for")
+                self._drop_attempt(attempt)
+                attempt = None
+        if attempt is not None:
+            self._drop_attempt(attempt)
+        assert last_error is not None
+        raise last_error
+
+    async def _learn_role(self, server: "ServerConnection") -> Role:
+        role = Role.from_reported(server.params.reported)
+        if role is not None:
+            return role
+        error, _ = await server.run_query(ROLE_QUERY)   # PostgreSQL < 14 reports neither parameter
+        if error is not None:
+            raise error
+        return Role.from_query(server.injected_rows[0] if server.injected_rows else None)
+
+    def on_read_only_error(self, server: "ServerConnection") -> None:
+        """A server of a read-write pool answered 25006: if it reports being read-only (a failover
+        turned it into a standby, or the old primary was made read-only), retire every server of this
+        pool on that host and forget the host's DNS answer, so new connections find the new writer.
+        A 25006 from a server that reports read-write came from the client's own READ ONLY transaction."""
+        role = Role.from_reported(server.params.reported)
+        if role is not None and not role.read_only:
+            return
+        host = server.host
+        reason = f"server {host} answered 25006 (read-only) in pool {self.name} (target_session_attrs=" \
+                 f"{self.db.target_session_attrs})"
+        log.warning("pool %s: %s: closing its servers on that host and re-resolving it", self.name, reason)
+        DNS.forget(host)
+        for other in list(self.active) + list(self.maintenance):
+            if other.host == host:
+                other.close_needed = reason
+        for other in list(self.idle):
+            if other.host == host:
+                other.close(reason)
 
     def _on_login_failed(self, error: ProtocolError) -> None:
         self.stats.server_login_failures += 1
@@ -393,6 +477,9 @@ class Pool:
         self.server_available(server)
 
     def server_available(self, server: "ServerConnection") -> None:
+        if server.close_needed:   # retired (RELOAD, failover) while it was being cleaned or checked
+            server.close(server.close_needed)
+            return
         server.needs_reset = False
         server.last_used = time.monotonic()
         self.set_server_state(server, ServerState.IDLE)

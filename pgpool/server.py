@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from . import auth
+from .hosts import Role, needs_writer
 from .loginstream import LoginStream
 from .netopts import apply_tcp_options
 from .params import SessionParams
@@ -29,7 +30,8 @@ from .protocol.constants import (
     B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
 )
 from .protocol.errors import (
-    CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, ProtocolError,
+    CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, READ_ONLY_SQL_TRANSACTION,
+    ProtocolError,
     parse_error_fields,
 )
 from .protocol.framing import MessageScanner, watch_table
@@ -65,7 +67,7 @@ class ServerConnection(asyncio.Protocol):
                  "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
                  "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
                  "parked",
-                 "watch_normal", "watch_tags")
+                 "watch_normal", "watch_tags", "host", "address")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
@@ -104,7 +106,15 @@ class ServerConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closed_reason: str | None = None
+        self.host = pool.db.host        # the host name of the entry's list this connection went to
+        self.address = pool.db.host     # what it resolved to (cancel requests go there)
         self.log_prefix = f"S-{self.id} {pool.name}@{pool.db.host}:{pool.db.port}"
+
+    def set_target(self, host: str, address: str) -> None:
+        """Which host of the database entry (and which of its addresses) connect_and_login dials."""
+        self.host = host
+        self.address = address
+        self.log_prefix = f"S-{self.id} {self.pool.name}@{host}:{self.pool.db.port}"
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -179,20 +189,20 @@ class ServerConnection(asyncio.Protocol):
         try:
             async with asyncio.timeout(settings.server_connect_timeout):
                 try:
-                    await loop.create_connection(lambda: self, db.host, db.port)
+                    await loop.create_connection(lambda: self, self.address, db.port)
                 except OSError as error:
                     raise ProtocolError(CONNECTION_FAILURE,
-                                        f"could not connect to server {db.host}:{db.port} for pool {pool.name}: "
+                                        f"could not connect to server {self.host}:{db.port} for pool {pool.name}: "
                                         f"{error.strerror or error}", transient=True) from None
                 await self._login_exchange()
                 if db.connect_query:
                     await self._run_connect_query(db.connect_query)
         except TimeoutError:
             raise ProtocolError(CONNECTION_FAILURE,
-                                f"server_connect_timeout: no login to {db.host}:{db.port} for pool {pool.name} "
+                                f"server_connect_timeout: no login to {self.host}:{db.port} for pool {pool.name} "
                                 f"within {settings.server_connect_timeout:g}s", transient=True) from None
         except ConnectionResetError as error:
-            raise ProtocolError(CONNECTION_FAILURE, f"server {db.host}:{db.port} closed the connection during "
+            raise ProtocolError(CONNECTION_FAILURE, f"server {self.host}:{db.port} closed the connection during "
                                                     f"login for pool {pool.name}: {error}", transient=True) from None
         self._login = None
         self.last_used = time.monotonic()
@@ -235,7 +245,7 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == B_ERROR_RESPONSE:
                 fields = parse_error_fields(body)
                 raise ProtocolError(fields.get("C", CONNECTION_FAILURE), fields.get("M", "server login failed"),
-                                    detail=f"pgpool pool {pool.name} could not log into server {db.host}:{db.port}")
+                                    detail=f"pgpool pool {pool.name} could not log into server {self.host}:{db.port}")
             elif msg_type == B_PARAMETER_STATUS:
                 name, value = m.parse_parameter_status(body)
                 self.params.reported[name] = value
@@ -322,6 +332,8 @@ class ServerConnection(asyncio.Protocol):
                 client.params.reported[name] = value
         elif msg_type == B_ERROR_RESPONSE:
             fields = parse_error_fields(buf[start:end])
+            if fields.get("C") == READ_ONLY_SQL_TRANSACTION and needs_writer(self.pool.db.target_session_attrs):
+                self.pool.on_read_only_error(self)
             if client is not None:
                 client.on_server_error(fields)
             else:
@@ -417,6 +429,10 @@ class ServerConnection(asyncio.Protocol):
     def close_reason_on_release(self) -> str | None:
         if self.close_needed:
             return self.close_needed
+        if needs_writer(self.pool.db.target_session_attrs):
+            role = Role.from_reported(self.params.reported)
+            if role is not None and role.read_only:   # demoted while in use (ParameterStatus told us)
+                return f"server became read-only; target_session_attrs={self.pool.db.target_session_attrs}"
         lifetime = self.app.settings.server_lifetime
         if time.monotonic() - self.created_at > lifetime:   # 0: use once, as in PgBouncer
             return f"server_lifetime ({lifetime:g}s) reached"
@@ -431,7 +447,7 @@ class ServerConnection(asyncio.Protocol):
 
     def cancel_and_close(self, reason: str) -> None:
         """Stop whatever the server runs for a client that left, then drop the connection."""
-        self.app.send_cancel(self.pool.db.host, self.pool.db.port, self.backend_pid, self.backend_key)
+        self.app.send_cancel(self.address, self.pool.db.port, self.backend_pid, self.backend_key)
         self.close(reason)
 
     def close(self, reason: str) -> None:
