@@ -342,7 +342,8 @@ class PostgresCluster:
         atexit.register(standby.stop)
         try:
             standby._run_tool("pg_basebackup", "-D", str(standby.data_dir), "-h", str(self.socket_dir),
-                              "-p", str(self.port), "-U", self.superuser, "-R", "-X", "stream", "--no-sync")
+                              "-p", str(self.port), "-U", self.superuser, "-R", "-X", "stream", "-c", "fast",
+                              "--no-sync")
             with (standby.data_dir / "postgresql.conf").open("a") as f:
                 f.write(f"\n# standby of {self.host}:{self.port}\nlisten_addresses = {_sql_literal(host)}\n"
                         f"unix_socket_directories = {_sql_literal(str(standby.socket_dir))}\n")
