@@ -139,14 +139,14 @@ async def audit(ledger: Ledger, dsn: str) -> Audit:
 
 
 async def run_client(ledger: Ledger, dsn: str, number: int, stop: asyncio.Event, *,
-                     think: float = 0.0, statement_timeout: float = 30.0) -> None:
+                     think: float = 0.0, statement_timeout: float = 30.0, connect_kwargs: dict | None = None) -> None:
     """One client: connect, commit rows one transaction at a time, reconnect after any error."""
     conn: asyncpg.Connection | None = None
     try:
         while not stop.is_set():
             if conn is None or conn.is_closed():
                 try:
-                    conn = await asyncpg.connect(dsn, timeout=statement_timeout)
+                    conn = await asyncpg.connect(dsn, timeout=statement_timeout, **(connect_kwargs or {}))
                     ledger.connects += 1
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
                     ledger.record_error(error, "connect")
@@ -191,10 +191,11 @@ async def _discard(conn: asyncpg.Connection) -> None:
 class LedgerLoad:
     """`clients` ledger clients against `dsn` until stopped: `async with LedgerLoad(...) as load:`."""
 
-    def __init__(self, dsn: str, clients: int, *, think: float = 0.0):
+    def __init__(self, dsn: str, clients: int, *, think: float = 0.0, connect_kwargs: dict | None = None):
         self.dsn = dsn
         self.clients = clients
         self.think = think
+        self.connect_kwargs = connect_kwargs
         self.ledger = Ledger()
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
@@ -203,7 +204,7 @@ class LedgerLoad:
     async def __aenter__(self) -> "LedgerLoad":
         self.ledger = Ledger()
         self.tasks = [asyncio.create_task(run_client(self.ledger, self.dsn, next(self._numbers), self.stop,
-                                                     think=self.think))
+                                                     think=self.think, connect_kwargs=self.connect_kwargs))
                       for _ in range(self.clients)]
         return self
 

@@ -357,6 +357,27 @@ class PostgresCluster:
             raise
         return standby
 
+    def turn_read_only(self, timeout: float = 20.0) -> str:
+        """The old primary of a failover: default_transaction_read_only on, then wait until every
+        transaction begun before that has ended (one begun read-write may still commit). Returns the
+        WAL position after which nothing more is written."""
+        self.run_sql("ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf();")
+        deadline = time.monotonic() + timeout
+        while self.run_sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                           "AND xact_start <= pg_conf_load_time()").strip() != "0":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"transactions begun before read-only still open after {timeout}s")
+            time.sleep(0.02)
+        return self.run_sql("SELECT pg_current_wal_lsn()").strip()
+
+    def wait_replayed(self, lsn: str, timeout: float = 20.0) -> None:
+        """A standby: wait until it replayed up to `lsn`."""
+        deadline = time.monotonic() + timeout
+        while not self.run_sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn").strip().endswith("t"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"standby did not replay up to {lsn} within {timeout}s")
+            time.sleep(0.02)
+
     def promote(self) -> None:
         self._run_tool("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "promote")
 
@@ -376,6 +397,19 @@ class PostgresCluster:
             "-U", self.superuser, "-d", dbname,
         ]
         return _run_psql(args, sql, _clean_env())
+
+
+def start_primary_and_standby(standby_host: str = "127.0.0.2",
+                              settings: dict[str, str] | None = None) -> tuple[PostgresCluster, PostgresCluster]:
+    """A primary on 127.0.0.1 (synchronous_commit on: a crash must not lose acknowledged commits) and
+    its streaming standby on `standby_host`, same port: `host=127.0.0.1,127.0.0.2` reaches both.
+    The caller stops both (standby first)."""
+    primary = PostgresCluster(max_connections=100, settings={"synchronous_commit": "on", **(settings or {})}).start()
+    try:
+        return primary, primary.start_standby(standby_host)
+    except BaseException:
+        primary.stop()
+        raise
 
 
 class ExternalPostgres:

@@ -10,8 +10,8 @@ from typing import Iterator
 import asyncpg
 import pytest
 
-from benchmarks.ledger import LedgerLoad, audit, create_table
-from benchmarks.targets import PgpoolProcess, PostgresCluster
+from benchmarks.ledger import CREATE_SQL, LedgerLoad, audit
+from benchmarks.targets import PgpoolProcess, PostgresCluster, start_primary_and_standby
 from tests.conftest import TEST_USERS
 from tests.waiting import wait_until
 
@@ -19,14 +19,9 @@ PRIMARY, STANDBY, NOBODY = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 
 
 def _pair() -> tuple[PostgresCluster, PostgresCluster]:
-    primary = PostgresCluster(max_connections=60, settings={"synchronous_commit": "on"}).start()
-    try:
-        primary.run_sql("CREATE TABLE IF NOT EXISTS ledger (id uuid NOT NULL, client int NOT NULL, "
-                        "at timestamptz DEFAULT now()); GRANT ALL ON ledger TO PUBLIC;", dbname="app")
-        standby = primary.start_standby(STANDBY)
-    except BaseException:
-        primary.stop()
-        raise
+    """Primary and standby, the ledger table created before the base backup so both have it."""
+    primary, standby = start_primary_and_standby(STANDBY)
+    primary.run_sql(f"{CREATE_SQL}; GRANT ALL ON ledger TO PUBLIC;", dbname="app")
     return primary, standby
 
 
@@ -133,14 +128,13 @@ async def test_failover_under_load_reaches_the_new_writer():
         async with LedgerLoad(proc.dsn(), 20) as load:
             ledger = load.ledger
             await wait_until(lambda: len(ledger.commits) > 100, timeout=20, message="load running")
-            primary.run_sql("ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf();")
             fault_at = ledger.now()
+            lsn = await asyncio.to_thread(primary.turn_read_only)
             # pgpool notices through ParameterStatus (servers closed at release, before any 25006) or
             # through a 25006; either way new logins skip the old primary, and clients wait.
             await wait_until(lambda: "needs target_session_attrs=read-write" in proc.log_text(), timeout=10,
                              message="old primary skipped")
-            lsn = primary.run_sql("SELECT pg_current_wal_lsn()").strip()
-            await wait_until(lambda: _replayed(standby, lsn), timeout=20, message="standby caught up")
+            await asyncio.to_thread(standby.wait_replayed, lsn)
             await asyncio.to_thread(standby.promote)
             promoted = ledger.now()
             first = await wait_until(lambda: ledger.first_commit_after(promoted), timeout=15,
@@ -159,7 +153,3 @@ async def test_failover_under_load_reaches_the_new_writer():
         standby.stop()
         primary.stop()
 
-
-def _replayed(standby: PostgresCluster, lsn: str) -> bool:
-    out = standby.run_sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn").strip()
-    return out.endswith("t")
