@@ -19,8 +19,11 @@ import json
 import os
 import platform
 import signal
+import socket
+import struct
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -32,6 +35,7 @@ from benchmarks.targets import (
     ROLES, PgBouncerProcess, PgpoolProcess, PostgresCluster, start_primary_and_standby,
 )
 from tests.faultproxy import FaultProxy
+from tests.integration.helpers import RawClient
 
 USERS = dict(ROLES)
 
@@ -42,6 +46,7 @@ class Context:
     proc: PgpoolProcess | PgBouncerProcess
     proxy: FaultProxy | None = None
     standby: PostgresCluster | None = None
+    clients: int = 0            # ledger clients connected (max_client_conn minus these is free)
 
 
 Fault = Callable[[Context], Awaitable[None]]
@@ -114,6 +119,74 @@ async def _reloads(ctx: Context) -> None:
         await asyncio.sleep(0.5)
 
 
+async def _raw_login(ctx: Context) -> RawClient:
+    raw = await RawClient.open(ctx.proc.port)
+    await raw.login_md5("app", USERS["app"])
+    return raw
+
+
+def _kill(raw: RawClient) -> None:
+    """The client process dies: RST, no Terminate."""
+    sock = raw.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.writer.transport.abort()
+
+
+def _q(sql: str) -> bytes:
+    body = sql.encode() + b"\x00"
+    return b"Q" + (4 + len(body)).to_bytes(4, "big") + body
+
+
+async def _kill_clients(ctx: Context) -> None:
+    """30 extra clients die: 10 inside a transaction with an insert, 10 inside COPY, 10 inside a pipeline."""
+    raws = [await _raw_login(ctx) for _ in range(30)]
+    for i, raw in enumerate(raws):
+        if i % 3 == 0:
+            raw.send(_q(f"BEGIN; INSERT INTO ledger (id, client) VALUES ('{uuid.uuid4()}', -1)"))
+        elif i % 3 == 1:
+            row = f"{uuid.uuid4()}\t-2\n".encode()
+            raw.send(_q("COPY ledger (id, client) FROM STDIN") + b"d" + (4 + len(row)).to_bytes(4, "big") + row)
+        else:
+            raw.send(_q("BEGIN") + _q(f"INSERT INTO ledger (id, client) VALUES ('{uuid.uuid4()}', -3)") + _q("SELECT 1"))
+    await asyncio.sleep(0.3)   # let them reach their servers
+    for raw in raws:
+        _kill(raw)
+
+
+async def _slowloris(ctx: Context) -> None:
+    """Half-sent startup packets on every free client slot for 2 s."""
+    free = int(ctx.proc.settings["max_client_conn"]) - ctx.clients
+    socks = []
+    for _ in range(max(free, 0)):
+        try:
+            reader, writer = await asyncio.open_connection(ctx.proc.host, ctx.proc.port)
+        except OSError:
+            break
+        writer.write(b"\x00\x00")
+        socks.append(writer)
+    await asyncio.sleep(2.0)
+    for writer in socks:
+        writer.close()
+
+
+async def _never_reads(ctx: Context) -> None:
+    """5 clients ask for 2 GB each and read nothing for 3 s (query_timeout is 2 s)."""
+    raws = [await _raw_login(ctx) for _ in range(5)]
+    for raw in raws:
+        raw.send(_q("SELECT repeat('x', 100000) FROM generate_series(1, 20000)"))
+    await asyncio.sleep(3.0)
+    for raw in raws:
+        raw.close()
+
+
+async def _sigterm(ctx: Context) -> None:
+    """SIGTERM: pgpool drains at transaction boundaries; PgBouncer's SIGTERM is an immediate shutdown."""
+    ctx.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while ctx.proc.returncode is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def _failover(ctx: Context) -> None:
     """The primary turns read-only, the standby catches up and is promoted."""
     assert ctx.standby is not None
@@ -133,6 +206,10 @@ SCENARIOS = [
              via_proxy=True),
     Scenario("latency_300ms_2s", "300 ms added to every chunk each way for 2 s", _latency, via_proxy=True),
     Scenario("reload", "three SIGHUP reloads changing default_pool_size", _reloads),
+    Scenario("kill_clients", "30 extra clients die (RST) inside a transaction, COPY or pipeline", _kill_clients),
+    Scenario("slowloris", "every free client slot taken by a half-sent startup packet for 2 s", _slowloris),
+    Scenario("never_reads", "5 clients ask for 2 GB each and read nothing for 3 s", _never_reads),
+    Scenario("sigterm", "SIGTERM under load (pgpool: drain; PgBouncer: immediate shutdown)", _sigterm),
     Scenario("failover", "primary turned read-only, standby promoted (host=primary,standby; PgBouncer 1.18: "
              "host=primary, it has no host lists)", _failover, failover=True),
 ]
@@ -206,7 +283,7 @@ async def run_one(scenario: Scenario, target: str, args: argparse.Namespace,
     if not scenario.failover:
         entry = f"host={cluster.host}"
     proc = await asyncio.to_thread(_start_pooler, target, entry, cluster.host, port, args.pool_size, args.clients)
-    ctx = Context(cluster, proc, proxy, standby)
+    ctx = Context(cluster, proc, proxy, standby, args.clients)
     audit_dsn = (standby or cluster).dsn(dbname="app")
     try:
         if not scenario.failover:

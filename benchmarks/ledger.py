@@ -6,7 +6,8 @@ compares what clients were told with what the database holds:
 - duplicated: one id present twice (must be 0);
 - in doubt: the connection broke while COMMIT was on its way; present or not, both are correct;
 - unexplained: present although the client saw the transaction fail before COMMIT (must be 0);
-- errors without cause: the connection ended with no ErrorResponse (no SQLSTATE) to say why.
+- errors without cause: a transaction's connection ended with no ErrorResponse (no SQLSTATE) to say
+  why (failed connects are not counted: a refused connection explains itself).
 Must not decide pass/fail: tests and the bench read the `Audit`.
 """
 
@@ -134,7 +135,8 @@ async def audit(ledger: Ledger, dsn: str) -> Audit:
         in_doubt_present=len(ledger.in_doubt & ids),
         unexplained=len(ids - ledger.acked - ledger.in_doubt),
         errors=len(ledger.errors),
-        errors_without_cause=sum(1 for e in ledger.errors if not e.sqlstate),
+        # A refused connect explains itself (the pooler is gone); a query that just lost its connection does not.
+        errors_without_cause=sum(1 for e in ledger.errors if not e.sqlstate and e.stage != "connect"),
     )
 
 
