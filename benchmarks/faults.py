@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=lambda s: s.split(","), default=["pgpool", "pgbouncer"])
     parser.add_argument("--only", type=lambda s: s.split(","), default=[],
                         help="scenario names: " + ", ".join(s.name for s in SCENARIOS))
-    parser.add_argument("--out", type=Path, default=Path("docs/faults"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/faults"),
+                        help="results.json, results.md, timeline.png go here (docs/faults.md quotes them)")
     args = parser.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     runs = asyncio.run(main_async(args))

@@ -346,6 +346,7 @@ COMMANDS: dict[str, Command] = {
 HELP_TEXT = """Console usage
 \tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|LISTS|MEM|STATE
 \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS
+\tSHOW HISTOGRAMS|ERRORS (pgpool's own)
 \tRELOAD
 \tPAUSE [<db>]
 \tRESUME [<db>]
@@ -377,6 +378,27 @@ def show_pools(app: "App") -> Table:
                      len(pool.active), 0, 0, len(pool.idle) - used, used, len(pool.maintenance),
                      len(pool.connecting), wait_us // 1_000_000, wait_us % 1_000_000, pool.conf.pool_mode.value, None,
                      sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size))
+    return cols, rows
+
+
+def show_histograms(app: "App") -> Table:
+    """pgpool's own: each pool's latency histograms as cumulative bucket counts since start, the
+    same figures /metrics serves, so a console reader (`pgpool top`) can compute percentiles."""
+    cols = columns("sssNq", "database", "user", "histogram", "le", "count")
+    rows = []
+    for pool in app.pools.values():
+        for kind, histogram in (("wait", pool.stats.wait_hist), ("xact", pool.stats.xact_hist),
+                                ("connect", pool.stats.connect_hist)):
+            for bound, count in histogram.cumulative():
+                rows.append((pool.db.name, pool.user, kind, "+Inf" if bound == float("inf") else repr(bound), count))
+    return cols, rows
+
+
+def show_errors(app: "App") -> Table:
+    """pgpool's own: errors by cause per pool since start (pgpool_errors_total on /metrics)."""
+    cols = columns("sssq", "database", "user", "cause", "count")
+    rows = [(pool.db.name, pool.user, cause, count)
+            for pool in app.pools.values() for cause, count in sorted(pool.stats.errors.items())]
     return cols, rows
 
 
@@ -615,6 +637,8 @@ SHOW_TABLES: dict[str, Callable[["App"], Table]] = {
     "mem": show_mem,
     "version": show_version,
     "state": show_state,
+    "histograms": show_histograms,
+    "errors": show_errors,
 }
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import grp
 import logging
+import os
 import resource
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import auth
+from . import auth, tls
+from .authquery import AuthQuery
 from .cancel import CancelRegistry
 from .control import Controls
 from .prepared import StatementRegistry
@@ -34,6 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgpool")
 
 
+class StartupError(OSError):
+    """A listening socket could not be opened; str() names the address and the settings to change."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class App(Controls):
     def __init__(self, loaded: LoadedConfig, overrides: Mapping[str, str] | None = None):
         self.settings: Settings = loaded.settings
@@ -41,6 +52,9 @@ class App(Controls):
         self.config_warnings = loaded.warnings
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.auth_users: dict[str, str] = self._load_auth_users(self.settings)
+        self.tls: tls.TlsContexts = tls.build_contexts(self.settings)   # replaced whole by RELOAD
+        self.unix_socket: str | None = None
+        self.auth_query = AuthQuery(self.get_pool)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
@@ -82,13 +96,20 @@ class App(Controls):
         settings = self.settings
         hosts = [h.strip() for h in settings.listen_addr.split(",") if h.strip()]
         for host in hosts:
-            server = await self.loop.create_server(
-                lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
-                reuse_address=True, backlog=4096)
+            try:
+                server = await self.loop.create_server(
+                    lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
+                    reuse_address=True, backlog=4096)
+            except OSError as error:
+                self.close_listeners()
+                raise StartupError(f"cannot listen for clients on {host}:{settings.listen_port} "
+                                   f"(listen_addr, listen_port): {error.strerror or error}") from error
             self.listeners.append(server)
             for sock in server.sockets:
                 self.bound_port = sock.getsockname()[1]
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
+        if settings.unix_socket_dir:
+            await self._listen_unix(settings.unix_socket_dir, self.bound_port or settings.listen_port)
         try:
             from . import admin
             self.admin_module = admin
@@ -100,11 +121,34 @@ class App(Controls):
             except ImportError:
                 log.warning("metrics_port set but pgpool.http is not available")
             else:
-                self.http = await http.start(self)
+                try:
+                    self.http = await http.start(self)
+                except OSError as error:
+                    self.close_listeners()
+                    raise StartupError(
+                        f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} (metrics_addr, "
+                        f"metrics_port): {error.strerror or error}; choose a free metrics_port, or "
+                        f"metrics_port = 0 to turn the endpoint off") from error
         from .janitor import run_janitor
         self.janitor_task = self.loop.create_task(run_janitor(self))
         from . import statslog
         self.stats_log = statslog.start(self)
+
+    async def _listen_unix(self, directory: str, port: int) -> None:
+        """<unix_socket_dir>/.s.PGSQL.<port>, with unix_socket_mode and unix_socket_group, as PgBouncer."""
+        path = os.path.join(directory, f".s.PGSQL.{port}")
+        remove_stale_socket(path)
+        server = await self.loop.create_unix_server(lambda: ClientConnection(self), path, backlog=4096)
+        self.listeners.append(server)
+        self.unix_socket = path
+        os.chmod(path, int(self.settings.unix_socket_mode, 8))
+        if self.settings.unix_socket_group:
+            try:
+                gid = grp.getgrnam(self.settings.unix_socket_group).gr_gid
+            except KeyError:
+                raise OSError(f"unix_socket_group {self.settings.unix_socket_group!r}: no such group") from None
+            os.chown(path, -1, gid)
+        log.info("listening on unix:%s", path)
 
     async def wait_stopped(self) -> None:
         assert self.stopped is not None
@@ -114,6 +158,12 @@ class App(Controls):
         for server in self.listeners:
             server.close()
         self.listeners.clear()
+        if self.unix_socket is not None:
+            try:
+                os.unlink(self.unix_socket)
+            except OSError:
+                pass
+            self.unix_socket = None
 
     def shutdown_now(self, reason: str = "shutdown") -> None:
         """Immediate safe shutdown: every client and server closed; open transactions roll back."""
@@ -170,10 +220,6 @@ class App(Controls):
             raise ProtocolError(TOO_MANY_CONNECTIONS,
                                 f"no more connections allowed (max_client_conn): {limit} clients already connected",
                                 hint="raise max_client_conn, or lower the number of client connections")
-
-    def encryption_answer(self, kind: str) -> bytes:
-        # The TLS seam: with TLS configured this would answer 'S' and wrap the transport.
-        return b"N"
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         return self.cancel.register(client)
@@ -280,6 +326,21 @@ class App(Controls):
                 if other is not pool and other.waiting and (
                         other.db.name == pool.db.name or other.server_user == pool.server_user):
                     other.dispatch()
+
+
+def remove_stale_socket(path: str) -> None:
+    """A socket file nobody answers on is left from a crash: remove it. A live one is an error."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise OSError(f"{path} is in use by another process")
+    finally:
+        probe.close()
 
 
 def raise_open_files_limit() -> None:

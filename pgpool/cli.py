@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from . import __version__
+from . import __version__, top
 from .config import ConfigError, load_settings
 from .log import setup_logging
 
@@ -18,7 +18,9 @@ log = logging.getLogger("pgpool")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="pgpool", description="PostgreSQL connection pooler (PgBouncer-compatible settings).")
+        prog="pgpool", description="PostgreSQL connection pooler (PgBouncer-compatible settings).",
+        epilog="`pgpool top [DSN ...]`: a live view of running pgpools through their admin consoles "
+               "(pgpool top --help).")
     parser.add_argument("--config", "-c", metavar="FILE",
                         help="pgpool TOML or an existing pgbouncer.ini (with its auth_file)")
     parser.add_argument("--set", "-s", metavar="KEY=VALUE", action="append", default=[],
@@ -30,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:
+        return top.main(argv[1:])
     args = parse_args(argv)
     overrides: dict[str, str] = {}
     for item in args.set:
@@ -49,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = loaded.settings
     setup_logging(settings.log_format, max(args.verbose, settings.verbose), settings.logfile or None)
     if args.check:
+        from .tls import build_contexts
+        try:
+            build_contexts(settings)   # certificate and key files are read here, not in config.py
+        except ConfigError as error:
+            print(f"pgpool: invalid configuration: {error}", file=sys.stderr)
+            return 2
         for warning in loaded.warnings:
             print(f"warning: {warning}")
         print("configuration ok")
@@ -65,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except AuthFileError as error:
         print(f"pgpool: invalid auth_file: {error}", file=sys.stderr)
         return 2
+    except ConfigError as error:   # TLS files that cannot be used
+        print(f"pgpool: invalid configuration: {error}", file=sys.stderr)
+        return 2
     try:
         return runner(_serve(app))
     except KeyboardInterrupt:
@@ -75,7 +89,7 @@ async def _serve(app) -> int:
     try:
         await app.start()
     except OSError as error:
-        log.error("cannot listen on %s:%s: %s", app.settings.listen_addr, app.settings.listen_port, error)
+        log.error("pgpool cannot start: %s", error)
         return 1
     loop = asyncio.get_running_loop()
     # SIGTERM: graceful drain (a second one: at once); SIGINT: immediate safe shutdown; SIGHUP: reload.

@@ -35,6 +35,14 @@ ENV_PREFIX = "PGPOOL_"
 ADMIN_DATABASE = "pgbouncer"
 
 
+# PgBouncer's auth_query default: an expired password reads as NULL, so the login fails.
+DEFAULT_AUTH_QUERY = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
+                      "FROM pg_authid WHERE rolname=$1 AND rolcanlogin")
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
 class PoolMode(str, Enum):
     SESSION = "session"  # server goes back to the pool when the client disconnects
     TRANSACTION = "transaction"  # ... when the transaction ends (ReadyForQuery 'I')
@@ -50,26 +58,13 @@ class ConfigError(Exception):
 # the default changes nothing, so it is accepted silently; anything else earns a warning.
 PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "application_name_add_host": "0",
-    "auth_dbname": None,
     "auth_hba_file": "",
     "auth_ident_file": None,
     "auth_ldap_options": None,
-    "auth_query": (
-        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
-        "FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
-    ),
-    "auth_user": None,
     "autodb_idle_timeout": "3600",
     "cancel_wait_timeout": "10",
-    "client_tls13_ciphers": None,
-    "client_tls_ca_file": "",
-    "client_tls_cert_file": "",
-    "client_tls_ciphers": "default",
     "client_tls_dheparams": "auto",
     "client_tls_ecdhcurve": "auto",
-    "client_tls_key_file": "",
-    "client_tls_protocols": "secure",
-    "client_tls_sslmode": "disable",
     "conffile": None,
     "disable_pqexec": "0",
     "dns_zone_check_period": "0",
@@ -86,13 +81,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "sbuf_loopcnt": "5",
     "scram_iterations": "4096",
     "server_fast_close": "0",
-    "server_tls13_ciphers": None,
-    "server_tls_ca_file": "",
-    "server_tls_cert_file": "",
-    "server_tls_ciphers": "default",
-    "server_tls_key_file": "",
-    "server_tls_protocols": "secure",
-    "server_tls_sslmode": "prefer",
     "service_name": "pgbouncer",
     "so_reuseport": "0",
     "suspend_timeout": "10",
@@ -102,22 +90,14 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "tcp_defer_accept": "1",
     "tcp_socket_buffer": "0",
     "transaction_timeout": "0",
-    "unix_socket_dir": "/tmp",
-    "unix_socket_group": "",
-    "unix_socket_mode": "0777",
     "user": None,
 }
 
-# pgpool speaks plain TCP only; "disable" is the one sslmode that means exactly that.
-_SSLMODE_SETTINGS = frozenset({"client_tls_sslmode", "server_tls_sslmode"})
 
 # Connection-string keys PgBouncer accepts in [databases] / [users] that pgpool ignores.
 PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS = frozenset(
     {
         "application_name",
-        "auth_dbname",
-        "auth_query",
-        "auth_user",
         "max_db_client_connections",
         "query_wait_timeout",
         "server_lifetime",
@@ -206,6 +186,13 @@ class DatabaseEntry(BaseModel):
     client_encoding: str | None = Field(None, description="client_encoding asked of the server.")
     datestyle: str | None = Field(None, description="DateStyle asked of the server.")
     timezone: str | None = Field(None, description="TimeZone asked of the server.")
+    auth_user: str | None = Field(
+        None, description="Overrides auth_user for this database: look up unknown users' secrets "
+        "with auth_query through a server connection of this user.")
+    auth_query: str | None = Field(None, description="Overrides auth_query for this database.")
+    auth_dbname: str | None = Field(
+        None, description="Overrides auth_dbname for this database: run auth_query in this "
+        "database instead.")
 
     @field_validator("pool_mode", "load_balance_hosts", "target_session_attrs", mode="before")
     @classmethod
@@ -288,11 +275,61 @@ class Settings(BaseSettings):
 
     # Where clients connect
     listen_addr: str = _setting(
-        "127.0.0.1", "Comma-separated addresses to listen on for clients; * = all addresses. "
-        "TCP only: PgBouncer's unset (Unix socket only) is not supported.",
-        restart=True, allowed="a comma-separated list of host names or IP addresses, or *")
-    listen_port: int = _setting(6432, "TCP port to listen on for clients (0 = any free port).",
+        "127.0.0.1", "Comma-separated addresses to listen on for clients; * = all addresses; "
+        "empty = no TCP, the Unix socket only.",
+        restart=True, allowed="a comma-separated list of host names or IP addresses, *, or empty")
+    listen_port: int = _setting(6432, "TCP port to listen on for clients (0 = any free port); "
+                                "also names the Unix socket .s.PGSQL.<listen_port>.",
                                 restart=True, ge=0, le=65535)
+    unix_socket_dir: str = _setting(
+        "/tmp", "Directory of the Unix socket .s.PGSQL.<listen_port> clients may connect to "
+        "('' = no Unix socket). As PgBouncer.", restart=True, allowed="a directory path or empty")
+    unix_socket_mode: str = _setting(
+        "0777", "File mode of the Unix socket, octal.", restart=True,
+        allowed="an octal file mode such as 0777", pattern=r"^0?[0-7]{3,4}$")
+    unix_socket_group: str = _setting(
+        "", "Group owning the Unix socket ('' = the process's group).", restart=True)
+
+    # TLS between clients and pgpool (PgBouncer's client_tls_* settings)
+    client_tls_sslmode: SslMode = _setting(
+        "disable", "TLS with clients: disable (refuse SSLRequest), allow / prefer (TLS if the "
+        "client asks), require (refuse clients without TLS), verify-ca / verify-full (also "
+        "require a client certificate signed by client_tls_ca_file).")
+    client_tls_key_file: str = _setting("", "Private key of pgpool's TLS certificate for clients.",
+                                        allowed="a file path")
+    client_tls_cert_file: str = _setting("", "pgpool's TLS certificate (chain) shown to clients.",
+                                         allowed="a file path")
+    client_tls_ca_file: str = _setting(
+        "", "CA certificates that sign client certificates ('' = client certificates are not "
+        "requested).", allowed="a file path")
+    client_tls_protocols: str = _setting(
+        "secure", "TLS versions allowed with clients: secure (= tlsv1.2,tlsv1.3), all, legacy, "
+        "or a list of tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3.")
+    client_tls_ciphers: str = _setting(
+        "default", "OpenSSL cipher list for TLS 1.2 and older with clients (default, secure, "
+        "fast, normal, all, or an OpenSSL cipher string).")
+    client_tls13_ciphers: str = _setting(
+        "", "TLS 1.3 cipher suites with clients, colon-separated ('' = OpenSSL's default).")
+
+    # TLS between pgpool and servers (PgBouncer's server_tls_* settings)
+    server_tls_sslmode: SslMode = _setting(
+        "prefer", "TLS to servers, as libpq's sslmode: disable, allow and prefer (TLS when the "
+        "server offers it), require (no TLS = no login), verify-ca (and the certificate is "
+        "signed by server_tls_ca_file), verify-full (and names the database entry's host, sent "
+        "as SNI). PgBouncer >= 1.20's default.")
+    server_tls_ca_file: str = _setting(
+        "", "CA certificates that sign server certificates, e.g. the AWS RDS global bundle "
+        "('' = the system's CA store).", allowed="a file path")
+    server_tls_cert_file: str = _setting("", "Client certificate pgpool shows to servers.",
+                                         allowed="a file path")
+    server_tls_key_file: str = _setting("", "Private key of server_tls_cert_file.",
+                                        allowed="a file path")
+    server_tls_protocols: str = _setting(
+        "secure", "TLS versions allowed to servers (as client_tls_protocols).")
+    server_tls_ciphers: str = _setting(
+        "default", "OpenSSL cipher list for TLS 1.2 and older to servers (as client_tls_ciphers).")
+    server_tls13_ciphers: str = _setting(
+        "", "TLS 1.3 cipher suites to servers, colon-separated ('' = OpenSSL's default).")
 
     # TCP options of every client and server socket, as PgBouncer (new connections pick up a RELOAD)
     tcp_keepalive: bool = _setting(
@@ -319,12 +356,22 @@ class Settings(BaseSettings):
         "answering mid-query (blackholed network) holds its client.", ge=0)
 
     # Authentication and console access
-    auth_type: Literal["trust", "plain", "md5", "scram-sha-256"] = _setting(
+    auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "cert"] = _setting(
         "md5", "How clients authenticate: trust, plain, md5 (SCRAM for users whose secret is "
-        "SCRAM) or scram-sha-256.")
+        "SCRAM), scram-sha-256, or cert (TLS client certificate whose CN is the user name; "
+        "needs client_tls_sslmode and client_tls_ca_file).")
     auth_file: Path | None = _setting(
         None, "userlist.txt of \"user\" \"secret\" lines (plain password, md5 hash or SCRAM "
         "secret); relative to the config file's directory.", allowed="a file path")
+    auth_user: str = _setting(
+        "", "Users not in auth_file are looked up with auth_query through a server connection "
+        "of this user ('' = off); its own secret comes from auth_file. As PgBouncer.")
+    auth_query: str = _setting(
+        DEFAULT_AUTH_QUERY, "Query returning (user name, secret) for the user name in $1; the "
+        "secret may be an md5 hash or a SCRAM verifier. PgBouncer's default reads pg_authid "
+        "(on RDS use a SECURITY DEFINER function, see docs/tls-and-rds.md).")
+    auth_dbname: str = _setting(
+        "", "Database auth_query runs in ('' = the database the client asked for).")
     admin_users: list[str] = _setting(
         [], "Users allowed to run every admin console command.", allowed=_LIST_ALLOWED)
     stats_users: list[str] = _setting(
@@ -432,7 +479,11 @@ class Settings(BaseSettings):
         "127.0.0.1", "pgpool: address of the /metrics, /healthz and /readyz HTTP endpoint.",
         restart=True)
     metrics_port: int = _setting(
-        9127, "pgpool: port of the metrics HTTP endpoint (0 = off).", restart=True, ge=0, le=65535)
+        9127, "pgpool: port of the metrics HTTP endpoint (0 = off). A pgbouncer.ini that names neither "
+        "metrics_port nor metrics_addr turns the endpoint off (PgBouncer has none, and two pgpools started "
+        "from two unchanged pgbouncer.ini files must not compete for one port); a TOML file, PGPOOL_METRICS_PORT "
+        "or --set keeps or sets the port. A configured port that is taken stops start-up with an error.",
+        restart=True, ge=0, le=65535)
     readyz_cache_seconds: float = _setting(
         2.0, "pgpool: seconds a /readyz answer (a server round trip) is reused.", ge=0)
     shutdown_timeout: float = _setting(
@@ -452,7 +503,8 @@ class Settings(BaseSettings):
     def _split_lists(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("pool_mode", "auth_type", "log_format", mode="before")
+    @field_validator("pool_mode", "auth_type", "log_format", "client_tls_sslmode", "server_tls_sslmode",
+                     mode="before")
     @classmethod
     def _lower_choices(cls, value: Any) -> Any:
         return _lower(value)
@@ -462,13 +514,24 @@ class Settings(BaseSettings):
     def _unset_auth_file(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("listen_addr", "metrics_addr")
+    @field_validator("metrics_addr")
     @classmethod
     def _nonempty_addr(cls, value: str) -> str:
         value = value.strip()
         if not value:
             raise ValueError("empty address")
         return value
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _strip_addr(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _somewhere_to_listen(self) -> Settings:
+        if not self.listen_addr and not self.unix_socket_dir:
+            raise ValueError("listen_addr and unix_socket_dir are both empty: nowhere for clients to connect")
+        return self
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
@@ -540,7 +603,8 @@ RELOADABLE_SETTINGS: frozenset[str] = frozenset(
      if not Settings.model_fields[name].json_schema_extra["restart"]]  # type: ignore[index]
     + ["databases", "users"])
 
-_PATH_SETTINGS = ("auth_file", "logfile", "pidfile")
+_PATH_SETTINGS = ("auth_file", "logfile", "pidfile", "client_tls_key_file", "client_tls_cert_file",
+                  "client_tls_ca_file", "server_tls_ca_file", "server_tls_cert_file", "server_tls_key_file")
 
 
 @dataclass
@@ -637,8 +701,6 @@ def _allowed(info: FieldInfo) -> str:
 
 def _same_as_pgbouncer_default(name: str, value: Any) -> bool:
     text = ("1" if value else "0") if isinstance(value, bool) else str(value).strip()
-    if name in _SSLMODE_SETTINGS:
-        return text.lower() in ("", "disable")
     default = PGBOUNCER_UNIMPLEMENTED[name]
     if default is None or text == "":
         return text == "" and not default
@@ -726,6 +788,7 @@ class _Loader:
         self.warnings: list[str] = []
         self.config_dir: Path | None = None
         self.from_file: set[str] = set()  # settings whose relative paths follow the file
+        self.read_pgbouncer_ini = False
 
     # ---- gathering -------------------------------------------------------------------------
 
@@ -823,6 +886,7 @@ class _Loader:
 
     def read_ini(self, text: str, path: Path) -> None:
         origin = str(path)
+        self.read_pgbouncer_ini = True
         parser = configparser.ConfigParser(
             delimiters=("=",), comment_prefixes=("#", ";"), inline_comment_prefixes=None,
             strict=False, interpolation=None, empty_lines_in_values=False,
@@ -946,6 +1010,9 @@ class _Loader:
                     and isinstance(value, str) and value.strip()
                     and not Path(value.strip()).is_absolute()):
                 values[name] = str(self.config_dir / value.strip())
+        if self.read_pgbouncer_ini and not {"metrics_port", "metrics_addr"} & values.keys():
+            # A port nobody asked for must never stop start-up (see metrics_port's description).
+            values["metrics_port"] = 0
         databases, users = self._build_entries()
         if self.errors:
             raise ConfigError("\n".join(self.errors))
@@ -972,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgpool.config",
                                      description="pgpool settings reference and checker")
     parser.add_argument("--markdown", action="store_true",
-                        help="print the settings table (as in README.md)")
+                        help="print the settings table (as in docs/settings.md)")
     parser.add_argument("--check", metavar="FILE", help="load FILE and report problems")
     args = parser.parse_args(argv)
     if args.markdown:

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import auth
+from . import auth, tls
 from .client import ClientConnection
 from .config import ConfigError, Settings, diff_settings, load_settings
 from .pool import ClientState, Pool
@@ -41,6 +41,7 @@ class Controls:
         try:
             loaded = load_settings(old.config_path, self.overrides)
             auth_users = self._load_auth_users(loaded.settings)
+            contexts = tls.build_contexts(loaded.settings)   # new certificates: new connections use them
         except (ConfigError, auth.AuthFileError, OSError) as error:
             self.reload_failures += 1
             self.last_reload_ok = False
@@ -57,6 +58,8 @@ class Controls:
             log.warning("config: %s", warning)
         self.settings = new
         self.auth_users = auth_users
+        self.tls = contexts
+        self.auth_query.clear()
         if old.verbose != new.verbose:
             logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
         self._apply_to_pools(new)

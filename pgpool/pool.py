@@ -333,7 +333,8 @@ class Pool:
         for second_pass in range(HostPlan.passes(db)):
             for host in self.hosts.order(db):
                 try:
-                    addresses = await DNS.resolve(host, db.port, settings)
+                    # A directory is a Unix socket (PgBouncer's host=/var/run/postgresql): no DNS.
+                    addresses = [host] if host.startswith("/") else await DNS.resolve(host, db.port, settings)
                 except OSError as error:
                     last_error = ProtocolError(CONNECTION_FAILURE, f"could not resolve host \"{host}\" for pool "
                                                f"{self.name}: {error.strerror or error}", transient=True)
