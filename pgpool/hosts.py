@@ -67,6 +67,14 @@ def accepts(attrs: str, role: Role, *, second_pass: bool = False) -> bool:
     raise ValueError(attrs)
 
 
+def unfit(attrs: str, reported: dict[str, str]) -> bool:
+    """A logged-in server whose reported role no longer fits (a primary demoted, a standby promoted)."""
+    if attrs == "any":
+        return False
+    role = Role.from_reported(reported)
+    return role is not None and not accepts(attrs, role, second_pass=True)
+
+
 def needs_writer(attrs: str) -> bool:
     return attrs in ("read-write", "primary")
 

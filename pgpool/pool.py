@@ -107,6 +107,7 @@ class Pool:
         self.login_error: ProtocolError | None = None
         self.login_error_at = 0.0
         self.login_failures = 0            # failed logins in a row
+        self.login_failing_since = 0.0     # when the first of them failed
         self.next_login_at = 0.0           # no new login attempt before this (monotonic)
         self._login_retry_timer: asyncio.TimerHandle | None = None
         self.paused = False
@@ -383,7 +384,7 @@ class Pool:
         pool on that host and forget the host's DNS answer, so new connections find the new writer.
         A 25006 from a server that reports read-write came from the client's own READ ONLY transaction."""
         role = Role.from_reported(server.params.reported)
-        if role is not None and not role.read_only:
+        if role is not None and accepts(self.db.target_session_attrs, role):
             return
         host = server.host
         reason = f"server {host} answered 25006 (read-only) in pool {self.name} (target_session_attrs=" \
@@ -404,6 +405,8 @@ class Pool:
         now = time.monotonic()
         self.login_error = error
         self.login_error_at = now
+        if not self.login_failures:
+            self.login_failing_since = now
         self.login_failures += 1
         transient = is_transient(error)
         if transient:
@@ -431,7 +434,7 @@ class Pool:
     def _on_login_succeeded(self) -> None:
         if self.login_error is not None:
             log.info("pool %s: server login works again after %d failed attempt(s) over %.1fs", self.name,
-                     self.login_failures, time.monotonic() - self.login_error_at)
+                     self.login_failures, time.monotonic() - self.login_failing_since)
         self.login_error = None
         self.login_failures = 0
         self.next_login_at = 0.0

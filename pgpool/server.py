@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from . import auth, tls
-from .hosts import Role, needs_writer
+from .hosts import needs_writer, unfit
 from .loginstream import LoginStream
 from .netopts import apply_tcp_options
 from .params import SessionParams
@@ -477,10 +477,9 @@ class ServerConnection(asyncio.Protocol):
     def close_reason_on_release(self) -> str | None:
         if self.close_needed:
             return self.close_needed
-        if needs_writer(self.pool.db.target_session_attrs):
-            role = Role.from_reported(self.params.reported)
-            if role is not None and role.read_only:   # demoted while in use (ParameterStatus told us)
-                return f"server became read-only; target_session_attrs={self.pool.db.target_session_attrs}"
+        attrs = self.pool.db.target_session_attrs
+        if attrs != "any" and unfit(attrs, self.params.reported):   # a ParameterStatus said its role changed
+            return f"server role changed: no longer fits target_session_attrs={attrs}"
         lifetime = self.app.settings.server_lifetime
         if time.monotonic() - self.created_at > lifetime:   # 0: use once, as in PgBouncer
             return f"server_lifetime ({lifetime:g}s) reached"

@@ -76,3 +76,12 @@ async def test_dns_cache_respects_both_ttls(monkeypatch):
     await cache.resolve("fresh.example", 5432, uncached)
     await cache.resolve("fresh.example", 5432, uncached)
     assert calls.count("fresh.example") == 2
+
+
+def test_unfit_after_a_role_change():
+    from pgpool.hosts import unfit
+    demoted = {"in_hot_standby": "off", "default_transaction_read_only": "on"}
+    promoted = {"in_hot_standby": "off", "default_transaction_read_only": "off"}
+    assert unfit("read-write", demoted) and not unfit("primary", demoted)
+    assert unfit("standby", promoted) and not unfit("prefer-standby", promoted)
+    assert not unfit("any", demoted) and not unfit("read-write", {})   # unknown: keep (checked at login)
