@@ -343,7 +343,7 @@ def _cell(run: Run, key: str) -> str:
         return f"{run.rss_before_kib / 1024:.1f}→{run.rss_after_kib / 1024:.1f}"
     value = getattr(run, key)
     if value is None:
-        return "never"
+        return "not in the run"
     if key == "client_errors" and run.error_kinds:
         return f"{value} (" + ", ".join(f"{k}×{n}" for k, n in sorted(run.error_kinds.items())) + ")"
     return str(value)
@@ -352,7 +352,7 @@ def _cell(run: Run, key: str) -> str:
 def markdown(runs: list[Run], meta: dict) -> str:
     lines = [f"Run {meta['started_at']} on {meta['host']} ({meta['cpus']} CPUs, shared with other work: "
              f"numbers are indicative), PgBouncer {meta['pgbouncer']}, PostgreSQL {meta['postgres']}; "
-             f"`python -m benchmarks.faults {' '.join(meta['argv'])}`.", "",
+             f"`{' '.join(['python -m benchmarks.faults', *meta['argv']])}`.", "",
              "| " + " | ".join(title for _, title in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     for run in runs:
@@ -423,7 +423,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="scenario names: " + ", ".join(s.name for s in SCENARIOS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/faults"),
                         help="results.json, results.md, timeline.png go here (docs/faults.md quotes them)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS.json",
+                        help="only re-render the Markdown table and the plot of a saved run into --out")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        runs = [Run(**{**run, "timeline": [tuple(row) for row in run["timeline"]]}) for run in saved["runs"]]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.md").write_text(markdown(runs, saved["meta"]))
+        plot(runs, args.out / "timeline.png")
+        print(markdown(runs, saved["meta"]))
+        return 0
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     runs = asyncio.run(main_async(args))
     pgbouncer, postgres = _versions()
