@@ -22,7 +22,6 @@ from . import auth, tls
 from .authquery import AuthQuery
 from .cancel import CancelRegistry
 from .control import Controls
-from .prepared import StatementRegistry
 from .client import ADMIN_DATABASES, ClientConnection
 from .config import LoadedConfig, Settings
 from .pool import ClientState, Pool
@@ -58,7 +57,6 @@ class App(Controls):
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
-        self.statement_registry = StatementRegistry()
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         self.listeners: list[asyncio.AbstractServer] = []

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .hosts import ROLE_QUERY, DnsCache, HostPlan, Role, accepts
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
+from .prepared import StatementRegistry, drops_all_statements
 from .protocol.constants import TX_IDLE
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CANNOT_CONNECT_NOW, CONNECTION_FAILURE, CRASH_SHUTDOWN, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS,
@@ -86,6 +87,8 @@ class Pool:
         self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM login (pass-through)
         self.name = f"{db.name}/{user}"
         self.stats = PoolStats()
+        # Shared prepared statements: a Parse is answered locally only for what THIS pool prepared.
+        self.statement_registry = StatementRegistry()
         # Server containers.
         self.connecting: set[ServerConnection] = set()
         self.idle: list[ServerConnection] = []
@@ -478,6 +481,8 @@ class Pool:
 
     def _after_reset(self, server: "ServerConnection") -> None:
         server.params.statements.clear()   # DISCARD ALL / RESET ALL undid every tracked SET
+        if server.prepared is not None and drops_all_statements(self.app.settings.server_reset_query.encode()):
+            server.prepared.forget_all()   # the server has none of pgpool's statements any more
         self.server_available(server)
 
     def server_available(self, server: "ServerConnection") -> None:
