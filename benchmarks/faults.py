@@ -147,7 +147,8 @@ async def _kill_clients(ctx: Context) -> None:
             row = f"{uuid.uuid4()}\t-2\n".encode()
             raw.send(_q("COPY ledger (id, client) FROM STDIN") + b"d" + (4 + len(row)).to_bytes(4, "big") + row)
         else:
-            raw.send(_q("BEGIN") + _q(f"INSERT INTO ledger (id, client) VALUES ('{uuid.uuid4()}', -3)") + _q("SELECT 1"))
+            insert = _q(f"INSERT INTO ledger (id, client) VALUES ('{uuid.uuid4()}', -3)")
+            raw.send(_q("BEGIN") + insert + _q("SELECT 1"))   # pipelined, never awaited
     await asyncio.sleep(0.3)   # let them reach their servers
     for raw in raws:
         _kill(raw)
@@ -371,7 +372,8 @@ def plot(runs: list[Run], path: Path) -> None:
     for ax, name in zip(axes[:, 0], scenarios):
         for run in (r for r in runs if r.scenario == name):
             t = [row[0] for row in run.timeline]
-            ax.plot(t, [row[1] * 4 for row in run.timeline], color=colours.get(run.target), label=f"{run.target} commits/s")
+            ax.plot(t, [row[1] * 4 for row in run.timeline], color=colours.get(run.target),
+                    label=f"{run.target} commits/s")
             ax.bar(t, [row[2] * 4 for row in run.timeline], width=0.25, color=colours.get(run.target), alpha=0.35,
                    label=f"{run.target} errors/s")
         ax.axvline(0, color="red", linewidth=0.8)
@@ -388,8 +390,11 @@ def _versions() -> tuple[str, str]:
     import subprocess
     from benchmarks.targets import find_pg_bindir, find_pgbouncer
     bouncer = find_pgbouncer()
-    pgb = subprocess.run([bouncer, "--version"], capture_output=True, text=True).stdout.split("\n")[0] if bouncer else "-"
-    pg = subprocess.run([str(find_pg_bindir() / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    pgb = "-"
+    if bouncer:
+        pgb = subprocess.run([bouncer, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    pg = subprocess.run([str(find_pg_bindir() / "postgres"), "--version"], capture_output=True,
+                        text=True).stdout.strip()
     return pgb.replace("PgBouncer ", ""), pg.split()[-1] if pg else "?"
 
 
