@@ -395,7 +395,7 @@ def _versions() -> tuple[str, str]:
         pgb = subprocess.run([bouncer, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     pg = subprocess.run([str(find_pg_bindir() / "postgres"), "--version"], capture_output=True,
                         text=True).stdout.strip()
-    return pgb.replace("PgBouncer ", ""), pg.split()[-1] if pg else "?"
+    return pgb.replace("PgBouncer ", ""), pg.split()[2] if pg else "?"   # postgres (PostgreSQL) 15.18 (...)
 
 
 async def main_async(args: argparse.Namespace) -> list[Run]:
