@@ -365,10 +365,9 @@ async def test_client_that_never_reads(cluster, pooler):
     await warm.close()
 
 
-async def test_console_flood_closes_only_that_console(cluster, pooler):
-    """Console commands sent faster than they run are read no faster than they run (all answered);
-    a console that never reads its replies is closed with 54000 past 8 MB unread; another console
-    and the data plane go on."""
+async def test_console_flood_is_bounded_and_harms_no_one(cluster, pooler):
+    """Console commands sent faster than they run are all answered; a console that never reads its
+    replies is read no further (pgpool's memory stays flat); another console and the data plane go on."""
     proc = pooler({"admin_users": ["postgres"]})
     flood = await RawClient.open(proc.port)
     await flood.login_md5("postgres", TEST_USERS["postgres"], database="pgbouncer")
@@ -377,167 +376,27 @@ async def test_console_flood_closes_only_that_console(cluster, pooler):
         await flood.read_until(b"Z")
     flood.close()
 
+    rss_before = _rss_kib(proc.pid)
     reader = await RawClient.open(proc.port)
     await reader.login_md5("postgres", TEST_USERS["postgres"], database="pgbouncer")
+    sent = 0
     try:
-        for _ in range(400):   # ~10 MB of SHOW CONFIG replies, never read while sending
-            reader.send(_query("SHOW CONFIG") * 100)
-            await reader.writer.drain()
-            if reader.reader.at_eof() or reader.writer.is_closing():
-                break
-            if "does not read its replies" in proc.log_text():
-                break
-        await wait_until(lambda: "does not read its replies" in proc.log_text(), timeout=10)
-    except ConnectionError:
-        pass
+        for _ in range(200):   # up to 32 MB of SHOW CONFIG (2 million of them) sent, no reply read
+            reader.send(_query("SHOW CONFIG") * 10_000)
+            sent += 10_000
+            try:
+                await asyncio.wait_for(reader.writer.drain(), 1.0)
+            except TimeoutError:
+                break   # pgpool stopped reading this console: backpressure reached this client
+        assert sent < 2_000_000, "pgpool kept reading a console that reads nothing"
+        assert _rss_kib(proc.pid) - rss_before < 32 * 1024
+        other = await RawClient.open(proc.port)
+        await other.login_md5("postgres", TEST_USERS["postgres"], database="pgbouncer")
+        other.send(_query("SHOW VERSION"))
+        assert (await other.read_until(b"Z"))[-1][0] == b"Z"
+        other.close()
+        conn = await asyncpg.connect(proc.dsn())
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
     finally:
         reader.close()
-    other = await RawClient.open(proc.port)
-    await other.login_md5("postgres", TEST_USERS["postgres"], database="pgbouncer")
-    other.send(_query("SHOW VERSION"))
-    assert (await other.read_until(b"Z"))[-1][0] == b"Z"
-    other.close()
-    conn = await asyncpg.connect(proc.dsn())
-    assert await conn.fetchval("SELECT 1") == 1
-    await conn.close()
-
-
-# ---- more scenarios under ledger load ----------------------------------------------------------
-
-async def _ledger_direct(cluster, pooler, fault, *, clients: int = 20, settings: dict | None = None,
-                         after: float = 100):
-    """Ledger through pgpool straight to Postgres; `fault(proc, load)` mid-run; audit. Returns (ledger, audit, proc)."""
-    proc = pooler({"default_pool_size": 5, "max_client_conn": 100, "query_wait_timeout": 20, **(settings or {})})
-    await create_table(cluster.dsn(dbname="app"))
-    async with LedgerLoad(proc.dsn(), clients) as load:
-        ledger = load.ledger
-        await wait_until(lambda: len(ledger.commits) > 100, timeout=20, message="load running")
-        await fault(proc, load)
-        done = ledger.now()
-        if after:
-            await wait_until(lambda: len([t for t in ledger.commits if t > done]) > after, timeout=20,
-                             message="commits after the fault")
-    result = await audit(ledger, cluster.dsn(dbname="app"))
-    assert result.violations() == []
-    return ledger, result, proc
-
-
-async def test_terminate_random_servers_every_100ms(cluster, pooler):
-    """pg_terminate_backend of one random pgpool server every 100 ms for 1.5 s."""
-    async def fault(proc, load) -> None:
-        admin = await _superuser(cluster)
-        try:
-            for _ in range(15):
-                await admin.execute("SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity "
-                                    "WHERE usename = 'app' AND backend_type = 'client backend' "
-                                    "ORDER BY random() LIMIT 1) AS victim")
-                await asyncio.sleep(0.1)   # the fault's rhythm
-        finally:
-            await admin.close()
-    ledger, result, _ = await _ledger_direct(cluster, pooler, fault)
-    assert result.errors_without_cause == 0, [e for e in ledger.errors if not e.sqlstate]
-    assert result.errors <= 15 * 2, ledger.errors   # a terminated server costs at most its client
-    assert all(e.sqlstate in ("57P01", "08006") for e in ledger.errors), ledger.errors
-
-
-async def _kill(raw: RawClient) -> None:
-    """The client process dies: RST, no Terminate."""
-    sock = raw.writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    raw.writer.transport.abort()
-
-
-async def test_clients_killed_mid_transaction_copy_and_pipeline(cluster, pooler):
-    """Clients that die inside a transaction, inside COPY FROM STDIN and inside an unsynced pipeline:
-    nothing they sent is committed, their servers are never lent out dirty, ledger clients go on."""
-    killed_ids = [uuid.uuid4() for _ in range(3)]
-
-    async def fault(proc, load) -> None:
-        in_tx, in_copy, in_pipeline = [await RawClient.open(proc.port) for _ in range(3)]
-        for raw in (in_tx, in_copy, in_pipeline):
-            await raw.login_md5("app", TEST_USERS["app"])
-        in_tx.send(_query(f"BEGIN; INSERT INTO ledger (id, client) VALUES ('{killed_ids[0]}', -1)"))
-        await in_tx.read_until(b"Z")
-        in_copy.send(_query("COPY ledger (id, client) FROM STDIN"))
-        await in_copy.read_until(b"G")
-        row = f"{killed_ids[1]}\t-2\n".encode()
-        in_copy.send(b"d" + (4 + len(row)).to_bytes(4, "big") + row)
-        sql = f"INSERT INTO ledger (id, client) VALUES ('{killed_ids[2]}', -3)".encode() + b"\x00"
-        parse = b"P" + (4 + 1 + len(sql) + 2).to_bytes(4, "big") + b"\x00" + sql + b"\x00\x00"
-        bind = b"B" + (4 + 1 + 1 + 2 + 2 + 2).to_bytes(4, "big") + b"\x00\x00" + b"\x00\x00" * 3
-        execute = b"E" + (4 + 1 + 4).to_bytes(4, "big") + b"\x00" + b"\x00\x00\x00\x00"
-        in_pipeline.send(_query("BEGIN") + parse + bind + execute + b"H\x00\x00\x00\x04")
-        await in_pipeline.read_until(b"C")   # the INSERT ran inside the open transaction
-        for raw in (in_tx, in_copy, in_pipeline):
-            await _kill(raw)
-        await wait_until(lambda: _no_dirty_sessions(cluster), timeout=10, message="dirty sessions gone")
-    ledger, result, proc = await _ledger_direct(cluster, pooler, fault)
-    assert result.errors == 0, ledger.errors
-    admin = await asyncpg.connect(cluster.dsn(dbname="app"))
-    try:
-        left = await admin.fetchval("SELECT count(*) FROM ledger WHERE id = ANY($1::uuid[])", killed_ids)
-    finally:
-        await admin.close()
-    assert left == 0
-
-
-async def _no_dirty_sessions(cluster) -> bool:
-    admin = await _superuser(cluster)
-    try:
-        return not await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state <> 'idle' AND "
-            "(query LIKE 'COPY ledger%' OR query LIKE '%, -1)' OR query LIKE '%, -3)')")
-    finally:
-        await admin.close()
-
-
-async def test_slowloris_logins_at_max_client_conn(cluster, pooler):
-    """Connections that never finish their startup packet fill max_client_conn: newcomers get 53300
-    (PgBouncer's wording), connected clients go on untouched, and client_login_timeout frees the slots."""
-    slow: list[RawClient] = []
-
-    async def fault(proc, load) -> None:
-        for _ in range(10):
-            raw = await RawClient.open(proc.port)
-            raw.send(b"\x00\x00")   # half a length word, then silence
-            slow.append(raw)
-        with pytest.raises(asyncpg.TooManyConnectionsError, match="no more connections allowed"):
-            await asyncpg.connect(proc.dsn())
-        await wait_until(lambda: "client_login_timeout" in proc.log_text(), timeout=10)
-        newcomer = await asyncpg.connect(proc.dsn())
-        assert await newcomer.fetchval("SELECT 1") == 1
-        await newcomer.close()
-    try:
-        ledger, result, _ = await _ledger_direct(cluster, pooler, fault, clients=10,
-                                                 settings={"max_client_conn": 20, "client_login_timeout": 2})
-    finally:
-        for raw in slow:
-            raw.close()
-    assert result.errors == 0, ledger.errors
-
-
-async def test_sighup_reload_under_load(cluster, pooler):
-    """Three reloads (pool size 5 -> 3 -> 8 -> 5) while 20 clients commit: no client notices."""
-    async def fault(proc, load) -> None:
-        for n, size in enumerate((3, 8, 5), start=1):
-            proc.settings["default_pool_size"] = size
-            proc.write_config()
-            proc.send_signal(signal.SIGHUP)
-            await wait_until(lambda: proc.log_text().count("RELOAD (SIGHUP)") >= n, timeout=5)
-            await asyncio.sleep(0.3)   # the fault's rhythm: load runs between reloads
-    ledger, result, _ = await _ledger_direct(cluster, pooler, fault)
-    assert result.errors == 0, ledger.errors
-
-
-async def test_sigterm_drain_under_load(cluster, pooler):
-    """SIGTERM while 20 clients commit: each leaves at a transaction boundary with 57P01; no transaction
-    is cut, so nothing is in doubt; pgpool exits 0 within the drain."""
-    async def fault(proc, load) -> None:
-        proc.send_signal(signal.SIGTERM)
-        await wait_until(lambda: proc.returncode is not None, timeout=15, message="pgpool exited")
-        load.stop.set()
-    ledger, result, proc = await _ledger_direct(cluster, pooler, fault, after=0)
-    assert proc.returncode == 0
-    after_connect = [e for e in ledger.errors if e.stage != "connect"]   # refused: the listener is closed
-    assert all(e.sqlstate == "57P01" and e.stage == "begin" for e in after_connect), after_connect
-    assert result.in_doubt == 0
