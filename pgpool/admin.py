@@ -370,13 +370,18 @@ HELP_TEXT = """Console usage
 
 # ---- SHOW tables ---------------------------------------------------------------------------------
 
+def _pins_text(pins: dict[str, int]) -> str:
+    """Clients pinned since start, by cause: "advisory_lock=2,listen=1" ("" when none)."""
+    return ",".join(f"{cause}={count}" for cause, count in sorted(pins.items()))
+
+
 def show_pools(app: "App") -> Table:
-    cols = columns("ssiiiiiiiiiiiiiss" "ii",
+    cols = columns("ssiiiiiiiiiiiiiss" "iiiis",
                    "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
                    "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
                    "sv_login", "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts",
                    # pgpool's own
-                   "cl_pinned", "pool_size")
+                   "cl_pinned", "pool_size", "session_audits", "settings_adopted", "pins")
     rows = []
     for pool in app.pools.values():
         wait_us = int(pool.max_wait() * 1_000_000)
@@ -386,7 +391,8 @@ def show_pools(app: "App") -> Table:
                      len(pool.active_clients) + len(pool.idle_clients), len(pool.waiting), 0, 0,
                      len(pool.active), 0, 0, len(pool.idle) - used, used, len(pool.maintenance),
                      len(pool.connecting), wait_us // 1_000_000, wait_us % 1_000_000, pool.conf.pool_mode.value, None,
-                     sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size))
+                     sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size,
+                     pool.stats.session_audits, pool.stats.settings_adopted, _pins_text(pool.stats.pins)))
     return cols, rows
 
 
@@ -503,7 +509,7 @@ def show_servers(app: "App") -> Table:
             app_name = ""
             if client is not None and getattr(client, "params", None) is not None:
                 app_name = client.params.reported.get("application_name", "")
-            rows.append(("S", pool.server_user, pool.db.name, "none", state, pool.db.host, pool.db.port,
+            rows.append(("S", pool.server_user, pool.db.name, "none", state, server.host, pool.db.port,
                          local_addr, local_port, _wall(server.created_at, now), _wall(server.last_used, now),
                          0, 0, int(bool(server.close_needed)), _ptr(server), _ptr(client), server.backend_pid, "",
                          app_name, _prepared_count(server), server.id))
