@@ -92,7 +92,7 @@ class ClientConnection(asyncio.Protocol):
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
                  "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
-                 "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred", "server_fatal")
+                 "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred")
 
     def __init__(self, app: "App"):
         self.app = app
@@ -122,7 +122,6 @@ class ClientConnection(asyncio.Protocol):
         self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
         self.tx_snapshot: tuple[dict[str, str], dict[str, str]] | None = None   # statements before them
         self.query_failed = False
-        self.server_fatal = False              # the linked server sent FATAL: it is closing
         self.last_tag = b""
         now = time.monotonic()
         self.xact_start = now
@@ -828,8 +827,6 @@ class ClientConnection(asyncio.Protocol):
 
     def on_server_error(self, fields: dict[str, str]) -> None:
         self.query_failed = True
-        if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
-            self.server_fatal = True
         self.pool.stats.count_error("server_error")  # type: ignore[union-attr]
 
     def on_copy_in(self) -> None:
@@ -904,11 +901,6 @@ class ClientConnection(asyncio.Protocol):
             self.server = None
             server.client = None
         pool_name = self.pool.name if self.pool else "?"
-        if self.server_fatal:
-            # The client already has the server's own FATAL, as a direct connection would: a second
-            # ErrorResponse makes libpq report two results for one command.
-            self.disconnect(f"server connection lost after FATAL: {reason}")
-            return
         self.disconnect(f"server connection lost: {reason}", ProtocolError(
             CONNECTION_FAILURE, f"server connection lost for pool {pool_name}: {reason}"))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pgpool import auth, params, pinning, prepared
+from pgpool import auth, params, prepared, session
 from pgpool.config import ConfigError, _Loader
 from pgpool.loginstream import LoginStream
 from pgpool.protocol import messages as m
@@ -485,8 +485,7 @@ def fuzz_prepared(data: bytes) -> None:
 # name -> function(buf, start, end) over a NUL-terminated statement. Adding a classifier
 # (pgpool/session.py, ...) is one entry here.
 CLASSIFIERS: dict[str, Callable[[bytes, int, int], object]] = {
-    "params.classify_query": params.classify_query,
-    "pinning.classify_state": pinning.classify_state,
+    "session.classify": lambda buf, start, end: session.classify(buf, start, end - 1),
     "prepared.classify_deallocate": lambda buf, start, end: prepared.classify_deallocate(buf[start:end - 1]),
     "prepared.scan_deallocations": lambda buf, start, end: prepared.scan_deallocations(buf, start, end - 1),
 }
@@ -505,6 +504,17 @@ def fuzz_classify(data: bytes) -> None:
     buf = b"Q\x00\x00\x00\x00" + data + b"\x00"
     for classify in CLASSIFIERS.values():
         classify(buf, 5, len(buf))
+
+
+def _audit_seeds() -> list[bytes]:
+    return [b"ssearch_path=a, b\nsTimeZone=UTC\npLISTEN", b"s\np", b"x"]
+
+
+@target(ValueError, seeds=_audit_seeds)
+def fuzz_session_audit(data: bytes) -> None:
+    """session.parse_audit on the rows a server returns to pgpool's audit query."""
+    rows = [None if row == b"\xff" else row.decode("utf-8", "replace") for row in data.split(b"\n")]
+    session.parse_audit(rows)
 
 
 # ---- config loaders --------------------------------------------------------------------------

@@ -168,10 +168,10 @@ def error_messages(data: bytes) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("split", [False, True])
-def test_server_fatal_reaches_the_client_alone(split):
-    # pg_terminate_backend sends FATAL 57P01 and closes. A direct client sees that one error;
-    # a second ErrorResponse from pgpool made libpq report two results ("received 2 results
-    # from command 'COMMIT'" in psycopg) instead of the server's error.
+def test_server_fatal_gives_the_client_one_error_naming_pool_and_cause(split):
+    # pg_terminate_backend sends FATAL 57P01 and closes. pgpool forwarded that FATAL and then sent
+    # its own 08006: two ErrorResponses made libpq report two results for one command ("received
+    # 2 results from command 'COMMIT'" in psycopg). Now the client gets one: 08006 with both.
     plane = Plane()
     client = plane.add_client()
     client.data_received(fakes.query("COMMIT"))
@@ -184,7 +184,9 @@ def test_server_fatal_reaches_the_client_alone(split):
         server.data_received(fatal)
     server.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
     errors = error_messages(client.transport.written)
-    assert [e["C"] for e in errors] == ["57P01"]
+    assert [e["C"] for e in errors] == ["08006"]
+    assert "server connection lost for pool appdb/app" in errors[0]["M"]
+    assert "terminating connection due to administrator command (57P01)" in errors[0]["M"]
     assert client.closed and client.transport.closed
 
 
