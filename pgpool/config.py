@@ -59,7 +59,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
         "FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
     ),
     "auth_user": None,
-    "autodb_idle_timeout": "3600",
     "cancel_wait_timeout": "10",
     "client_tls13_ciphers": None,
     "client_tls_ca_file": "",
@@ -72,22 +71,10 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "client_tls_sslmode": "disable",
     "conffile": None,
     "disable_pqexec": "0",
-    "dns_max_ttl": "15",
-    "dns_nxdomain_ttl": "15",
-    "dns_zone_check_period": "0",
-    "job_name": "pgbouncer",
-    "listen_backlog": "128",
     "login_notify_message": "",
-    "max_db_client_connections": "0",
-    "max_user_client_connections": "0",
     "peer_id": "0",
-    "pkt_buf": "4096",
-    "pool_idle_timeout": "0",
-    "query_wait_notify": "5",
     "resolv_conf": "",
-    "sbuf_loopcnt": "5",
     "scram_iterations": "4096",
-    "server_fast_close": "0",
     "server_tls13_ciphers": None,
     "server_tls_ca_file": "",
     "server_tls_cert_file": "",
@@ -95,24 +82,38 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "server_tls_key_file": "",
     "server_tls_protocols": "secure",
     "server_tls_sslmode": "prefer",
-    "service_name": "pgbouncer",
     "so_reuseport": "0",
     "suspend_timeout": "10",
     "syslog": "0",
-    "syslog_facility": "daemon",
-    "syslog_ident": "pgbouncer",
-    "tcp_defer_accept": "1",
     "tcp_keepalive": "1",
     "tcp_keepcnt": "0",
     "tcp_keepidle": "0",
     "tcp_keepintvl": "0",
     "tcp_socket_buffer": "0",
     "tcp_user_timeout": "0",
-    "transaction_timeout": "0",
-    "unix_socket_dir": "/tmp",
-    "unix_socket_group": "",
-    "unix_socket_mode": "0777",
     "user": None,
+}
+
+# PgBouncer settings pgpool accepts with any value and that change nothing, each with the reason
+# (docs/moving-from-pgbouncer.md lists them). Everything in PGBOUNCER_UNIMPLEMENTED set to
+# anything but PgBouncer's default refuses to start instead: pgpool would not do what it says.
+PGBOUNCER_NO_EFFECT: dict[str, str] = {
+    "pkt_buf": "pgpool forwards whatever each read returns; there is no fixed packet buffer",
+    "sbuf_loopcnt": "pgpool hands every read to the protocol at once; there is no loop count",
+    "tcp_defer_accept": "a Linux accept() latency tweak pgpool does without",
+    "listen_backlog": "pgpool listens with a backlog of 4096",
+    "service_name": "names a Windows service",
+    "job_name": "names a Windows service",
+    "syslog_ident": "used only with syslog = 1, which pgpool refuses",
+    "syslog_facility": "used only with syslog = 1, which pgpool refuses",
+    "unix_socket_dir": "pgpool listens on TCP only (listen_addr); no Unix socket is created",
+    "unix_socket_mode": "pgpool listens on TCP only; no Unix socket is created",
+    "unix_socket_group": "pgpool listens on TCP only; no Unix socket is created",
+    "dns_max_ttl": "pgpool asks the system resolver at every server connect; it caches nothing",
+    "dns_nxdomain_ttl": "pgpool asks the system resolver at every server connect; it caches "
+                        "nothing",
+    "dns_zone_check_period": "pgpool asks the system resolver at every server connect, so a "
+                             "changed zone is seen at the next connect",
 }
 
 # pgpool speaks plain TCP only; "disable" is the one sslmode that means exactly that.
@@ -126,21 +127,9 @@ PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS = frozenset(
         "auth_query",
         "auth_user",
         "load_balance_hosts",
-        "max_db_client_connections",
-        "query_wait_timeout",
-        "server_lifetime",
     }
 )
-PGBOUNCER_UNIMPLEMENTED_USER_KEYS = frozenset(
-    {
-        "client_idle_timeout",
-        "idle_transaction_timeout",
-        "max_user_client_connections",
-        "query_timeout",
-        "query_wait_timeout",
-        "transaction_timeout",
-    }
-)
+PGBOUNCER_UNIMPLEMENTED_USER_KEYS: frozenset[str] = frozenset()
 
 _BOOL_ALLOWED = "a boolean: 1/0, yes/no, true/false, on/off"
 _LIST_ALLOWED = "a comma-separated list of names (or a TOML array)"
@@ -195,6 +184,14 @@ class DatabaseEntry(BaseModel):
     pool_mode: PoolMode | None = Field(None, description="Overrides pool_mode.")
     max_db_connections: int | None = Field(
         None, ge=0, description="Overrides max_db_connections (0 = use the global value).")
+    max_db_client_connections: int | None = Field(
+        None, ge=0, description="Overrides max_db_client_connections (0 = use the global value).")
+    query_wait_timeout: float | None = Field(
+        None, description="Overrides query_wait_timeout for this database (-1 = not set; a "
+        "[users] value wins).")
+    server_lifetime: float | None = Field(
+        None, ge=0, description="Overrides server_lifetime for this database (0 = use the global "
+        "value, as in PgBouncer).")
     connect_query: str | None = Field(
         None, description="Query run once on every new server connection before first use.")
     client_encoding: str | None = Field(None, description="client_encoding asked of the server.")
@@ -205,6 +202,11 @@ class DatabaseEntry(BaseModel):
     @classmethod
     def _lower_pool_mode(cls, value: Any) -> Any:
         return _lower(value)
+
+    @field_validator("query_wait_timeout", mode="after")
+    @classmethod
+    def _unset_negative(cls, value: float | None) -> float | None:
+        return None if value is not None and value < 0 else value   # PgBouncer: -1 = not set
 
     @model_validator(mode="after")
     def _default_dbname(self) -> DatabaseEntry:
@@ -232,11 +234,31 @@ class UserEntry(BaseModel):
     pool_size: int | None = Field(None, ge=0, description="Overrides the pool size for this user.")
     reserve_pool_size: int | None = Field(
         None, ge=0, description="Overrides reserve_pool_size for this user.")
+    max_user_client_connections: int | None = Field(
+        None, ge=0, description="Overrides max_user_client_connections (0 = use the global value).")
+    query_timeout: float | None = Field(
+        None, ge=0, description="Overrides query_timeout for pools logging in as this user (0 = "
+        "use the global value).")
+    query_wait_timeout: float | None = Field(
+        None, description="Overrides query_wait_timeout for this user's clients (-1 = not set; "
+        "wins over the database value).")
+    idle_transaction_timeout: float | None = Field(
+        None, ge=0, description="Overrides idle_transaction_timeout (0 = use the global value).")
+    transaction_timeout: float | None = Field(
+        None, ge=0, description="Overrides transaction_timeout (0 = use the global value).")
+    client_idle_timeout: float | None = Field(
+        None, ge=0, description="Overrides client_idle_timeout for this user's clients (0 = use "
+        "the global value).")
 
     @field_validator("pool_mode", mode="before")
     @classmethod
     def _lower_pool_mode(cls, value: Any) -> Any:
         return _lower(value)
+
+    @field_validator("query_wait_timeout", mode="after")
+    @classmethod
+    def _unset_negative(cls, value: float | None) -> float | None:
+        return None if value is not None and value < 0 else value   # PgBouncer: -1 = not set
 
 
 @dataclass(frozen=True)
@@ -249,6 +271,21 @@ class EffectivePoolSettings:
     pool_mode: PoolMode
     max_db_connections: int
     max_user_connections: int
+    # Timeouts of the pool's login user ([users] entry, else global), as PgBouncer's janitor.
+    query_timeout: float = 0.0
+    idle_transaction_timeout: float = 0.0
+    transaction_timeout: float = 0.0
+    server_lifetime: float = 3600.0
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Limits that follow a client's own login user (not the pool's forced user)."""
+
+    client_idle_timeout: float
+    query_wait_timeout: float
+    max_db_client_connections: int
+    max_user_client_connections: int
 
 
 # load_settings layers the environment itself (with provenance for error messages), so it
@@ -320,6 +357,12 @@ class Settings(BaseSettings):
         0, "Maximum server connections per database across its pools (0 = unlimited).", ge=0)
     max_user_connections: int = _setting(
         0, "Maximum server connections per user across its pools (0 = unlimited).", ge=0)
+    max_db_client_connections: int = _setting(
+        0, "Maximum client connections per database (the name clients ask for), across users "
+        "(0 = unlimited). Admin users on the console are exempt.", ge=0)
+    max_user_client_connections: int = _setting(
+        0, "Maximum client connections per user (the name clients log in as), across databases "
+        "(0 = unlimited).", ge=0)
     server_round_robin: bool = _setting(
         False, "Reuse idle servers in turn (FIFO) instead of the most recently used (LIFO).")
     server_connect_concurrency: int = _setting(
@@ -338,8 +381,12 @@ class Settings(BaseSettings):
         30.0, "Seconds a released server stays trusted before server_check_query is run on "
         "reuse (0 = always check).", ge=0)
     server_check_query: str = _setting(
-        "select 1", "Query that checks an idle server is alive ('' = no check, '<empty>' = an "
-        "empty query).")
+        "<empty>", "Query that checks an idle server is alive ('' = no check, '<empty>' = an "
+        "empty query, PgBouncer 1.25's default).")
+    server_fast_close: bool = _setting(
+        False, "In session mode, close a server marked close_needed (RECONNECT, a RELOAD that "
+        "changed its database entry) at the end of the current transaction instead of the end "
+        "of the session; its client is disconnected too.")
     server_lifetime: float = _setting(
         3600.0, "Close an unused server connected longer than this many seconds (0 = use once).",
         ge=0)
@@ -347,6 +394,12 @@ class Settings(BaseSettings):
         600.0, "Close a server idle longer than this many seconds (0 = never).", ge=0)
     server_connect_timeout: float = _setting(
         15.0, "Seconds a server connection and login may take.", ge=0)
+    pool_idle_timeout: float = _setting(
+        0.0, "Free a (database, user) pool with no clients and no servers after this many "
+        "seconds; its statistics are forgotten (0 = never).", ge=0)
+    autodb_idle_timeout: float = _setting(
+        3600.0, "Free the pools of a database created through the '*' entry once none of them "
+        "has had a client or server for this many seconds (0 = never).", ge=0)
     server_login_retry: float = _setting(
         15.0, "Seconds to wait after a failed server login before trying again; clients get "
         "the error meanwhile.", ge=0)
@@ -364,6 +417,13 @@ class Settings(BaseSettings):
     idle_transaction_timeout: float = _setting(
         0.0, "Disconnect a client idle in a transaction longer than this many seconds (0 = off).",
         ge=0)
+    transaction_timeout: float = _setting(
+        0.0, "Disconnect a client whose transaction has been open longer than this many seconds "
+        "(0 = off).", ge=0)
+    query_wait_notify: float = _setting(
+        5.0, "Send a waiting client a NOTICE (PgBouncer's 'No server connection available in "
+        "postgres backend, client being queued') after this many seconds in the queue (0 = "
+        "never).", ge=0)
 
     # Protocol
     max_packet_size: int = _setting(
@@ -491,6 +551,33 @@ class Settings(BaseSettings):
             pool_mode=first_set(u_mode, db.pool_mode, self.pool_mode),
             max_db_connections=db.max_db_connections or self.max_db_connections,
             max_user_connections=u_max or self.max_user_connections,
+            # A [users] timeout of 0 means "not set" in PgBouncer (src/janitor.c).
+            query_timeout=(login_user and login_user.query_timeout) or self.query_timeout,
+            idle_transaction_timeout=(login_user and login_user.idle_transaction_timeout)
+            or self.idle_transaction_timeout,
+            transaction_timeout=(login_user and login_user.transaction_timeout)
+            or self.transaction_timeout,
+            server_lifetime=db.server_lifetime or self.server_lifetime,
+        )
+
+    def client_limits(self, db: DatabaseEntry, client_user: str) -> ClientLimits:
+        """What follows the client's own user: the [users] entry of the name it logged in as.
+
+        query_wait_timeout: user value, else database value, else global (src/janitor.c);
+        the others: user value (when > 0), else global.
+        """
+        entry = self.users.get(client_user)
+        wait = self.query_wait_timeout
+        if db.query_wait_timeout is not None:
+            wait = db.query_wait_timeout
+        if entry is not None and entry.query_wait_timeout is not None:
+            wait = entry.query_wait_timeout
+        return ClientLimits(
+            client_idle_timeout=(entry and entry.client_idle_timeout) or self.client_idle_timeout,
+            query_wait_timeout=wait,
+            max_db_client_connections=db.max_db_client_connections or self.max_db_client_connections,
+            max_user_client_connections=(entry and entry.max_user_client_connections)
+            or self.max_user_client_connections,
         )
 
 
@@ -533,6 +620,34 @@ def load_settings(path: str | Path | None, overrides: Mapping[str, str] = {},
     loader.read_overrides(overrides)
     settings = loader.build(config_path)
     return LoadedConfig(settings=settings, warnings=loader.warnings)
+
+
+def change_setting(settings: Settings, key: str, value: str) -> Settings:
+    """The admin console's `SET key = value`: a copy of `settings` with one value changed,
+    checked as the config file's value would be. Raises ConfigError saying why not."""
+    name = key.strip().lower()
+    if name in _NOT_SETTINGS or name not in Settings.model_fields:
+        if name in PGBOUNCER_UNIMPLEMENTED or name in PGBOUNCER_NO_EFFECT:
+            raise ConfigError(f"{name} is a PgBouncer setting pgpool does not implement")
+        known = implemented_settings()
+        raise ConfigError(f"unknown setting {key!r}{_suggest(name, known)}")
+    if name not in RELOADABLE_SETTINGS:
+        raise ConfigError(f"{name} cannot be changed on a running pgpool; change the config file "
+                          f"and restart")
+    raw: Any = value
+    if name in _PATH_SETTINGS and settings.config_path is not None and value.strip() \
+            and not Path(value.strip()).is_absolute():
+        raw = str(settings.config_path.parent / value.strip())
+    current = {field: getattr(settings, field) for field in Settings.model_fields}
+    loader = _Loader()
+    loader.sources[name] = "SET"
+    token = _read_environment.set(False)
+    try:
+        return Settings(**{**current, name: raw})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(loader._describe(error) for error in exc.errors())) from None
+    finally:
+        _read_environment.reset(token)
 
 
 def diff_settings(old: Settings, new: Settings) -> tuple[list[str], list[str]]:
@@ -699,12 +814,17 @@ class _Loader:
     def set_setting(self, key: str, value: Any, source: str, *, from_file: bool = False) -> None:
         name = key.strip().lower()
         if name in _NOT_SETTINGS or name not in Settings.model_fields:
+            if name in PGBOUNCER_NO_EFFECT:
+                return
             if name in PGBOUNCER_UNIMPLEMENTED:
                 if not _same_as_pgbouncer_default(name, value):
-                    self.warnings.append(
-                        f"setting {name} is read but not implemented by pgpool; ignored ({source})")
+                    default = PGBOUNCER_UNIMPLEMENTED[name]
+                    self.errors.append(
+                        f"setting {name} = {value!r} ({source}) is a PgBouncer setting pgpool "
+                        f"does not implement; remove it or set it to PgBouncer's default "
+                        f"({'not set' if default is None else repr(default)})")
                 return
-            known = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED)
+            known = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED) + list(PGBOUNCER_NO_EFFECT)
             self.errors.append(f"unknown setting {key!r} ({source}){_suggest(name, known)}")
             return
         self.values[name] = value
@@ -756,8 +876,8 @@ class _Loader:
             if key in ("pgbouncer", "pgpool", "databases", "users"):
                 continue
             if key == "peers":
-                self.warnings.append(
-                    f"section [peers] is read but not implemented by pgpool; ignored ({origin})")
+                self.errors.append(f"section [peers] ({origin}) is not implemented by pgpool: "
+                                   f"cancel requests are not forwarded between processes")
             elif not isinstance(value, dict) and (key.lower() in Settings.model_fields
                                                   or key.lower() in PGBOUNCER_UNIMPLEMENTED):
                 self.errors.append(f"{origin}: setting {key!r} must be inside the [pgpool] table")
@@ -812,15 +932,16 @@ class _Loader:
                     target[_unquote_key(key)] = (value, f"{origin} [{section}]")
             elif kind == "peers":
                 if items:
-                    self.warnings.append(f"section [peers] is read but not implemented by "
-                                         f"pgpool; ignored ({origin})")
+                    self.errors.append(f"section [peers] ({origin}) is not implemented by "
+                                       f"pgpool: cancel requests are not forwarded between "
+                                       f"processes")
             else:
                 sections = ["pgbouncer", "databases", "users"]
                 self.errors.append(
                     f"{origin}: unknown section [{section}]{_suggest(kind, sections)}")
 
     def read_environ(self, environ: Mapping[str, str]) -> None:
-        names = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED)
+        names = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED) + list(PGBOUNCER_NO_EFFECT)
         for key, value in environ.items():
             if not key.upper().startswith(ENV_PREFIX):
                 continue
@@ -869,8 +990,8 @@ class _Loader:
             if key in known:
                 fields[canonical[key]] = value
             elif key in unimplemented:
-                self.warnings.append(f"{what} {name!r}: parameter {key} is read but not "
-                                     f"implemented by pgpool; ignored ({source})")
+                self.errors.append(f"{what} {name!r} ({source}): parameter {key} is a PgBouncer "
+                                   f"parameter pgpool does not implement; remove it")
             else:
                 self.errors.append(f"{what} {name!r} ({source}): unknown parameter "
                                    f"{key!r}{_suggest(key, sorted(known | unimplemented))}")
