@@ -45,7 +45,14 @@ CONFIG_FILE_ERROR = "F0000"
 MAX_QUERY = 64 * 1024       # a console query is one short command
 _COMMAND = re.compile(r'(\w+)(.*)', re.ASCII | re.DOTALL)
 _ARGUMENT = re.compile(r'\s*("(?:[^"]|"")*"|[^\s"]+)?\s*', re.ASCII)
-_SET = re.compile(r"set\s", re.IGNORECASE)
+# PgBouncer's grammar (src/admin.c): SET key = value | SET key TO value, the value a word or a
+# quoted string ('it''s', or "a ""b""").
+_SET = re.compile(r"set\s+(\w+)\s*(?:=|\s[tT][oO]\s)\s*(?:'((?:[^']|'')*)'|\"((?:[^\"]|\"\")*)\"|([^\s'\"]+))\s*",
+                  re.IGNORECASE | re.DOTALL)
+_SET_START = re.compile(r"set\s", re.IGNORECASE)
+# Session parameters drivers set on connect: PgBouncer answers "SET ignored" instead of failing.
+_FAKE_SET = frozenset({"client_encoding", "default_transaction_isolation", "standard_conforming_strings",
+                       "datestyle", "timezone"})
 
 
 def columns(types: str, *names: str) -> Columns:
@@ -143,7 +150,7 @@ class AdminConsole:
     async def execute(self, sql: str) -> bytes | None:
         """Run every ';'-separated command; stop at the first error. None: send nothing back."""
         out: list[bytes] = []
-        commands = [part.strip() for part in sql.split(";") if part.strip()]
+        commands = [part.strip() for part in _split_commands(sql) if part.strip()]
         if not commands:
             return m.empty_query_response()
         for text in commands:
@@ -159,8 +166,8 @@ class AdminConsole:
         return b"".join(out)
 
     async def run_command(self, text: str) -> bytes | None:
-        if _SET.match(text):
-            raise AdminError("SET is not supported on the pgpool console: change the config file and run RELOAD")
+        if _SET_START.match(text):
+            return self.run_set(text)
         match = _COMMAND.fullmatch(text)
         command = COMMANDS.get(match.group(1).lower()) if match else None
         if command is None:
@@ -180,6 +187,43 @@ class AdminConsole:
         if asyncio.iscoroutine(result):
             result = await result
         return result
+
+
+    def run_set(self, text: str) -> bytes:
+        """SET key = value: change one setting as a RELOAD that read this value would."""
+        match = _SET.fullmatch(text)
+        if match is None:
+            raise AdminError(f"invalid command {text!r}, use SHOW HELP; (SET key = value, or SET key TO value)")
+        key = match.group(1)
+        single, double, word = match.group(2), match.group(3), match.group(4)
+        value = (single.replace("''", "'") if single is not None
+                 else double.replace('""', '"') if double is not None else word)
+        if key.lower() in _FAKE_SET:
+            return m.notice_response("SET ignored") + m.command_complete("SET")
+        if not self.may_change:
+            raise AdminError("admin access needed", "42501")
+        log.info("admin console %s: SET %s = %r", self.client.user, key, value)
+        ok, message = self.app.change_setting(key, value)
+        if not ok:
+            raise AdminError(f"SET failed: {message}")
+        return m.command_complete(f"SET {key}={value}")
+
+
+def _split_commands(sql: str) -> list[str]:
+    """Split on ';' outside quotes, so a SET value may hold one."""
+    parts: list[str] = []
+    start, quote = 0, ""
+    for i, char in enumerate(sql):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == ";":
+            parts.append(sql[start:i])
+            start = i + 1
+    parts.append(sql[start:])
+    return parts
 
 
 def _unquote(arg: str) -> str:
@@ -325,6 +369,7 @@ COMMANDS: dict[str, Command] = {
 HELP_TEXT = """Console usage
 \tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|LISTS|MEM|STATE
 \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS
+\tSET key = arg
 \tRELOAD
 \tPAUSE [<db>]
 \tRESUME [<db>]

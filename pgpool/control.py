@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import auth
 from .client import ClientConnection
-from .config import ConfigError, Settings, diff_settings, load_settings
+from .config import ConfigError, Settings, change_setting, diff_settings, load_settings
 from .pool import ClientState, Pool
 from .protocol.constants import TX_IDLE
 from .protocol.errors import ADMIN_SHUTDOWN, ProtocolError
@@ -55,17 +55,39 @@ class Controls:
                         "values: %s", source, ", ".join(need_restart))
         for warning in loaded.warnings:
             log.warning("config: %s", warning)
-        self.settings = new
-        self.auth_users = auth_users
-        if old.verbose != new.verbose:
-            logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
-        self._apply_to_pools(new)
+        self._apply_settings(new, auth_users)
         self.reloads += 1
         self.last_reload_ok = True
         described = [_describe_change(name, old, new) for name in changed]
         summary = "; ".join(described) if described else "no setting changed"
         log.info("RELOAD (%s): %s; auth_file re-read (%d users)", source, summary, len(auth_users))
         return True, summary
+
+    def change_setting(self, key: str, value: str) -> tuple[bool, str]:
+        """The console's SET: one setting changed as a RELOAD reading that value would change it.
+
+        As in PgBouncer the change lives until the next RELOAD, which re-reads the file.
+        Returns (ok, message); a refused value leaves everything as it was.
+        """
+        old = self.settings
+        try:
+            new = change_setting(old, key, value)
+            auth_users = self._load_auth_users(new) if new.auth_file != old.auth_file else self.auth_users
+        except (ConfigError, auth.AuthFileError, OSError) as error:
+            return False, str(error)
+        name = key.strip().lower()
+        self._apply_settings(new, auth_users)
+        message = _describe_change(name, old, new) if getattr(old, name) != getattr(new, name) else f"{name} unchanged"
+        log.info("SET (admin console): %s", message)
+        return True, message
+
+    def _apply_settings(self, new: Settings, auth_users: dict[str, str]) -> None:
+        old = self.settings
+        self.settings = new
+        self.auth_users = auth_users
+        if old.verbose != new.verbose:
+            logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
+        self._apply_to_pools(new)
 
     def _apply_to_pools(self, settings: Settings) -> None:
         """New limits for every pool; servers of a changed database entry are replaced at release."""
