@@ -47,6 +47,9 @@ class App(Controls):
         self.statement_registry = StatementRegistry()
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
+        # Logged-in clients per database name and per client user (max_*_client_connections).
+        self.db_clients: collections.Counter[str] = collections.Counter()
+        self.user_clients: collections.Counter[str] = collections.Counter()
         self.listeners: list[asyncio.AbstractServer] = []
         self.started_at = time.time()
         self.shutting_down = False
@@ -101,6 +104,7 @@ class App(Controls):
                 log.warning("metrics_port set but pgpool.http is not available")
             else:
                 self.http = await http.start(self)
+        self.open_forced_pools()
         from .janitor import run_janitor
         self.janitor_task = self.loop.create_task(run_janitor(self))
         from . import statslog
@@ -156,6 +160,9 @@ class App(Controls):
 
     def on_client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
+        if client.pool is not None:
+            self.db_clients[client.pool.db.name] -= 1
+            self.user_clients[client.user] -= 1
         self.cancel.unregister(client.cancel_key)
         if client.login is not None and client.user:
             self.client_login_failures += 1
@@ -230,20 +237,58 @@ class App(Controls):
             raise ProtocolError(OBJECT_NOT_IN_PREREQUISITE_STATE,
                                 f'database does not allow connections: "{entry.name}" (DISABLE on the admin '
                                 f'console; ENABLE {entry.name} lifts it)')
-        server_user = entry.user or user
-        key = (entry.name, server_user)
-        pool = self.pools.get(key)
+        self.check_client_limits(entry, user)
+        pool = self.pools.get((entry.name, entry.user or user))
         if pool is None:
-            password = entry.password if entry.user else auth.server_password_for(creds, entry.password)
-            pool = Pool(self, entry, server_user, self.settings.pool_settings(entry, user), server_user, password)
-            pool.paused = self.is_paused(entry.name)
-            self.pools[key] = pool
-            log.info("pool %s: created (pool_mode=%s pool_size=%d reserve=%d -> %s:%s/%s)", pool.name,
-                     pool.conf.pool_mode.value, pool.conf.pool_size, pool.conf.reserve_pool_size,
-                     entry.host, entry.port, entry.dbname)
+            pool = self._create_pool(entry, user, creds)
         elif pool.server_password is None and not entry.user:
             pool.server_password = auth.server_password_for(creds, entry.password)
+        # Counted from here; on_client_closed uncounts once the client holds this pool.
+        self.db_clients[entry.name] += 1
+        self.user_clients[user] += 1
         return pool
+
+    def _create_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None) -> Pool:
+        server_user = entry.user or user
+        pool = Pool(self, entry, server_user, self.settings.pool_settings(entry, user), server_user,
+                    self.server_password(entry, creds))
+        pool.paused = self.is_paused(entry.name)
+        self.pools[(entry.name, server_user)] = pool
+        log.info("pool %s: created (pool_mode=%s pool_size=%d reserve=%d -> %s:%s/%s)", pool.name,
+                 pool.conf.pool_mode.value, pool.conf.pool_size, pool.conf.reserve_pool_size,
+                 entry.host, entry.port, entry.dbname)
+        return pool
+
+    def server_password(self, entry: "DatabaseEntry", creds: auth.Credentials | None) -> str | None:
+        """A forced user (user= without password=) takes its password from the auth_file, as in
+        PgBouncer; otherwise the client's own secret."""
+        if entry.user:
+            if entry.password:
+                return entry.password
+            return auth.server_password_for(auth.lookup_credentials(self.auth_users, entry.user), None) \
+                if entry.user in self.auth_users else None
+        return auth.server_password_for(creds, entry.password)
+
+    def open_forced_pools(self) -> None:
+        """Pools of forced-user databases exist from the start, so min_pool_size is kept before any
+        client comes (PgBouncer enforces min_pool_size for them without clients)."""
+        for entry in self.settings.databases.values():
+            if entry.user and entry.name != "*" and (entry.name, entry.user) not in self.pools \
+                    and self.settings.pool_settings(entry, entry.user).min_pool_size:
+                self._create_pool(entry, entry.user, None)
+
+    def check_client_limits(self, entry: "DatabaseEntry", user: str) -> None:
+        limits = self.settings.client_limits(entry, user)
+        if limits.max_db_client_connections and self.db_clients[entry.name] >= limits.max_db_client_connections:
+            raise ProtocolError(TOO_MANY_CONNECTIONS,
+                                f"client connections exceeded (max_db_client_connections): database "
+                                f"\"{entry.name}\" has {self.db_clients[entry.name]} clients, the limit is "
+                                f"{limits.max_db_client_connections}")
+        if limits.max_user_client_connections and self.user_clients[user] >= limits.max_user_client_connections:
+            raise ProtocolError(TOO_MANY_CONNECTIONS,
+                                f"client connections exceeded (max_user_client_connections): user "
+                                f"\"{user}\" has {self.user_clients[user]} clients, the limit is "
+                                f"{limits.max_user_client_connections}")
 
     def count_server(self, pool: Pool, delta: int) -> None:
         self.db_servers[pool.db.name] += delta

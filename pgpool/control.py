@@ -102,7 +102,7 @@ class Controls:
                     continue    # clients of the new forced user get a new pool; this one winds down
                 pool.db = entry
             if entry.user:
-                pool.server_password = entry.password
+                pool.server_password = self.server_password(entry, None)
             elif pool.server_user in self.auth_users:
                 fresh = auth.server_password_for(auth.lookup_credentials(self.auth_users, pool.server_user),
                                                  entry.password)
@@ -114,6 +114,7 @@ class Controls:
                     break
                 server.close(f"pool_size lowered to {pool.conf.pool_size} by RELOAD")
             pool.dispatch()
+        self.open_forced_pools()
 
     def retire_servers(self, pool: Pool, reason: str) -> None:
         """Close idle servers now and the others when they are released (PgBouncer's close_needed)."""

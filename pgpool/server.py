@@ -419,7 +419,7 @@ class ServerConnection(asyncio.Protocol):
     def close_reason_on_release(self) -> str | None:
         if self.close_needed:
             return self.close_needed
-        lifetime = self.app.settings.server_lifetime
+        lifetime = self.pool.conf.server_lifetime   # the [databases] entry's, else the global one
         if time.monotonic() - self.created_at > lifetime:   # 0: use once, as in PgBouncer
             return f"server_lifetime ({lifetime:g}s) reached"
         return None
