@@ -435,8 +435,10 @@ class _ProxyProcess:
         settings: dict[str, object] | None = None,
         databases: dict[str, object] | None = None,
         port: int | None = None,
+        user_entries: dict[str, str] | None = None,
     ) -> None:
         self.backend_host = backend_host
+        self.user_entries = dict(user_entries or {})   # the [users] section: name -> "key=value ..."
         self.backend_port = backend_port
         self.users = dict(users)
         self.settings = dict(settings or {})
@@ -610,6 +612,7 @@ class PgpoolProcess(_ProxyProcess):
         port: int | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        user_entries: dict[str, str] | None = None,
     ) -> None:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
@@ -620,6 +623,7 @@ class PgpoolProcess(_ProxyProcess):
             settings=settings,
             databases=databases,
             port=port,
+            user_entries=user_entries,
         )
 
     def _config_file(self) -> Path:
@@ -634,6 +638,9 @@ class PgpoolProcess(_ProxyProcess):
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self._merged_settings().items()]
         lines += ["", "[databases]"]
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self.databases.items()]
+        if self.user_entries:
+            lines += ["", "[users]"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self.user_entries.items()]
         return "\n".join(lines) + "\n"
 
     def _command(self) -> list[str]:
@@ -685,6 +692,9 @@ class PgBouncerProcess(_ProxyProcess):
         lines += [f"{name} = {conn}" for name, conn in self.databases.items()]
         lines += ["", "[pgbouncer]"]
         lines += [f"{key} = {_ini_value(value)}" for key, value in settings.items()]
+        if self.user_entries:
+            lines += ["", "[users]"]
+            lines += [f"{name} = {entry}" for name, entry in self.user_entries.items()]
         return "\n".join(lines) + "\n"
 
     def _command(self) -> list[str]:
