@@ -614,7 +614,7 @@ def show_mem(app: "App") -> Table:
 
 
 def show_version(app: "App") -> Table:
-    return columns("s", "version"), [(f"pgpool {__version__} (PgBouncer-compatible console)",)]
+    return columns("s", "version"), [(f"pgpool {__version__}",)]   # what `pgpool --version` prints
 
 
 def show_state(app: "App") -> Table:

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import resource
+import signal
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -68,6 +69,7 @@ class App(Controls):
         self.reload_failures = 0
         self.last_reload_ok = True
         self.drain_task: asyncio.Task | None = None
+        self.pause_task: asyncio.Task | None = None     # SIGUSR1's PAUSE, finishing in the background
         self._clients_gone = asyncio.Event()
 
     @staticmethod
@@ -109,6 +111,36 @@ class App(Controls):
         self.janitor_task = self.loop.create_task(run_janitor(self))
         from . import statslog
         self.stats_log = statslog.start(self)
+
+    def install_signal_handlers(self) -> None:
+        """Signals as PgBouncer's, except where pgpool's drain deliberately differs:
+        SIGTERM drains at transaction boundaries (a second one: shut down at once), SIGINT shuts
+        down at once (safe: open transactions roll back), SIGHUP reloads, SIGUSR1 pauses every
+        database as PAUSE does, SIGUSR2 resumes them as RESUME does."""
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGINT, self.shutdown_now, "SIGINT")
+        loop.add_signal_handler(signal.SIGTERM, self.begin_drain, "SIGTERM")
+        loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        loop.add_signal_handler(signal.SIGUSR1, self.on_sigusr1)
+        loop.add_signal_handler(signal.SIGUSR2, self.on_sigusr2)
+
+    def on_sigusr1(self) -> None:
+        if self.shutting_down or self.paused_all:
+            log.info("got SIGUSR1, but already paused or shutting down")
+            return
+        log.info("got SIGUSR1, pausing all activity")
+        self.pause(None)
+        # As the PAUSE command: idle servers close now, busy ones when their clients release them.
+        self.pause_task = self.loop.create_task(self.wait_paused(None))
+
+    def on_sigusr2(self) -> None:
+        if self.shutting_down:
+            log.info("got SIGUSR2 while shutting down, ignoring")
+        elif not (self.paused_all or self.paused_dbs):
+            log.info("got SIGUSR2, but not paused")
+        else:
+            log.info("got SIGUSR2, continuing from PAUSE")
+            self.resume(None)
 
     async def wait_stopped(self) -> None:
         assert self.stopped is not None

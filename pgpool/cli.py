@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 from . import __version__
@@ -77,11 +76,7 @@ async def _serve(app) -> int:
     except OSError as error:
         log.error("cannot listen on %s:%s: %s", app.settings.listen_addr, app.settings.listen_port, error)
         return 1
-    loop = asyncio.get_running_loop()
-    # SIGTERM: graceful drain (a second one: at once); SIGINT: immediate safe shutdown; SIGHUP: reload.
-    loop.add_signal_handler(signal.SIGINT, app.shutdown_now, "SIGINT")
-    loop.add_signal_handler(signal.SIGTERM, app.begin_drain, "SIGTERM")
-    loop.add_signal_handler(signal.SIGHUP, app.reload, "SIGHUP")
+    app.install_signal_handlers()
     if app.settings.pidfile:
         with open(app.settings.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
