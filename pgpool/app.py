@@ -263,7 +263,7 @@ class App(Controls):
     def get_pool(self, database: str, user: str, creds: auth.Credentials | None) -> Pool:
         entry = self.settings.find_database(database)
         if entry is None:
-            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: "{database}" (not in [databases], '
+            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: {database} (not in [databases], '
                                                       f'and no "*" fallback entry)')
         if entry.name in self.disabled_dbs:
             raise ProtocolError(OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -659,7 +659,7 @@ class ClientConnection(asyncio.Protocol):
             server.client = None
         pool_name = self.pool.name if self.pool else "?"
         self.disconnect(f"server connection lost: {reason}", ProtocolError(
-            CONNECTION_FAILURE, f"server connection lost for pool {pool_name}: {reason}"))
+            CONNECTION_FAILURE, f"server conn crashed? server connection lost for pool {pool_name}: {reason}"))
 
     def cancel_while_waiting(self) -> bool:
         """A CancelRequest for a client still queued for a server: answer as Postgres would.

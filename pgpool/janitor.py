@@ -151,20 +151,22 @@ def check_pool(app: "App", pool: "Pool", now: float, limits: dict[tuple[str, str
         if busy and conf.query_timeout and now - client.query_start >= conf.query_timeout:
             pool.stats.count_error("query_timeout")
             client.disconnect("query_timeout", ProtocolError(
-                QUERY_CANCELED, f"query_timeout: query ran longer than {conf.query_timeout:g}s (pool {pool.name})"))
+                QUERY_CANCELED, f"query timeout: query ran longer than query_timeout {conf.query_timeout:g}s "
+                                f"(pool {pool.name})"))
         elif (not busy and in_transaction and conf.idle_transaction_timeout
               and now - client.last_activity >= conf.idle_transaction_timeout):
             pool.stats.count_error("idle_transaction_timeout")
             client.disconnect("idle_transaction_timeout", ProtocolError(
                 IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-                f"idle_transaction_timeout: idle in transaction for more than {conf.idle_transaction_timeout:g}s "
+                f"idle transaction timeout: idle in transaction for more than idle_transaction_timeout "
+                f"{conf.idle_transaction_timeout:g}s "
                 f"(pool {pool.name})"))
         elif ((busy or in_transaction) and conf.transaction_timeout
               and now - client.xact_start >= conf.transaction_timeout):
             pool.stats.count_error("transaction_timeout")
             client.disconnect("transaction_timeout", ProtocolError(
                 IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-                f"transaction_timeout: transaction open for more than {conf.transaction_timeout:g}s "
+                f"transaction timeout: transaction open for more than transaction_timeout {conf.transaction_timeout:g}s "
                 f"(pool {pool.name})"))
         elif session_mode and server.close_needed and settings.server_fast_close and at_transaction_boundary(client):
             # Between transactions the session may end: the client sees why and reconnects.
