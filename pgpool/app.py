@@ -16,7 +16,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import auth
+from . import auth, hba
 from .cancel import CancelRegistry
 from .control import Controls
 from .prepared import StatementRegistry
@@ -25,8 +25,8 @@ from .config import LoadedConfig, Settings
 from .pool import ClientState, Pool
 from .protocol import messages as m
 from .protocol.errors import (
-    CANNOT_CONNECT_NOW, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS,
-    ProtocolError,
+    CANNOT_CONNECT_NOW, INVALID_AUTHORIZATION_SPECIFICATION, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE,
+    TOO_MANY_CONNECTIONS, ProtocolError,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class App(Controls):
         self.config_warnings = loaded.warnings
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.auth_users: dict[str, str] = self._load_auth_users(self.settings)
+        self.hba: hba.HbaConfig | None = self._load_hba(self.settings)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
@@ -75,6 +76,12 @@ class App(Controls):
     @staticmethod
     def _load_auth_users(settings: Settings) -> dict[str, str]:
         return auth.load_auth_file(settings.auth_file) if settings.auth_file else {}
+
+    @staticmethod
+    def _load_hba(settings: Settings) -> hba.HbaConfig | None:
+        if settings.auth_type != "hba" or settings.auth_hba_file is None:
+            return None
+        return hba.load_hba(settings.auth_hba_file, settings.auth_ident_file)
 
     # ---- start and stop ------------------------------------------------------------------------
 
@@ -209,6 +216,53 @@ class App(Controls):
             raise ProtocolError(TOO_MANY_CONNECTIONS,
                                 f"no more connections allowed (max_client_conn): {limit} clients already connected",
                                 hint="raise max_client_conn, or lower the number of client connections")
+
+    def client_auth_method(self, client: ClientConnection, creds: auth.Credentials) -> str:
+        """The method a client must pass: auth_type's, or with auth_type = hba the first matching
+        auth_hba_file line's ("trust" once a certificate login succeeded)."""
+        settings = self.settings
+        if settings.auth_type != "hba" or self.hba is None:
+            return auth.choose_client_method(settings.auth_type, creds)
+        transport = client.transport
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else None
+        is_tls = transport.get_extra_info("ssl_object") is not None
+        replication = getattr(client, "replication", None)
+        rule = self.hba.find_rule(address=address, is_tls=is_tls, database=client.database, user=client.user,
+                                  replication=replication)
+        encryption = "SSL encryption" if is_tls else "no encryption"
+        if rule is None:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'no authentication method is found: no {self.hba.source} entry for host '
+                                f'"{address or "local"}", user "{client.user}", database "{client.database}", '
+                                f'{encryption}')
+        where = rule.describe(self.hba.source)
+        if rule.method == "reject":
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'login rejected: {where} rejects host "{address}", user "{client.user}", '
+                                f'database "{client.database}", {encryption}')
+        if rule.method == "cert":
+            self._check_certificate(client, rule, is_tls, where)
+            return "trust"
+        if rule.method == "peer":   # pgpool listens on TCP only: local lines never match
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"peer authentication failed ({where})")
+        return auth.choose_client_method("plain" if rule.method == "password" else rule.method, creds)
+
+    def _check_certificate(self, client: ClientConnection, rule: hba.HbaRule, is_tls: bool, where: str) -> None:
+        """cert: the TLS client certificate's common name is the user, or maps to it (map=)."""
+        failed = f'certificate authentication failed for user "{client.user}" ({where})'
+        if not is_tls:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: the connection is not TLS")
+        cert = client.transport.get_extra_info("peercert") or {}
+        common_name = next((value for part in cert.get("subject", ()) for key, value in part
+                            if key == "commonName"), None)
+        if common_name is None:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: no client certificate")
+        allowed = (self.hba.ident_allows(rule.ident_map, common_name, client.user)  # type: ignore[union-attr]
+                   if rule.ident_map else common_name == client.user)
+        if not allowed:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'{failed}: certificate common name "{common_name}" may not log in as this user')
 
     def encryption_answer(self, kind: str) -> bytes:
         # The TLS seam: with TLS configured this would answer 'S' and wrap the transport.

@@ -59,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     from .app import App
     from .auth import AuthFileError
+    from .hba import HbaError
     try:
         app = App(loaded, overrides)
     except AuthFileError as error:
         print(f"pgpool: invalid auth_file: {error}", file=sys.stderr)
+        return 2
+    except HbaError as error:
+        print(f"pgpool: invalid auth_hba_file/auth_ident_file: {error}", file=sys.stderr)
         return 2
     try:
         return runner(_serve(app))

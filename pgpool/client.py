@@ -337,7 +337,7 @@ class ClientConnection(asyncio.Protocol):
     async def _authenticate(self, creds: auth.Credentials) -> tuple[bytes, bytes] | None:
         """Run the auth exchange; return SCRAM keys usable for pass-through, if any."""
         try:
-            method = auth.choose_client_method(self.app.settings.auth_type, creds)
+            method = self.app.client_auth_method(self, creds)
         except ValueError as error:
             raise ProtocolError(FEATURE_NOT_SUPPORTED, str(error)) from None
         failed = ProtocolError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')

@@ -51,8 +51,6 @@ class ConfigError(Exception):
 PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "application_name_add_host": "0",
     "auth_dbname": None,
-    "auth_hba_file": "",
-    "auth_ident_file": None,
     "auth_ldap_options": None,
     "auth_query": (
         "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
@@ -326,9 +324,17 @@ class Settings(BaseSettings):
                                 restart=True, ge=0, le=65535)
 
     # Authentication and console access
-    auth_type: Literal["trust", "plain", "md5", "scram-sha-256"] = _setting(
+    auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "hba"] = _setting(
         "md5", "How clients authenticate: trust, plain, md5 (SCRAM for users whose secret is "
-        "SCRAM) or scram-sha-256.")
+        "SCRAM), scram-sha-256, or hba (the method of the first matching auth_hba_file line).")
+    auth_hba_file: Path | None = _setting(
+        None, "pg_hba.conf-format file used when auth_type = hba (local/host/hostssl/hostnossl; "
+        "trust, reject, md5, password, scram-sha-256, cert, peer); relative to the config file.",
+        allowed="a file path")
+    auth_ident_file: Path | None = _setting(
+        None, "pg_ident.conf-format maps for the map= option of auth_hba_file lines (cert "
+        "common name or peer user -> database user); relative to the config file.",
+        allowed="a file path")
     auth_file: Path | None = _setting(
         None, "userlist.txt of \"user\" \"secret\" lines (plain password, md5 hash or SCRAM "
         "secret); relative to the config file's directory.", allowed="a file path")
@@ -484,7 +490,7 @@ class Settings(BaseSettings):
     def _lower_choices(cls, value: Any) -> Any:
         return _lower(value)
 
-    @field_validator("auth_file", mode="before")
+    @field_validator("auth_file", "auth_hba_file", "auth_ident_file", mode="before")
     @classmethod
     def _unset_auth_file(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -496,6 +502,12 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("empty address")
         return value
+
+    @model_validator(mode="after")
+    def _hba_needs_its_file(self) -> Settings:
+        if self.auth_type == "hba" and self.auth_hba_file is None:
+            raise ValueError("auth_type = hba needs auth_hba_file (a pg_hba.conf-format file)")
+        return self
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
@@ -594,7 +606,7 @@ RELOADABLE_SETTINGS: frozenset[str] = frozenset(
      if not Settings.model_fields[name].json_schema_extra["restart"]]  # type: ignore[index]
     + ["databases", "users"])
 
-_PATH_SETTINGS = ("auth_file", "logfile", "pidfile")
+_PATH_SETTINGS = ("auth_file", "auth_hba_file", "auth_ident_file", "logfile", "pidfile")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import auth
+from . import auth, hba
 from .client import ClientConnection
 from .config import ConfigError, Settings, change_setting, diff_settings, load_settings
 from .pool import ClientState, Pool
@@ -41,7 +41,8 @@ class Controls:
         try:
             loaded = load_settings(old.config_path, self.overrides)
             auth_users = self._load_auth_users(loaded.settings)
-        except (ConfigError, auth.AuthFileError, OSError) as error:
+            hba_config = self._load_hba(loaded.settings)
+        except (ConfigError, auth.AuthFileError, hba.HbaError, OSError) as error:
             self.reload_failures += 1
             self.last_reload_ok = False
             message = f"RELOAD ({source}) refused, the running configuration stays: {error}"
@@ -55,7 +56,7 @@ class Controls:
                         "values: %s", source, ", ".join(need_restart))
         for warning in loaded.warnings:
             log.warning("config: %s", warning)
-        self._apply_settings(new, auth_users)
+        self._apply_settings(new, auth_users, hba_config)
         self.reloads += 1
         self.last_reload_ok = True
         described = [_describe_change(name, old, new) for name in changed]
@@ -73,18 +74,20 @@ class Controls:
         try:
             new = change_setting(old, key, value)
             auth_users = self._load_auth_users(new) if new.auth_file != old.auth_file else self.auth_users
-        except (ConfigError, auth.AuthFileError, OSError) as error:
+            hba_config = self._load_hba(new)
+        except (ConfigError, auth.AuthFileError, hba.HbaError, OSError) as error:
             return False, str(error)
         name = key.strip().lower()
-        self._apply_settings(new, auth_users)
+        self._apply_settings(new, auth_users, hba_config)
         message = _describe_change(name, old, new) if getattr(old, name) != getattr(new, name) else f"{name} unchanged"
         log.info("SET (admin console): %s", message)
         return True, message
 
-    def _apply_settings(self, new: Settings, auth_users: dict[str, str]) -> None:
+    def _apply_settings(self, new: Settings, auth_users: dict[str, str], hba_config: "hba.HbaConfig | None") -> None:
         old = self.settings
         self.settings = new
         self.auth_users = auth_users
+        self.hba = hba_config
         if old.verbose != new.verbose:
             logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
         self._apply_to_pools(new)
