@@ -201,8 +201,12 @@ class PostgresCluster:
         port: int | None = None,
         max_connections: int = 100,
         settings: dict[str, str] | None = None,
+        replication: bool = False,
     ) -> None:
         self.bin_dir = find_pg_bindir()
+        # replication=True: wal_level=logical and a pg_hba line for physical replication
+        # connections, for pg_receivewal / pg_recvlogical through a pooler.
+        self.replication = replication
         self.port = port or free_port()
         self.max_connections = max_connections
         self.settings = dict(settings or {})
@@ -270,6 +274,8 @@ class PostgresCluster:
                 "fsync": "off",
                 "synchronous_commit": "off",
                 "full_page_writes": "off",
+                **({"wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10"}
+                   if self.replication else {}),
                 **self.settings,
             }
             with (self.data_dir / "postgresql.conf").open("a") as f:
@@ -282,7 +288,8 @@ class PostgresCluster:
                 "local all all trust\n"
                 f"host all md5user {LOOPBACK}/32 md5\n"
                 f"host all plainuser {LOOPBACK}/32 password\n"
-                f"host all all {LOOPBACK}/32 scram-sha-256\n",
+                f"host all all {LOOPBACK}/32 scram-sha-256\n"
+                + (f"host replication all {LOOPBACK}/32 scram-sha-256\n" if self.replication else ""),
             )
             self._run_tool(
                 "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start"

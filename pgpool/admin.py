@@ -473,7 +473,8 @@ def show_clients(app: "App") -> Table:
         local_addr, local_port = _sockname(client.transport)
         wait_us = int((now - client.wait_start) * 1_000_000) if client.state == ClientState.WAITING else 0
         params = client.params
-        rows.append(("C", client.user, database, "none", state, addr, port, local_addr, local_port,
+        rows.append(("C", client.user, database, getattr(client, "replication", None) or "none", state, addr, port,
+                     local_addr, local_port,
                      _wall(client.connected_at, now), _wall(client.last_activity, now),
                      wait_us // 1_000_000, wait_us % 1_000_000, 0, _ptr(client), _ptr(client.server), 0, "",
                      params.reported.get("application_name", "") if params is not None else "",
@@ -496,7 +497,8 @@ def show_servers(app: "App") -> Table:
             app_name = ""
             if client is not None and getattr(client, "params", None) is not None:
                 app_name = client.params.reported.get("application_name", "")
-            rows.append(("S", pool.server_user, pool.db.name, "none", state, pool.db.host, pool.db.port,
+            rows.append(("S", pool.server_user, pool.db.name, pool.replication or "none", state, pool.db.host,
+                         pool.db.port,
                          local_addr, local_port, _wall(server.created_at, now), _wall(server.last_used, now),
                          0, 0, int(bool(server.close_needed)), _ptr(server), _ptr(client), server.backend_pid, "",
                          app_name, _prepared_count(server), server.id))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import itertools
 import logging
 import resource
 import signal
@@ -21,11 +23,13 @@ from .cancel import CancelRegistry
 from .control import Controls
 from .prepared import StatementRegistry
 from .client import ADMIN_DATABASES, ClientConnection
-from .config import LoadedConfig, Settings
-from .pool import ClientState, Pool
+from .config import LoadedConfig, PoolMode, Settings
+from .params import SessionParams
+from .pool import ClientState, Pool, ServerState
+from .server import ServerConnection
 from .protocol import messages as m
 from .protocol.errors import (
-    CANNOT_CONNECT_NOW, INVALID_AUTHORIZATION_SPECIFICATION, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE,
+    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION_SPECIFICATION, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE,
     TOO_MANY_CONNECTIONS, ProtocolError,
 )
 
@@ -50,6 +54,7 @@ class App(Controls):
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         # Logged-in clients per database name and per client user (max_*_client_connections).
+        self._replication_ids = itertools.count(1)
         self.db_clients: collections.Counter[str] = collections.Counter()
         self.user_clients: collections.Counter[str] = collections.Counter()
         self.listeners: list[asyncio.AbstractServer] = []
@@ -202,6 +207,8 @@ class App(Controls):
         if client.pool is not None:
             self.db_clients[client.pool.db.name] -= 1
             self.user_clients[client.user] -= 1
+            if client.pool.replication:
+                self._free_replication_pool(client.pool)
         self.cancel.unregister(client.cancel_key)
         if client.login is not None and client.user:
             self.client_login_failures += 1
@@ -292,7 +299,16 @@ class App(Controls):
 
     # ---- admin console hooks -------------------------------------------------------------------
 
+    def _free_replication_pool(self, pool: Pool) -> None:
+        for server in list(pool.idle) + list(pool.maintenance) + list(pool.connecting):
+            server.close("replication client left")
+        for key, candidate in list(self.pools.items()):
+            if candidate is pool:
+                del self.pools[key]
+
     def open_admin_console(self, client: ClientConnection, creds: auth.Credentials) -> Any:
+        if client.replication:
+            raise ProtocolError(FEATURE_NOT_SUPPORTED, "replication connections to the admin console are not supported")
         if self.admin_module is None:
             raise ProtocolError(INVALID_CATALOG_NAME, "the admin console is not available in this build")
         return self.admin_module.open_console(self, client, creds)
@@ -314,7 +330,8 @@ class App(Controls):
             return self.settings.databases.get(name)
         return self.settings.find_database(name)
 
-    def get_pool(self, database: str, user: str, creds: auth.Credentials | None) -> Pool:
+    def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
+                 replication: str | None = None) -> Pool:
         entry = self.settings.find_database(database)
         if entry is None:
             raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: {database} (not in [databases], '
@@ -324,7 +341,10 @@ class App(Controls):
                                 f'database does not allow connections: "{entry.name}" (DISABLE on the admin '
                                 f'console; ENABLE {entry.name} lifts it)')
         self.check_client_limits(entry, user)
-        pool = self.pools.get((entry.name, entry.user or user))
+        if replication:
+            pool = self._create_replication_pool(entry, user, creds, replication)
+        else:
+            pool = self.pools.get((entry.name, entry.user or user))
         if pool is None:
             pool = self._create_pool(entry, user, creds)
         elif pool.server_password is None and not entry.user:
@@ -344,6 +364,44 @@ class App(Controls):
                  pool.conf.pool_mode.value, pool.conf.pool_size, pool.conf.reserve_pool_size,
                  entry.host, entry.port, entry.dbname)
         return pool
+
+    # ---- replication: passed through in session mode, never pooled (PgBouncer 1.23+) ---------------
+
+    def _create_replication_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None,
+                                 kind: str) -> Pool:
+        """One pool per replication client, holding exactly its own server connection."""
+        server_user = entry.user or user
+        conf = dataclasses.replace(self.settings.pool_settings(entry, user), pool_mode=PoolMode.SESSION, pool_size=1,
+                                   min_pool_size=0, reserve_pool_size=0, query_timeout=0.0,
+                                   transaction_timeout=0.0, idle_transaction_timeout=0.0)
+        pool = Pool(self, entry, server_user, conf, server_user, self.server_password(entry, creds))
+        pool.replication = kind
+        pool.disabled = True    # its one server is opened with the client's parameters, never by dispatch
+        self.pools[(entry.name, server_user, f"replication {next(self._replication_ids)}")] = pool
+        return pool
+
+    async def open_replication_server(self, client: ClientConnection, pool: Pool,
+                                      startup: Mapping[str, str]) -> SessionParams:
+        """Log in to the server with the client's own startup parameters (replication included)
+        and hand that server to this client alone; the welcome is the server's own."""
+        server = ServerConnection(pool)
+        server.extra_startup = {k: v for k, v in startup.items() if k not in ("user", "database")}
+        pool.set_server_state(server, ServerState.CONNECTING)
+        try:
+            await server.connect_and_login()
+        except BaseException:
+            server.close_transport()
+            pool.set_server_state(server, ServerState.CLOSED)
+            raise
+        if server.closed_reason is not None:
+            pool.set_server_state(server, ServerState.CLOSED)
+            raise ProtocolError(CONNECTION_FAILURE, f"server closed the replication connection for pool {pool.name} "
+                                                    f"right after login: {server.closed_reason}")
+        server.close_needed = f"{pool.replication} replication connection: never pooled"
+        pool.server_available(server)
+        log.info("%s: %s replication connection passed through to server (backend pid %d)", client.log_prefix,
+                 pool.replication, server.backend_pid)
+        return SessionParams(dict(server.params.reported))
 
     def server_password(self, entry: "DatabaseEntry", creds: auth.Credentials | None) -> str | None:
         """A forced user (user= without password=) takes its password from the auth_file, as in

@@ -67,13 +67,29 @@ QUERY_CANCELED_READY = ProtocolError(QUERY_CANCELED, "canceling statement due to
 _ids = itertools.count(1)
 
 
+def replication_kind(value: str | None) -> str | None:
+    """The startup parameter `replication` as PostgreSQL reads it: physical, logical or none."""
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered == "database":
+        return "logical"
+    if lowered in ("true", "on", "yes", "1"):
+        return "physical"
+    if lowered in ("false", "off", "no", "0"):
+        return None
+    raise ProtocolError(PROTOCOL_VIOLATION, f'invalid value for parameter "replication": "{value}"',
+                        hint="valid values are: \"false\", 0, \"true\", 1, \"database\"")
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_task",
                  "pending", "pending_size", "peer", "user", "database", "cancel_key", "pending_rfq", "open_extended",
                  "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
-                 "state_check_due", "pin_statement", "query_start", "statements", "set_statements", "set_portals")
+                 "state_check_due", "pin_statement", "query_start", "statements", "set_statements", "set_portals",
+                 "replication")
 
     def __init__(self, app: "App"):
         self.app = app
@@ -126,6 +142,7 @@ class ClientConnection(asyncio.Protocol):
         # Extended-protocol SETs: statement name -> change, portal name -> change, applied per Execute.
         self.set_statements: dict[bytes, SessionChange] = {}
         self.set_portals: dict[bytes, SessionChange] = {}
+        self.replication: str | None = None      # "physical" / "logical": passed through, never pooled
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -279,8 +296,7 @@ class ClientConnection(asyncio.Protocol):
         self.database = startup.get("database") or self.user
         self.log_prefix = f"C-{self.id} {self.database}/{self.user}@{self.peer}"
         self.app.check_client_limit(self)
-        if startup.get("replication") not in (None, "false", "0", "off", "no"):
-            raise ProtocolError(FEATURE_NOT_SUPPORTED, "replication connections are not supported by pgpool")
+        self.replication = replication_kind(startup.get("replication"))
 
         creds = auth.lookup_credentials(self.app.auth_users, self.user)
         is_admin = self.database in ADMIN_DATABASES and self.app.find_database(self.database) is None
@@ -290,13 +306,16 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(m.AUTHENTICATION_OK + self.app.admin_welcome(self.database))
             self._end_login(admin=True)
             return
-        pool = self.app.get_pool(self.database, self.user, creds)
+        pool = self.app.get_pool(self.database, self.user, creds, self.replication)
         self.pool = pool
         self.mode = pool.conf.pool_mode
         if scram_keys is not None and pool.server_password is None:
             pool.scram_keys = scram_keys
         self.transport.write(m.AUTHENTICATION_OK)
-        session = await pool.client_session(self._session_startup_params(startup))
+        if self.replication:
+            session = await self.app.open_replication_server(self, pool, startup)
+        else:
+            session = await pool.client_session(self._session_startup_params(startup))
         self.params = session
         self.cancel_key = self.app.register_cancel_key(self)
         welcome = [m.parameter_status(name, value) for name, value in session.reported.items()]

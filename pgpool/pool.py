@@ -78,6 +78,7 @@ class Pool:
         self.login_error_at = 0.0
         self.paused = False
         self.disabled = False
+        self.replication: str | None = None   # "physical"/"logical": one replication client's own pool
         self._reserve_timer: asyncio.TimerHandle | None = None
 
     # ---- state moves ---------------------------------------------------------------------------

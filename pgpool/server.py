@@ -65,10 +65,11 @@ class ServerConnection(asyncio.Protocol):
                  "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
                  "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
                  "parked",
-                 "watch_normal", "watch_tags")
+                 "watch_normal", "watch_tags", "extra_startup")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
+        self.extra_startup: dict[str, str] = {}     # a replication client's own startup parameters
         self.app = pool.app
         self.id = next(_ids)
         self.transport: asyncio.Transport | None = None
@@ -204,7 +205,8 @@ class ServerConnection(asyncio.Protocol):
     async def _login_exchange(self) -> None:
         pool = self.pool
         db = pool.db
-        startup = {"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters()}
+        startup = {"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters(),
+                   **self.extra_startup}
         assert self.transport is not None and self._login is not None
         self.transport.write(m.startup_message(startup))
         scram: ScramClient | None = None
