@@ -13,12 +13,14 @@ import collections
 import dataclasses
 import itertools
 import logging
+import os
 import resource
+import shutil
 import signal
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import auth, hba
+from . import auth, hba, peers
 from .cancel import CancelRegistry
 from .control import Controls
 from .prepared import StatementRegistry
@@ -50,6 +52,7 @@ class App(Controls):
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
+        self.peer_forwarder = peers.PeerForwarder()
         self.statement_registry = StatementRegistry()
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
@@ -65,9 +68,13 @@ class App(Controls):
         self.admin_module: Any = None
         self.http: Any = None
         self.bound_port = 0
+        self.unix_socket_path: str | None = None
+        self._unix_socket_inode = 0
         self.stats_log: Any = None
         # Operations state (admin console, signals): see the "operations" section below.
         self.paused_all = False
+        self.suspended = False                      # SUSPEND: sockets not read until RESUME
+        self.suspended_transports: list[Any] = []
         self.paused_dbs: set[str] = set()
         self.disabled_dbs: set[str] = set()
         self.client_login_failures = 0       # logins that named a user and did not complete
@@ -101,11 +108,13 @@ class App(Controls):
         for host in hosts:
             server = await self.loop.create_server(
                 lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
-                reuse_address=True, backlog=4096)
+                reuse_address=True, reuse_port=settings.so_reuseport or None, backlog=4096)
             self.listeners.append(server)
             for sock in server.sockets:
                 self.bound_port = sock.getsockname()[1]
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
+        if settings.unix_socket_dir:
+            await self._listen_unix(settings)
         try:
             from . import admin
             self.admin_module = admin
@@ -154,6 +163,20 @@ class App(Controls):
             log.info("got SIGUSR2, continuing from PAUSE")
             self.resume(None)
 
+    async def _listen_unix(self, settings: Settings) -> None:
+        """PgBouncer's Unix socket: <unix_socket_dir>/.s.PGSQL.<port>, mode and group applied."""
+        path = os.path.join(settings.unix_socket_dir, f".s.PGSQL.{self.bound_port or settings.listen_port}")
+        if os.path.exists(path):
+            os.unlink(path)   # a stale socket from a process that died; a live one would own the port
+        server = await self.loop.create_unix_server(lambda: ClientConnection(self), path, backlog=4096)
+        os.chmod(path, int(settings.unix_socket_mode, 8))
+        if settings.unix_socket_group:
+            shutil.chown(path, group=settings.unix_socket_group)
+        self.listeners.append(server)
+        self.unix_socket_path = path
+        self._unix_socket_inode = os.stat(path).st_ino
+        log.info("listening on unix:%s", path)
+
     async def wait_stopped(self) -> None:
         assert self.stopped is not None
         await self.stopped
@@ -162,6 +185,13 @@ class App(Controls):
         for server in self.listeners:
             server.close()
         self.listeners.clear()
+        path, self.unix_socket_path = self.unix_socket_path, None
+        try:
+            # Only our own socket file: a successor may already have put its own at this path.
+            if path is not None and os.stat(path).st_ino == self._unix_socket_inode:
+                os.unlink(path)
+        except OSError:
+            pass
 
     def shutdown_now(self, reason: str = "shutdown") -> None:
         """Immediate safe shutdown: every client and server closed; open transactions roll back."""
@@ -197,6 +227,8 @@ class App(Controls):
         self.clients.add(client)
 
     def on_client_logged_in(self, client: ClientConnection) -> None:
+        if self.suspended:
+            self._suspend_transport(client.transport)   # a database client logged in: read from RESUME on
         if self.shutting_down:
             # Logged in while draining: it holds no transaction, so it may go at once.
             client.drain = True
@@ -276,9 +308,16 @@ class App(Controls):
         return b"N"
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        return self.cancel.register(client)
+        return self.cancel.register(client, self.settings.peer_id)
 
     def forward_cancel(self, pid: int, key: int) -> None:
+        peer_id = self.settings.peer_id
+        if peer_id:
+            owner = peers.peer_of(pid)
+            if owner != peer_id:
+                self._forward_to_peer(owner, pid, key)
+                return
+            key |= peers.TTL_MASK     # our keys are issued with TTL 3; a forwarded copy has less
         client = self.cancel.find(pid, key)
         if client is None:
             return
@@ -292,6 +331,16 @@ class App(Controls):
             server.cancels_in_flight += 1
             self.cancel.send(server.pool.db.host, server.pool.db.port, server.backend_pid, server.backend_key,
                              done=server.on_cancel_done)
+
+    def _forward_to_peer(self, owner: int, pid: int, key: int) -> None:
+        """As PgBouncer: a cancel for another peer goes there, at most three hops."""
+        entry = self.settings.peers.get(str(owner))
+        if entry is None:
+            log.warning("cancel request for peer %d, which is not in [peers]: dropped", owner)
+        elif not peers.ttl_of(key):
+            log.warning("cancel request for peer %d: forwarded too often (TTL exhausted), dropped", owner)
+        else:
+            self.peer_forwarder.forward(entry, entry.pool_size or self.settings.default_pool_size, pid, key)
 
     def send_cancel(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
         if backend_pid:

@@ -70,7 +70,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "conffile": None,
     "disable_pqexec": "0",
     "login_notify_message": "",
-    "peer_id": "0",
     "resolv_conf": "",
     "scram_iterations": "4096",
     "server_tls13_ciphers": None,
@@ -80,7 +79,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "server_tls_key_file": "",
     "server_tls_protocols": "secure",
     "server_tls_sslmode": "prefer",
-    "so_reuseport": "0",
     "suspend_timeout": "10",
     "syslog": "0",
     "tcp_keepalive": "1",
@@ -104,9 +102,6 @@ PGBOUNCER_NO_EFFECT: dict[str, str] = {
     "job_name": "names a Windows service",
     "syslog_ident": "used only with syslog = 1, which pgpool refuses",
     "syslog_facility": "used only with syslog = 1, which pgpool refuses",
-    "unix_socket_dir": "pgpool listens on TCP only (listen_addr); no Unix socket is created",
-    "unix_socket_mode": "pgpool listens on TCP only; no Unix socket is created",
-    "unix_socket_group": "pgpool listens on TCP only; no Unix socket is created",
     "dns_max_ttl": "pgpool asks the system resolver at every server connect; it caches nothing",
     "dns_nxdomain_ttl": "pgpool asks the system resolver at every server connect; it caches "
                         "nothing",
@@ -259,6 +254,27 @@ class UserEntry(BaseModel):
         return None if value is not None and value < 0 else value   # PgBouncer: -1 = not set
 
 
+class PeerEntry(BaseModel):
+    """One `[peers]` entry: where to forward a CancelRequest whose key names peer `peer_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The peer_id (1-16383), as the entry's key.")
+    host: str = Field(description="Host name, IP address, or a Unix socket directory (starts "
+                                  "with /) of that pgpool or PgBouncer process.")
+    port: int = Field(6432, ge=1, le=65535, description="Its port.")
+    pool_size: int | None = Field(
+        None, ge=1, description="Cancel requests in flight to this peer at once (default: "
+        "default_pool_size).")
+
+    @field_validator("name")
+    @classmethod
+    def _peer_id(cls, value: str) -> str:
+        if not value.strip().isdigit() or not 1 <= int(value) <= 16383:
+            raise ValueError("a [peers] key is a peer_id from 1 to 16383")
+        return str(int(value))
+
+
 @dataclass(frozen=True)
 class EffectivePoolSettings:
     """The limits one (database, user) pool runs with, after per-entry overrides."""
@@ -322,6 +338,21 @@ class Settings(BaseSettings):
         restart=True, allowed="a comma-separated list of host names or IP addresses, or *")
     listen_port: int = _setting(6432, "TCP port to listen on for clients (0 = any free port).",
                                 restart=True, ge=0, le=65535)
+    unix_socket_dir: str = _setting(
+        "", "Directory for a Unix socket (.s.PGSQL.<listen_port>) besides TCP ('' = none). "
+        "PgBouncer's default is /tmp; pgpool creates none unless asked.", restart=True)
+    unix_socket_mode: str = _setting(
+        "0777", "File mode of the Unix socket (octal).", restart=True)
+    unix_socket_group: str = _setting(
+        "", "Group of the Unix socket ('' = the process's).", restart=True)
+    so_reuseport: bool = _setting(
+        False, "Set SO_REUSEPORT on the listening sockets so several pgpool processes share one "
+        "port (pair with peer_id and [peers] so cancel requests reach the right process).",
+        restart=True)
+    peer_id: int = _setting(
+        0, "This process's id among peers (1-16383), encoded in every client's cancel key so "
+        "that a peer receiving its CancelRequest forwards it here (0 = peering off).",
+        restart=True, ge=0, le=16383)
 
     # Authentication and console access
     auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "hba"] = _setting(
@@ -476,6 +507,8 @@ class Settings(BaseSettings):
         description="[databases]: name -> DatabaseEntry; '*' is the fallback.")
     users: dict[str, UserEntry] = Field(
         default_factory=dict, description="[users]: name -> UserEntry.")
+    peers: dict[str, PeerEntry] = Field(
+        default_factory=dict, description="[peers]: peer_id -> PeerEntry.")
     config_path: Path | None = Field(
         None, description="The config file these settings were read from, if any.")
 
@@ -593,7 +626,7 @@ class Settings(BaseSettings):
         )
 
 
-_NOT_SETTINGS = frozenset({"databases", "users", "config_path"})
+_NOT_SETTINGS = frozenset({"databases", "users", "peers", "config_path"})
 
 
 def implemented_settings() -> list[str]:
@@ -604,7 +637,7 @@ def implemented_settings() -> list[str]:
 RELOADABLE_SETTINGS: frozenset[str] = frozenset(
     [name for name in implemented_settings()
      if not Settings.model_fields[name].json_schema_extra["restart"]]  # type: ignore[index]
-    + ["databases", "users"])
+    + ["databases", "users", "peers"])
 
 _PATH_SETTINGS = ("auth_file", "auth_hba_file", "auth_ident_file", "logfile", "pidfile")
 
@@ -816,6 +849,7 @@ class _Loader:
         self.sources: dict[str, str] = {}
         self.databases: dict[str, tuple[Any, str]] = {}
         self.users: dict[str, tuple[Any, str]] = {}
+        self.peers: dict[str, tuple[Any, str]] = {}
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.config_dir: Path | None = None
@@ -877,7 +911,7 @@ class _Loader:
                 continue
             for key, value in section.items():
                 self.set_setting(key, value, f"{origin} [{table}]", from_file=True)
-        for table, target in (("databases", self.databases), ("users", self.users)):
+        for table, target in (("databases", self.databases), ("users", self.users), ("peers", self.peers)):
             section = data.get(table, {})
             if not isinstance(section, dict):
                 self.errors.append(f"{origin}: {table} must be a table ([{table}])")
@@ -885,16 +919,13 @@ class _Loader:
             for name, value in section.items():
                 target[name] = (value, f"{origin} [{table}]")
         for key, value in data.items():
-            if key in ("pgbouncer", "pgpool", "databases", "users"):
+            if key in ("pgbouncer", "pgpool", "databases", "users", "peers"):
                 continue
-            if key == "peers":
-                self.errors.append(f"section [peers] ({origin}) is not implemented by pgpool: "
-                                   f"cancel requests are not forwarded between processes")
-            elif not isinstance(value, dict) and (key.lower() in Settings.model_fields
+            if not isinstance(value, dict) and (key.lower() in Settings.model_fields
                                                   or key.lower() in PGBOUNCER_UNIMPLEMENTED):
                 self.errors.append(f"{origin}: setting {key!r} must be inside the [pgpool] table")
             else:
-                tables = ["pgpool", "pgbouncer", "databases", "users"]
+                tables = ["pgpool", "pgbouncer", "databases", "users", "peers"]
                 self.errors.append(f"{origin}: unknown table or key {key!r}{_suggest(key, tables)}")
 
     def _ini_lines(self, path: Path, text: str, depth: int) -> list[str]:
@@ -943,12 +974,10 @@ class _Loader:
                 for key, value in items:
                     target[_unquote_key(key)] = (value, f"{origin} [{section}]")
             elif kind == "peers":
-                if items:
-                    self.errors.append(f"section [peers] ({origin}) is not implemented by "
-                                       f"pgpool: cancel requests are not forwarded between "
-                                       f"processes")
+                for key, value in items:
+                    self.peers[_unquote_key(key)] = (value, f"{origin} [{section}]")
             else:
-                sections = ["pgbouncer", "databases", "users"]
+                sections = ["pgbouncer", "databases", "users", "peers"]
                 self.errors.append(
                     f"{origin}: unknown section [{section}]{_suggest(kind, sections)}")
 
@@ -973,6 +1002,8 @@ class _Loader:
                 self.databases[rest] = (value, f"--set {key}")
             elif dot and head.lower() == "users" and rest:
                 self.users[rest] = (value, f"--set {key}")
+            elif dot and head.lower() == "peers" and rest:
+                self.peers[rest] = (value, f"--set {key}")
             else:
                 self.set_setting(key, value, f"--set {key}")
 
@@ -1009,14 +1040,16 @@ class _Loader:
                                    f"{key!r}{_suggest(key, sorted(known | unimplemented))}")
         return fields
 
-    def _build_entries(self) -> tuple[dict[str, DatabaseEntry], dict[str, UserEntry]]:
+    def _build_entries(self) -> tuple[dict[str, DatabaseEntry], dict[str, UserEntry], dict[str, PeerEntry]]:
         databases: dict[str, DatabaseEntry] = {}
         users: dict[str, UserEntry] = {}
+        peers: dict[str, PeerEntry] = {}
         plan: list[tuple[dict[str, tuple[Any, str]], dict[str, Any], type[BaseModel],
                          frozenset[str], str]] = [
             (self.databases, databases, DatabaseEntry, PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS,
              "database"),
             (self.users, users, UserEntry, PGBOUNCER_UNIMPLEMENTED_USER_KEYS, "user"),
+            (self.peers, peers, PeerEntry, frozenset(), "peer"),
         ]
         for raw_entries, built, model, unimplemented, what in plan:
             for name, (raw, source) in raw_entries.items():
@@ -1036,7 +1069,8 @@ class _Loader:
                         allowed = _allowed(info) if info else error["msg"]
                         self.errors.append(f"{what} {name!r} ({source}): invalid value "
                                            f"{error['input']!r} for {key}; allowed: {allowed}")
-        return databases, users
+        # A [peers] key is a number: one peer_id, however it was spelled ("01" is 1).
+        return databases, users, {entry.name: entry for entry in peers.values()}
 
     def build(self, config_path: Path | None) -> Settings:
         values = dict(self.values)
@@ -1046,12 +1080,12 @@ class _Loader:
                     and isinstance(value, str) and value.strip()
                     and not Path(value.strip()).is_absolute()):
                 values[name] = str(self.config_dir / value.strip())
-        databases, users = self._build_entries()
+        databases, users, peers = self._build_entries()
         if self.errors:
             raise ConfigError("\n".join(self.errors))
         token = _read_environment.set(False)
         try:
-            return Settings(**values, databases=databases, users=users, config_path=config_path)
+            return Settings(**values, databases=databases, users=users, peers=peers, config_path=config_path)
         except ValidationError as exc:
             raise ConfigError("\n".join(self._describe(error) for error in exc.errors())) from None
         finally:

@@ -174,6 +174,39 @@ class Controls:
             return not busy
         await _poll(released)
 
+    async def suspend(self, keep: Any = None) -> None:
+        """PgBouncer's SUSPEND: every client and server socket stops being read (admin consoles
+        excepted, so RESUME can come), new clients wait before their first byte is read; returns
+        once what was already on its way out has been written, or after 10 seconds."""
+        self.suspended = True
+        log.info("SUSPEND: reading stopped on every client and server socket until RESUME")
+        for client in list(self.clients):
+            if client.admin is None:
+                self._suspend_transport(client.transport)
+        for pool in self.pools.values():
+            for server in [*pool.idle, *pool.active, *pool.maintenance]:
+                self._suspend_transport(server.transport)
+
+        def flushed() -> bool:
+            return all(t.is_closing() or t.get_write_buffer_size() == 0 for t in self.suspended_transports)
+        try:
+            await asyncio.wait_for(_poll(flushed), 10)
+        except TimeoutError:
+            log.warning("SUSPEND: some sockets still had unsent data after 10s")
+
+    def _suspend_transport(self, transport: Any) -> None:
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+            self.suspended_transports.append(transport)
+
+    def resume_suspended(self) -> None:
+        self.suspended = False
+        transports, self.suspended_transports = self.suspended_transports, []
+        for transport in transports:
+            if not transport.is_closing():
+                transport.resume_reading()
+        log.info("RESUME: %d sockets read again after SUSPEND", len(transports))
+
     def set_disabled(self, database: str, disabled: bool) -> None:
         if disabled:
             self.disabled_dbs.add(database)
