@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a setting (repeatable); wins over the file and PGPOOL_* variables")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run N pgpool processes on one port (so_reuseport), peered for cancel requests")
     parser.add_argument("--version", action="version", version=f"pgpool {__version__}")
     return parser.parse_args(argv)
 
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {warning}")
         print("configuration ok")
         return 0
+    if args.workers > 1:
+        from .workers import run_workers
+        return run_workers(args.config, overrides, settings, args.workers, args.verbose)
     try:
         import uvloop
         runner = uvloop.run
