@@ -69,6 +69,7 @@ class App(Controls):
         self.http: Any = None
         self.bound_port = 0
         self.unix_socket_path: str | None = None
+        self.unix_listener: asyncio.AbstractServer | None = None
         self._unix_socket_inode = 0
         self.stats_log: Any = None
         # Operations state (admin console, signals): see the "operations" section below.
@@ -173,6 +174,7 @@ class App(Controls):
         if settings.unix_socket_group:
             shutil.chown(path, group=settings.unix_socket_group)
         self.listeners.append(server)
+        self.unix_listener = server
         self.unix_socket_path = path
         self._unix_socket_inode = os.stat(path).st_ino
         log.info("listening on unix:%s", path)
@@ -181,10 +183,18 @@ class App(Controls):
         assert self.stopped is not None
         await self.stopped
 
-    def close_listeners(self) -> None:
-        for server in self.listeners:
+    def close_listeners(self, keep_unix: bool = False) -> None:
+        """Stop accepting. keep_unix (the drain): the Unix socket stays open, as PgBouncer's does on
+        SIGTERM, so peers can still forward cancel requests for the clients still draining;
+        new logins on it are refused while shutting down."""
+        for server in list(self.listeners):
+            if keep_unix and server is self.unix_listener:
+                continue
             server.close()
-        self.listeners.clear()
+            self.listeners.remove(server)
+        if keep_unix:
+            return
+        self.unix_listener = None
         path, self.unix_socket_path = self.unix_socket_path, None
         try:
             # Only our own socket file: a successor may already have put its own at this path.

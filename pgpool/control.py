@@ -265,7 +265,7 @@ class Controls:
                 self.shutdown_now("second SIGTERM while draining")
             return
         self.shutting_down = True
-        self.close_listeners()
+        self.close_listeners(keep_unix=True)
         clients = [c for c in self.clients if c.admin is None]
         log.info("%s: graceful shutdown: listeners closed, /readyz unready; %d clients leave at their next "
                  "transaction boundary (shutdown_timeout %gs)", reason, len(clients), self.settings.shutdown_timeout)

@@ -258,3 +258,23 @@ async def test_rolling_restart_under_load_loses_no_transaction(pgpool_proc, post
     assert sorted(stored) == expected
     assert "every client left" in old.log_text() and "cutting" not in old.log_text()
     assert cut_between_transactions >= 1     # the old process really had clients to hand over
+
+
+async def test_a_draining_peer_still_receives_forwarded_cancels(pgpool_proc, socket_dirs):
+    port = free_port()
+    (a, b), (dir_a, dir_b) = peer_group(pgpool_proc, socket_dirs, 2, port, {"shutdown_timeout": 30})
+    conn = await asyncpg.connect(host=str(dir_a), port=port, user="app", password="app", database="app",
+                                 statement_cache_size=0)
+    try:
+        pid, key = conn._protocol.backend_pid & 0xFFFFFFFF, conn._protocol.backend_secret & 0xFFFFFFFF
+        slow = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30)"))
+        await asyncio.sleep(0.3)
+        a.send_signal(signal.SIGTERM)
+        await wait_until(lambda: "graceful shutdown" in a.log_text(), message="A draining")
+        # A's TCP listener is closed (new clients go to B); its Unix socket still takes the forwarded cancel.
+        await send_cancel_via(dir_b, port, pid, key)
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await asyncio.wait_for(slow, 10)
+    finally:
+        await conn.close()
+    await wait_until(lambda: a.returncode is not None, timeout=15, message="A gone once its client left")
