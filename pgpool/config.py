@@ -79,7 +79,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "server_tls_key_file": "",
     "server_tls_protocols": "secure",
     "server_tls_sslmode": "prefer",
-    "suspend_timeout": "10",
     "syslog": "0",
     "tcp_keepalive": "1",
     "tcp_keepcnt": "0",
@@ -259,7 +258,8 @@ class PeerEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="The peer_id (1-16383), as the entry's key.")
+    name: str = Field(description="The peer_id (1-16383), as the entry's key.",
+                      json_schema_extra={"allowed": "a peer_id from 1 to 16383"})
     host: str = Field(description="Host name, IP address, or a Unix socket directory (starts "
                                   "with /) of that pgpool or PgBouncer process.")
     port: int = Field(6432, ge=1, le=65535, description="Its port.")
@@ -499,6 +499,9 @@ class Settings(BaseSettings):
         9127, "pgpool: port of the metrics HTTP endpoint (0 = off).", restart=True, ge=0, le=65535)
     readyz_cache_seconds: float = _setting(
         2.0, "pgpool: seconds a /readyz answer (a server round trip) is reused.", ge=0)
+    suspend_timeout: float = _setting(
+        10.0, "Seconds SUSPEND waits for output already queued to be written before it answers.",
+        gt=0)
     shutdown_timeout: float = _setting(
         30.0, "pgpool: seconds a graceful shutdown waits for clients before closing them.", ge=0)
 

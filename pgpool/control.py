@@ -177,7 +177,7 @@ class Controls:
     async def suspend(self, keep: Any = None) -> None:
         """PgBouncer's SUSPEND: every client and server socket stops being read (admin consoles
         excepted, so RESUME can come), new clients wait before their first byte is read; returns
-        once what was already on its way out has been written, or after 10 seconds."""
+        once what was already on its way out has been written, or after suspend_timeout."""
         self.suspended = True
         log.info("SUSPEND: reading stopped on every client and server socket until RESUME")
         for client in list(self.clients):
@@ -189,10 +189,11 @@ class Controls:
 
         def flushed() -> bool:
             return all(t.is_closing() or t.get_write_buffer_size() == 0 for t in self.suspended_transports)
+        timeout = self.settings.suspend_timeout
         try:
-            await asyncio.wait_for(_poll(flushed), 10)
+            await asyncio.wait_for(_poll(flushed), timeout)
         except TimeoutError:
-            log.warning("SUSPEND: some sockets still had unsent data after 10s")
+            log.warning("SUSPEND: some sockets still had unsent data after suspend_timeout (%gs)", timeout)
 
     def _suspend_transport(self, transport: Any) -> None:
         if transport is not None and not transport.is_closing() and transport.is_reading():

@@ -517,3 +517,20 @@ def test_readme_settings_table_is_up_to_date():
 def test_markdown_cli(capsys):
     assert config.main(["--markdown"]) == 0
     assert capsys.readouterr().out == settings_markdown_table()
+
+
+def test_peers_section_in_ini_and_toml(tmp_path):
+    ini = write(tmp_path, "p.ini", "[pgbouncer]\npeer_id = 2\nso_reuseport = 1\n[peers]\n1 = host=/tmp/p1\n"
+                "2 = host=10.0.0.2 port=6433 pool_size=4\n")
+    s = load_settings(ini, environ=NO_ENV).settings
+    assert (s.peer_id, s.so_reuseport) == (2, True)
+    assert (s.peers["1"].host, s.peers["1"].port, s.peers["1"].pool_size) == ("/tmp/p1", 6432, None)
+    assert (s.peers["2"].host, s.peers["2"].port, s.peers["2"].pool_size) == ("10.0.0.2", 6433, 4)
+    toml = write(tmp_path, "p.toml", '[pgpool]\npeer_id = 1\n[peers]\n1 = "host=a"\n02 = "host=b"\n')
+    assert set(load_settings(toml, environ=NO_ENV).settings.peers) == {"1", "2"}
+    with pytest.raises(ConfigError, match="peer 'x'.*1 to 16383"):
+        load_settings(None, {"peers.x": "host=a"}, environ=NO_ENV)
+    with pytest.raises(ConfigError, match="peer '3'.*host"):
+        load_settings(None, {"peers.3": "port=1"}, environ=NO_ENV)
+    with pytest.raises(ConfigError, match="peer_id"):
+        load_settings(None, {"peer_id": "16384"}, environ=NO_ENV)
