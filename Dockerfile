@@ -3,7 +3,7 @@
 #   docker run -p 6432:6432 -p 9127:9127 -v $PWD/pgpool.toml:/etc/pgpool/pgpool.toml:ro pgpool
 # Configure with a file mounted at /etc/pgpool/pgpool.toml (or another path given as the
 # argument), with PGPOOL_<SETTING> environment variables (they win over the file), or with
-# `--set key=value` arguments after the path (they win over both). See README.md ("Containers").
+# `--set key=value` arguments after the path (they win over both). See docs/operating.md ("Containers").
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

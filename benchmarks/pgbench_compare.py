@@ -3,7 +3,8 @@
 Owns the comparison: start the targets (via benchmarks/targets.py), run
 `pgbench -S` against each, interleaved round by round so drift on the machine
 hits every target alike, and report median TPS and the ratios between
-targets. Optionally measures a pooler's memory per idle client. It must not
+targets, with each pooler's CPU per transaction (utime + stime from /proc/PID/stat over
+the run, divided by the transactions pgbench counted). Optionally measures a pooler's memory per idle client. It must not
 start servers itself (targets.py does) nor judge results (no pass/fail): a
 target that fails to start or to run is reported as failed and the others go on.
 
@@ -46,6 +47,8 @@ USER = "app"
 
 # pgbench 13+ says "without initial connection time"; older ones "excluding connections establishing".
 TPS_RE = re.compile(r"^tps = ([0-9.]+) \((?:without initial connection time|excluding connections establishing)\)", re.M)
+XACTS_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -62,11 +65,16 @@ class Cell:
     """One (mode, target) pair: TPS per successful round, errors of the failed ones."""
 
     tps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # the pooler process's CPU per transaction
     errors: list[str] = field(default_factory=list)
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.tps) if self.tps else None
+
+    @property
+    def median_cpu_us(self) -> float | None:
+        return statistics.median(self.cpu_us) if self.cpu_us else None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -130,13 +138,26 @@ def run_pgbench(pgbench: str, host: str, port: int, extra: list[str], timeout: f
     return result.stdout
 
 
-def measure_tps(pgbench: str, target: Target, mode: str, args: argparse.Namespace, seconds: int) -> float:
+def read_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc/PID/stat (fields 14 and 15, after the comm in parentheses)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def measure_tps(pgbench: str, target: Target, mode: str, args: argparse.Namespace,
+                seconds: int) -> tuple[float, float | None]:
+    """TPS of one pgbench run, and the pooler's CPU microseconds per transaction (None for direct)."""
     extra = ["-n", "-S", "-M", mode, "-c", str(args.clients), "-j", str(args.threads), "-T", str(seconds)]
+    pid = target.proc.pid if target.proc is not None else None
+    cpu_before = read_cpu_seconds(pid) if pid else 0.0
     out = run_pgbench(pgbench, target.host, target.port, extra, timeout=seconds + 120)
+    cpu = read_cpu_seconds(pid) - cpu_before if pid else None
     match = TPS_RE.search(out)
     if not match:
         raise RuntimeError(f"no tps line in pgbench output: {out.strip()[-300:]}")
-    return float(match.group(1))
+    xacts = XACTS_RE.search(out)
+    cpu_us = cpu * 1e6 / int(xacts.group(1)) if cpu is not None and xacts and int(xacts.group(1)) else None
+    return float(match.group(1)), cpu_us
 
 
 def start_target(name: str, pg: PostgresCluster | ExternalPostgres, args: argparse.Namespace) -> Target:
@@ -258,13 +279,19 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
 def print_table(args: argparse.Namespace, results: dict[str, dict[str, Cell]], targets: dict[str, Target]) -> None:
     names = [n for n in TARGETS if n in targets]
     ratios = [(a, b) for a, b in RATIOS if a in targets and b in targets]
-    headers = ["mode", *(f"{n} TPS" for n in names), *(f"{a}/{b}" for a, b in ratios)]
+    poolers = [n for n in names if n != "direct"]
+    cpu_ratio = ("pgpool", "pgbouncer") if {"pgpool", "pgbouncer"} <= set(poolers) else None
+    headers = ["mode", *(f"{n} TPS" for n in names), *(f"{a}/{b}" for a, b in ratios),
+               *(f"{n} us CPU/xact" for n in poolers), *(["CPU pgpool/pgbouncer"] if cpu_ratio else [])]
     rows = []
     for mode in args.modes:
         cells = results[mode]
         medians = {n: cells[n].median for n in names}
+        cpu = {n: cells[n].median_cpu_us for n in poolers}
         tps = [fmt_tps(cells[n], targets[n]) for n in names]
-        rows.append([mode, *tps, *(fmt_ratio(medians[a], medians[b]) for a, b in ratios)])
+        rows.append([mode, *tps, *(fmt_ratio(medians[a], medians[b]) for a, b in ratios),
+                     *(f"{cpu[n]:.1f}" if cpu[n] is not None else "-" for n in poolers),
+                     *([fmt_ratio(cpu["pgpool"], cpu["pgbouncer"])] if cpu_ratio else [])])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     print(
         f"\npgbench -S, {args.clients} clients, {args.threads} threads, pool size {args.pool_size}, "
@@ -327,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             targets[name] = target = start_target(name, pg, args)
             log(f"{name}: {'port ' + str(target.port) if not target.error else target.error}")
         if args.warmup > 0:
-            measure_tps(pgbench, targets.get("direct") or Target("direct", pg.host, pg.port), "simple", args, args.warmup)
+            measure_tps(pgbench, Target("direct", pg.host, pg.port), "simple", args, args.warmup)
 
         running = [t for t in targets.values() if not t.error]
         for round_no in range(args.rounds):
@@ -338,9 +365,12 @@ def main(argv: list[str] | None = None) -> int:
                 for target in order:
                     cell = results[mode][target.name]
                     try:
-                        tps = measure_tps(pgbench, target, mode, args, args.seconds)
+                        tps, cpu_us = measure_tps(pgbench, target, mode, args, args.seconds)
                         cell.tps.append(tps)
-                        log(f"round {round_no + 1}/{args.rounds} {mode:8} {target.name:9} {tps:12,.0f} tps")
+                        if cpu_us is not None:
+                            cell.cpu_us.append(cpu_us)
+                        cpu_text = f", {cpu_us:6.1f} us CPU/xact" if cpu_us is not None else ""
+                        log(f"round {round_no + 1}/{args.rounds} {mode:8} {target.name:9} {tps:12,.0f} tps{cpu_text}")
                     except Exception as exc:
                         cell.errors.append(str(exc))
                         log(f"round {round_no + 1}/{args.rounds} {mode:8} {target.name:9} failed: {exc}")
@@ -371,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: v for k, v in vars(args).items() if k not in ("json", "dsn")},
             "targets": {n: {"error": t.error} for n, t in targets.items()},
             "results": {
-                mode: {n: {"tps": c.tps, "median_tps": c.median, "errors": c.errors} for n, c in cells.items()}
+                mode: {n: {"tps": c.tps, "median_tps": c.median, "cpu_us_per_xact": c.cpu_us,
+                           "median_cpu_us_per_xact": c.median_cpu_us, "errors": c.errors}
+                       for n, c in cells.items()}
                 for mode, cells in results.items()
             },
             "ratios": {

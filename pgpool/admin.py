@@ -381,6 +381,7 @@ HELP_TEXT = """Console usage
 \tSHOW PEERS|PEER_POOLS|SOCKETS|ACTIVE_SOCKETS|DNS_HOSTS|DNS_ZONES
 \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS
 \tSET key = arg
+\tSHOW HISTOGRAMS|ERRORS (pgpool's own)
 \tRELOAD
 \tPAUSE [<db>]
 \tSUSPEND
@@ -413,6 +414,27 @@ def show_pools(app: "App") -> Table:
                      len(pool.active), 0, 0, len(pool.idle) - used, used, len(pool.maintenance),
                      len(pool.connecting), wait_us // 1_000_000, wait_us % 1_000_000, pool.conf.pool_mode.value, None,
                      sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size))
+    return cols, rows
+
+
+def show_histograms(app: "App") -> Table:
+    """pgpool's own: each pool's latency histograms as cumulative bucket counts since start, the
+    same figures /metrics serves, so a console reader (`pgpool top`) can compute percentiles."""
+    cols = columns("sssNq", "database", "user", "histogram", "le", "count")
+    rows = []
+    for pool in app.pools.values():
+        for kind, histogram in (("wait", pool.stats.wait_hist), ("xact", pool.stats.xact_hist),
+                                ("connect", pool.stats.connect_hist)):
+            for bound, count in histogram.cumulative():
+                rows.append((pool.db.name, pool.user, kind, "+Inf" if bound == float("inf") else repr(bound), count))
+    return cols, rows
+
+
+def show_errors(app: "App") -> Table:
+    """pgpool's own: errors by cause per pool since start (pgpool_errors_total on /metrics)."""
+    cols = columns("sssq", "database", "user", "cause", "count")
+    rows = [(pool.db.name, pool.user, cause, count)
+            for pool in app.pools.values() for cause, count in sorted(pool.stats.errors.items())]
     return cols, rows
 
 
@@ -727,6 +749,8 @@ SHOW_TABLES: dict[str, Callable[["App"], Table]] = {
     "peer_pools": show_peer_pools,
     "dns_hosts": show_dns_hosts,
     "dns_zones": show_dns_zones,
+    "histograms": show_histograms,
+    "errors": show_errors,
 }
 
 

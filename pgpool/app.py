@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgpool")
 
 
+class StartupError(OSError):
+    """A listening socket could not be opened; str() names the address and the settings to change."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class App(Controls):
     def __init__(self, loaded: LoadedConfig, overrides: Mapping[str, str] | None = None):
         self.settings: Settings = loaded.settings
@@ -107,15 +114,25 @@ class App(Controls):
         settings = self.settings
         hosts = [h.strip() for h in settings.listen_addr.split(",") if h.strip()]
         for host in hosts:
-            server = await self.loop.create_server(
-                lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
-                reuse_address=True, reuse_port=settings.so_reuseport or None, backlog=4096)
+            try:
+                server = await self.loop.create_server(
+                    lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
+                    reuse_address=True, reuse_port=settings.so_reuseport or None, backlog=4096)
+            except OSError as error:
+                self.close_listeners()
+                raise StartupError(f"cannot listen for clients on {host}:{settings.listen_port} "
+                                   f"(listen_addr, listen_port): {error.strerror or error}") from error
             self.listeners.append(server)
             for sock in server.sockets:
                 self.bound_port = sock.getsockname()[1]
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
         if settings.unix_socket_dir:
-            await self._listen_unix(settings)
+            try:
+                await self._listen_unix(settings)
+            except OSError as error:
+                self.close_listeners()
+                raise StartupError(f"cannot listen on a Unix socket in {settings.unix_socket_dir} (unix_socket_dir): "
+                                   f"{error.strerror or error}") from error
         try:
             from . import admin
             self.admin_module = admin
@@ -127,7 +144,14 @@ class App(Controls):
             except ImportError:
                 log.warning("metrics_port set but pgpool.http is not available")
             else:
-                self.http = await http.start(self)
+                try:
+                    self.http = await http.start(self)
+                except OSError as error:
+                    self.close_listeners()
+                    raise StartupError(
+                        f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} (metrics_addr, "
+                        f"metrics_port): {error.strerror or error}; choose a free metrics_port, or "
+                        f"metrics_port = 0 to turn the endpoint off") from error
         self.open_forced_pools()
         from .janitor import run_janitor
         self.janitor_task = self.loop.create_task(run_janitor(self))

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from . import __version__
+from . import __version__, top
 from .config import ConfigError, load_settings
 from .log import setup_logging
 
@@ -17,7 +17,9 @@ log = logging.getLogger("pgpool")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="pgpool", description="PostgreSQL connection pooler (PgBouncer-compatible settings).")
+        prog="pgpool", description="PostgreSQL connection pooler (PgBouncer-compatible settings).",
+        epilog="`pgpool top [DSN ...]`: a live view of running pgpools through their admin consoles "
+               "(pgpool top --help).")
     parser.add_argument("--config", "-c", metavar="FILE",
                         help="pgpool TOML or an existing pgbouncer.ini (with its auth_file)")
     parser.add_argument("--set", "-s", metavar="KEY=VALUE", action="append", default=[],
@@ -31,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:
+        return top.main(argv[1:])
     args = parse_args(argv)
     overrides: dict[str, str] = {}
     for item in args.set:
@@ -83,7 +88,7 @@ async def _serve(app) -> int:
     try:
         await app.start()
     except OSError as error:
-        log.error("cannot listen on %s:%s: %s", app.settings.listen_addr, app.settings.listen_port, error)
+        log.error("pgpool cannot start: %s", error)
         return 1
     app.install_signal_handlers()
     if app.settings.pidfile:

@@ -496,7 +496,11 @@ class Settings(BaseSettings):
         "127.0.0.1", "pgpool: address of the /metrics, /healthz and /readyz HTTP endpoint.",
         restart=True)
     metrics_port: int = _setting(
-        9127, "pgpool: port of the metrics HTTP endpoint (0 = off).", restart=True, ge=0, le=65535)
+        9127, "pgpool: port of the metrics HTTP endpoint (0 = off). A pgbouncer.ini that names neither "
+        "metrics_port nor metrics_addr turns the endpoint off (PgBouncer has none, and two pgpools started "
+        "from two unchanged pgbouncer.ini files must not compete for one port); a TOML file, PGPOOL_METRICS_PORT "
+        "or --set keeps or sets the port. A configured port that is taken stops start-up with an error.",
+        restart=True, ge=0, le=65535)
     readyz_cache_seconds: float = _setting(
         2.0, "pgpool: seconds a /readyz answer (a server round trip) is reused.", ge=0)
     suspend_timeout: float = _setting(
@@ -857,6 +861,7 @@ class _Loader:
         self.warnings: list[str] = []
         self.config_dir: Path | None = None
         self.from_file: set[str] = set()  # settings whose relative paths follow the file
+        self.read_pgbouncer_ini = False
 
     # ---- gathering -------------------------------------------------------------------------
 
@@ -956,6 +961,7 @@ class _Loader:
 
     def read_ini(self, text: str, path: Path) -> None:
         origin = str(path)
+        self.read_pgbouncer_ini = True
         parser = configparser.ConfigParser(
             delimiters=("=",), comment_prefixes=("#", ";"), inline_comment_prefixes=None,
             strict=False, interpolation=None, empty_lines_in_values=False,
@@ -1083,6 +1089,9 @@ class _Loader:
                     and isinstance(value, str) and value.strip()
                     and not Path(value.strip()).is_absolute()):
                 values[name] = str(self.config_dir / value.strip())
+        if self.read_pgbouncer_ini and not {"metrics_port", "metrics_addr"} & values.keys():
+            # A port nobody asked for must never stop start-up (see metrics_port's description).
+            values["metrics_port"] = 0
         databases, users, peers = self._build_entries()
         if self.errors:
             raise ConfigError("\n".join(self.errors))
@@ -1109,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgpool.config",
                                      description="pgpool settings reference and checker")
     parser.add_argument("--markdown", action="store_true",
-                        help="print the settings table (as in README.md)")
+                        help="print the settings table (as in docs/settings.md)")
     parser.add_argument("--check", metavar="FILE", help="load FILE and report problems")
     args = parser.parse_args(argv)
     if args.markdown:

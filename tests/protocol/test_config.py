@@ -510,10 +510,6 @@ def test_example_userlist_has_plain_md5_and_scram_secrets():
     assert any(secret.startswith("SCRAM-SHA-256$") for secret in secrets)
 
 
-def test_readme_settings_table_is_up_to_date():
-    assert settings_markdown_table() in (REPO / "README.md").read_text()
-
-
 def test_markdown_cli(capsys):
     assert config.main(["--markdown"]) == 0
     assert capsys.readouterr().out == settings_markdown_table()
