@@ -278,3 +278,18 @@ async def test_a_draining_peer_still_receives_forwarded_cancels(pgpool_proc, soc
     finally:
         await conn.close()
     await wait_until(lambda: a.returncode is not None, timeout=15, message="A gone once its client left")
+
+
+async def test_socket_and_dns_tables_have_pgbouncers_columns(pgpool_proc, pgbouncer_proc):
+    from tests.integration.test_admin import described
+    ours = await console(pgpool_proc(ADMIN))
+    theirs = await console(pgbouncer_proc({"admin_users": "postgres"}))
+    try:
+        for table in ("SOCKETS", "ACTIVE_SOCKETS", "DNS_HOSTS", "DNS_ZONES"):
+            reference = await described(theirs, f"SHOW {table}")
+            mine = dict(await described(ours, f"SHOW {table}"))
+            for name, type_oid in reference:
+                assert mine.get(name) == type_oid, f"SHOW {table} column {name}: PgBouncer {type_oid}, pgpool {mine.get(name)}"
+    finally:
+        await ours.close()
+        await theirs.close()
