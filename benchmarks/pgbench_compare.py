@@ -10,6 +10,13 @@ target that fails to start or to run is reported as failed and the others go on.
 
     python -m benchmarks.pgbench_compare [--clients 100] [--pool-size 20] [--seconds 10]
         [--rounds 3] [--mode simple,extended,prepared] [--idle-clients 10000] [--json FILE]
+        [--tls] [--burst-clients 300]
+
+--tls adds pgpool-tls and pgbouncer-tls: the same poolers with TLS on both sides (pgbench with
+sslmode=require, client_tls_sslmode=require, server_tls_sslmode=require against a cluster with
+ssl = on), interleaved with the clear-text ones, so the table shows the pgpool/PgBouncer ratio
+with and without TLS from the same run; then the connect time (p50/p99) of a burst of
+--burst-clients clients logging in at once through each pooler, where the TLS handshake shows.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ import json
 import os
 import re
 import resource
+import shutil
+import ssl
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +46,17 @@ from benchmarks.targets import (
     PgBouncerProcess,
     PgpoolProcess,
     PostgresCluster,
+    TlsFiles,
     find_client_program,
     find_pgbouncer,
 )
 
-TARGETS = ("direct", "pgpool", "pgpool-w2", "pgbouncer")   # pgpool-w2: `pgpool --workers 2`, not run by default
-DEFAULT_TARGETS = ("direct", "pgpool", "pgbouncer")
+TARGETS = ("direct", "pgpool", "pgbouncer", "pgpool-tls", "pgbouncer-tls", "pgpool-w2")
+TLS_TARGETS = ("pgpool-tls", "pgbouncer-tls")
 MODES = ("simple", "extended", "prepared")
-RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"), ("pgpool-w2", "pgpool"))
+RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"), ("pgpool-tls", "pgbouncer-tls"),
+          ("pgpool-tls", "pgpool"), ("pgpool-w2", "pgpool"))
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t != "pgpool-w2")   # pgpool-w2 only when asked for
 USER = "app"
 
 # pgbench 13+ says "without initial connection time"; older ones "excluding connections establishing".
@@ -59,6 +72,7 @@ class Target:
     port: int = 0
     proc: PgpoolProcess | PgBouncerProcess | None = None
     error: str | None = None  # why it could not start
+    tls: bool = False         # clients connect with sslmode=require
 
 
 @dataclass
@@ -93,9 +107,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--idle-clients", type=int, default=0, help="also open N idle clients per pooler, report RSS/client")
     parser.add_argument("--json", type=Path, help="write all results to this file")
+    parser.add_argument("--tls", action="store_true",
+                        help="also run pgpool and pgbouncer with TLS on both sides (targets pgpool-tls, pgbouncer-tls)")
+    parser.add_argument("--burst-clients", type=int, default=300,
+                        help="with --tls: clients logging in at once per pooler for the connect-time percentiles "
+                             "(0 = skip)")
     args = parser.parse_args(argv)
     args.modes = [m for m in args.mode.split(",") if m]
     args.target_names = [t for t in args.targets.split(",") if t]
+    if args.tls:
+        args.target_names += [t for t in TLS_TARGETS if t not in args.target_names]
     if not args.modes or not args.target_names:
         parser.error("--mode and --targets need at least one entry")
     for mode in args.modes:
@@ -120,16 +141,17 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def pgbench_env() -> dict[str, str]:
+def pgbench_env(tls: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGPASSWORD"] = ROLES[USER]
+    env["PGSSLMODE"] = "require" if tls else "disable"
     return env
 
 
-def run_pgbench(pgbench: str, host: str, port: int, extra: list[str], timeout: float) -> str:
+def run_pgbench(pgbench: str, host: str, port: int, extra: list[str], timeout: float, tls: bool = False) -> str:
     cmd = [pgbench, "-h", host, "-p", str(port), "-U", USER, *extra, APP_DATABASE]
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, env=pgbench_env(), timeout=timeout)
+        result = subprocess.run(cmd, capture_output=True, text=True, env=pgbench_env(tls), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"pgbench did not finish within {timeout:.0f}s") from None
     if result.returncode != 0:
@@ -160,7 +182,7 @@ def measure_tps(pgbench: str, target: Target, mode: str, args: argparse.Namespac
     extra = ["-n", "-S", "-M", mode, "-c", str(args.clients), "-j", str(args.threads), "-T", str(seconds)]
     pid = target.proc.pid if target.proc is not None else None
     cpu_before = read_cpu_seconds(pid) if pid else 0.0
-    out = run_pgbench(pgbench, target.host, target.port, extra, timeout=seconds + 120)
+    out = run_pgbench(pgbench, target.host, target.port, extra, timeout=seconds + 120, tls=target.tls)
     cpu = read_cpu_seconds(pid) - cpu_before if pid else None
     match = TPS_RE.search(out)
     if not match:
@@ -170,24 +192,54 @@ def measure_tps(pgbench: str, target: Target, mode: str, args: argparse.Namespac
     return float(match.group(1)), cpu_us
 
 
-def start_target(name: str, pg: PostgresCluster | ExternalPostgres, args: argparse.Namespace) -> Target:
+class BenchCerts:
+    """A throwaway CA, Postgres' certificate and the poolers' certificate, as files both poolers can read."""
+
+    def __init__(self) -> None:
+        import trustme   # a dev dependency: only the TLS mode needs it
+
+        self.dir = Path(tempfile.mkdtemp(prefix="pgbench-tls-"))
+        os.chmod(self.dir, 0o755)   # PgBouncer runs as an unprivileged user
+        ca = trustme.CA()
+        server = ca.issue_cert("localhost", "127.0.0.1")
+        self.postgres = TlsFiles(server.private_key_and_cert_chain_pem.bytes().decode(),
+                                 server.private_key_pem.bytes().decode(), only=False)
+        self.cert_file, self.key_file = self.dir / "pooler.crt", self.dir / "pooler.key"
+        self.cert_file.write_bytes(server.cert_chain_pems[0].bytes())
+        self.key_file.write_bytes(server.private_key_pem.bytes())
+        os.chmod(self.key_file, 0o644)   # a throwaway key, read by the unprivileged PgBouncer
+
+    def pooler_settings(self) -> dict[str, object]:
+        return {"client_tls_sslmode": "require", "client_tls_cert_file": str(self.cert_file),
+                "client_tls_key_file": str(self.key_file), "server_tls_sslmode": "require"}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_target(name: str, pg: PostgresCluster | ExternalPostgres, args: argparse.Namespace,
+                 certs: BenchCerts | None = None) -> Target:
     if name == "direct":
         return Target(name, pg.host, pg.port)
     settings: dict[str, object] = {
         "pool_mode": "transaction",
         "default_pool_size": args.pool_size,
-        "max_client_conn": args.clients + args.idle_clients + 100,
+        "max_client_conn": args.clients + args.idle_clients + args.burst_clients + 100,
+        # Same for both: no TLS unless this is a TLS target (pgpool's default is prefer, PgBouncer 1.18's disable).
+        "server_tls_sslmode": "disable",
     }
-    target = Target(name)
+    tls = name in TLS_TARGETS
+    if tls:
+        assert certs is not None
+        settings.update(certs.pooler_settings())
+    target = Target(name, tls=tls)
     try:
-        if name == "pgbouncer" and find_pgbouncer() is None:
+        if name.startswith("pgbouncer") and find_pgbouncer() is None:
             raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
-        if name == "pgpool-w2":
-            proc = PgpoolProcess(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings,
-                                 extra_args=["--workers", "2"])
-        else:
-            cls = PgpoolProcess if name == "pgpool" else PgBouncerProcess
-            proc = cls(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings)
+        # pgpool-w2: `pgpool --workers 2` (two peered processes on one port, each with its pools).
+        extra = {"extra_args": ["--workers", "2"]} if name == "pgpool-w2" else {}
+        cls = PgpoolProcess if name.startswith("pgpool") else PgBouncerProcess
+        proc = cls(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings, **extra)
         target.proc = proc
         proc.start()
         target.host, target.port = proc.host, proc.port
@@ -208,13 +260,19 @@ def _message(kind: bytes, payload: bytes) -> bytes:
     return kind + struct.pack("!I", len(payload) + 4) + payload
 
 
-async def login_idle_client(host: str, port: int, user: str, password: str, dbname: str) -> asyncio.StreamWriter:
+async def login_idle_client(host: str, port: int, user: str, password: str, dbname: str,
+                            tls: ssl.SSLContext | None = None) -> asyncio.StreamWriter:
     """A bare protocol-3 login (trust, cleartext or md5) that stops at the first ReadyForQuery.
 
     asyncpg or psycopg would cost far more memory per connection on our side
-    than the pooler spends on its side, which is what we measure.
+    than the pooler spends on its side, which is what we measure. With `tls`: SSLRequest first.
     """
     reader, writer = await asyncio.open_connection(host, port)
+    if tls is not None:
+        writer.write(struct.pack("!II", 8, 80877103))   # SSLRequest
+        if await reader.readexactly(1) != b"S":
+            raise RuntimeError("the pooler refused TLS")
+        await writer.start_tls(tls)
     params = f"user\0{user}\0database\0{dbname}\0\0".encode()
     body = struct.pack("!I", 196608) + params  # protocol version 3.0
     writer.write(struct.pack("!I", len(body) + 4) + body)
@@ -280,6 +338,38 @@ def measure_idle_clients(target: Target, count: int) -> dict[str, object]:
     }
 
 
+def measure_connect_burst(target: Target, count: int) -> dict[str, object]:
+    """`count` clients log in at once (SSLRequest + TLS handshake + md5 for TLS targets): connect-time percentiles."""
+    ctx: ssl.SSLContext | None = None
+    if target.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE   # sslmode=require: encrypted, not verified, as pgbench here
+
+    async def run() -> tuple[list[float], int]:
+        times: list[float] = []
+
+        async def one() -> asyncio.StreamWriter:
+            started = time.monotonic()
+            writer = await login_idle_client(target.host, target.port, USER, ROLES[USER], APP_DATABASE, ctx)
+            times.append(time.monotonic() - started)
+            return writer
+
+        results = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count)), return_exceptions=True),
+                                         timeout=120)
+        writers = [r for r in results if isinstance(r, asyncio.StreamWriter)]
+        await close_idle_clients(writers)
+        return times, count - len(writers)
+
+    times, failed = asyncio.run(run())
+    times.sort()
+
+    def pct(q: float) -> float | None:
+        return round(times[min(len(times) - 1, int(q * len(times)))] * 1000, 1) if times else None
+    return {"clients": count, "failed": failed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "max_ms": round(times[-1] * 1000, 1) if times else None}
+
+
 def fmt_tps(cell: Cell, target: Target) -> str:
     if cell.median is not None:
         return f"{cell.median:,.0f}"
@@ -294,9 +384,10 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Cell]], t
     names = [n for n in TARGETS if n in targets]
     ratios = [(a, b) for a, b in RATIOS if a in targets and b in targets]
     poolers = [n for n in names if n != "direct"]
-    cpu_ratio = ("pgpool", "pgbouncer") if {"pgpool", "pgbouncer"} <= set(poolers) else None
+    cpu_ratios = [(a, b) for a, b in (("pgpool", "pgbouncer"), ("pgpool-tls", "pgbouncer-tls"))
+                  if {a, b} <= set(poolers)]
     headers = ["mode", *(f"{n} TPS" for n in names), *(f"{a}/{b}" for a, b in ratios),
-               *(f"{n} us CPU/xact" for n in poolers), *(["CPU pgpool/pgbouncer"] if cpu_ratio else [])]
+               *(f"{n} us CPU/xact" for n in poolers), *(f"CPU {a}/{b}" for a, b in cpu_ratios)]
     rows = []
     for mode in args.modes:
         cells = results[mode]
@@ -305,7 +396,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Cell]], t
         tps = [fmt_tps(cells[n], targets[n]) for n in names]
         rows.append([mode, *tps, *(fmt_ratio(medians[a], medians[b]) for a, b in ratios),
                      *(f"{cpu[n]:.1f}" if cpu[n] is not None else "-" for n in poolers),
-                     *([fmt_ratio(cpu["pgpool"], cpu["pgbouncer"])] if cpu_ratio else [])])
+                     *(fmt_ratio(cpu[a], cpu[b]) for a, b in cpu_ratios)])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     print(
         f"\npgbench -S, {args.clients} clients, {args.threads} threads, pool size {args.pool_size}, "
@@ -340,6 +431,16 @@ def print_idle(idle: dict[str, dict[str, object]]) -> None:
             )
 
 
+def print_bursts(bursts: dict[str, dict[str, object]]) -> None:
+    print("\nconnect burst (all clients log in at once; per-connection time to ReadyForQuery):")
+    for name, result in bursts.items():
+        if "error" in result:
+            print(f"  {name}: failed: {result['error']}")
+        else:
+            print(f"  {name:14} {result['clients']} clients: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                  f"max {result['max_ms']} ms, failed {result['failed']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     nofile = raise_nofile_limit()
@@ -348,13 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     pgbench = find_client_program("pgbench")
 
     # The poolers keep their server connections open while direct pgbench runs: room for all of them.
-    max_connections = args.clients + 2 * args.pool_size + 20
+    poolers = len([n for n in args.target_names if n != "direct"])
+    max_connections = args.clients + poolers * args.pool_size + 20
+    certs = BenchCerts() if args.tls else None
     if args.dsn:
         pg: PostgresCluster | ExternalPostgres = ExternalPostgres(args.dsn)
     else:
         # A cache that holds the whole scale-10 data set keeps disk reads out of the comparison.
-        pg = PostgresCluster(max_connections=max_connections, settings={"shared_buffers": "512MB"})
+        pg = PostgresCluster(max_connections=max_connections, settings={"shared_buffers": "512MB"},
+                             tls=certs.postgres if certs else None)
     targets: dict[str, Target] = {}
+    bursts: dict[str, dict[str, object]] = {}
     results = {mode: {name: Cell() for name in args.target_names} for mode in args.modes}
     idle: dict[str, dict[str, object]] = {}
     try:
@@ -365,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         run_pgbench(pgbench, pg.host, pg.port, ["-i", "-q", "-s", str(args.scale)], timeout=1800)
 
         for name in args.target_names:
-            targets[name] = target = start_target(name, pg, args)
+            targets[name] = target = start_target(name, pg, args, certs)
             log(f"{name}: {'port ' + str(target.port) if not target.error else target.error}")
         if args.warmup > 0:
             measure_tps(pgbench, Target("direct", pg.host, pg.port), "simple", args, args.warmup)
@@ -389,9 +494,19 @@ def main(argv: list[str] | None = None) -> int:
                         cell.errors.append(str(exc))
                         log(f"round {round_no + 1}/{args.rounds} {mode:8} {target.name:9} failed: {exc}")
 
-        if args.idle_clients:
+        if args.tls and args.burst_clients:
             for target in running:
                 if target.proc is None:
+                    continue
+                try:
+                    bursts[target.name] = measure_connect_burst(target, args.burst_clients)
+                except Exception as exc:
+                    bursts[target.name] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"connect burst {target.name}: {bursts[target.name]}")
+
+        if args.idle_clients:
+            for target in running:
+                if target.proc is None or target.tls:
                     continue  # direct Postgres forks a backend per client: no single process to weigh
                 try:
                     idle[target.name] = measure_idle_clients(target, args.idle_clients)
@@ -403,12 +518,16 @@ def main(argv: list[str] | None = None) -> int:
             if target.proc is not None:
                 target.proc.stop()
         pg.stop()
+        if certs is not None:
+            certs.remove()
 
     if args.rounds > 0:
         print_table(args, results, targets)
     print_failures(args, results, targets)
     if idle:
         print_idle(idle)
+    if bursts:
+        print_bursts(bursts)
     if args.json:
         medians = {mode: {n: c.median for n, c in cells.items()} for mode, cells in results.items()}
         report = {
@@ -429,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode, m in medians.items()
             },
             "idle_clients": idle,
+            "connect_burst": bursts,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

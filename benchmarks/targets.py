@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Self, Sequence
 from urllib.parse import quote
@@ -188,6 +189,16 @@ def _grants_sql() -> tuple[str, str]:
     )
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate chain and key (PEM text), and optionally the CA that signs client certificates."""
+
+    cert_pem: str
+    key_pem: str
+    client_ca: str = ""
+    only: bool = True   # pg_hba accepts TCP only over TLS (hostssl); False: with or without (host)
+
+
 class PostgresCluster:
     """A throwaway cluster in a temp dir on a loopback port, removed on stop()."""
 
@@ -202,6 +213,7 @@ class PostgresCluster:
         max_connections: int = 100,
         settings: dict[str, str] | None = None,
         replication: bool = False,
+        tls: "TlsFiles | None" = None,
     ) -> None:
         self.bin_dir = find_pg_bindir()
         # replication=True: wal_level=logical and a pg_hba line for physical replication
@@ -210,6 +222,8 @@ class PostgresCluster:
         self.port = port or free_port()
         self.max_connections = max_connections
         self.settings = dict(settings or {})
+        # With TLS files: ssl = on and pg_hba accepts TCP only over TLS (what RDS's rds.force_ssl = 1 does).
+        self.tls = tls
         self.base_dir: Path | None = None
         self._user = unprivileged_user()
         self._running = False
@@ -278,18 +292,24 @@ class PostgresCluster:
                    if self.replication else {}),
                 **self.settings,
             }
+            if self.tls is not None:
+                conf.update(self._install_tls(self.tls))
             with (self.data_dir / "postgresql.conf").open("a") as f:
                 f.write("\n# added by benchmarks/targets.py\n")
                 for key, value in conf.items():
                     f.write(f"{key} = {_sql_literal(str(value))}\n")
             # First match wins: the per-user md5/password lines must precede the catch-all.
+            host = "hostssl" if self.tls is not None and self.tls.only else "host"
+            cert_line = "" if self.tls is None or not self.tls.client_ca else \
+                f"hostssl all certuser {LOOPBACK}/32 cert\n"
             self._write_owned(
                 self.data_dir / "pg_hba.conf",
                 "local all all trust\n"
-                f"host all md5user {LOOPBACK}/32 md5\n"
-                f"host all plainuser {LOOPBACK}/32 password\n"
-                f"host all all {LOOPBACK}/32 scram-sha-256\n"
-                + (f"host replication all {LOOPBACK}/32 scram-sha-256\n" if self.replication else ""),
+                + cert_line +
+                f"{host} all md5user {LOOPBACK}/32 md5\n"
+                f"{host} all plainuser {LOOPBACK}/32 password\n"
+                f"{host} all all {LOOPBACK}/32 scram-sha-256\n"
+                + (f"{host} replication all {LOOPBACK}/32 scram-sha-256\n" if self.replication else ""),
             )
             self._run_tool(
                 "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start"
@@ -306,6 +326,17 @@ class PostgresCluster:
             self.stop()
             raise
         return self
+
+    def _install_tls(self, files: "TlsFiles") -> dict[str, str]:
+        """Write the server's certificate and key (0600, owned by the cluster's user); the settings to use."""
+        conf = {"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"}
+        self._write_owned(self.data_dir / "server.crt", files.cert_pem)
+        self._write_owned(self.data_dir / "server.key", files.key_pem)
+        os.chmod(self.data_dir / "server.key", 0o600)
+        if files.client_ca:
+            self._write_owned(self.data_dir / "client_ca.crt", files.client_ca)
+            conf["ssl_ca_file"] = "client_ca.crt"
+        return conf
 
     def stop(self) -> None:
         if self.base_dir is None:
@@ -500,6 +531,17 @@ class _ProxyProcess:
         merged = {**self._defaults(), **self.settings}
         return {k: v for k, v in merged.items() if v is not None}  # None removes a default
 
+    def _probe(self) -> None:
+        """Raises OSError until the pooler accepts connections: on TCP, and on its Unix socket if it has one."""
+        settings = self._merged_settings()
+        if settings.get("unix_socket_dir"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(os.path.join(str(settings["unix_socket_dir"]), f".s.PGSQL.{self.port}"))
+        if settings.get("listen_addr") != "":
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                pass
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
@@ -529,8 +571,8 @@ class _ProxyProcess:
                     f"log tail:\n{_log_tail(self.log_text())}"
                 )
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
+                self._probe()
+                return self
             except OSError:
                 pass
             if time.monotonic() > deadline:
@@ -638,7 +680,9 @@ class PgpoolProcess(_ProxyProcess):
 
     def _defaults(self) -> dict[str, object]:
         # auth_file relative: pgpool resolves it against the config file's directory.
-        return {**super()._defaults(), "auth_file": self.userlist_path.name, "metrics_port": 0}
+        # No Unix socket unless a test asks: socket files must not be shared between instances.
+        return {**super()._defaults(), "auth_file": self.userlist_path.name, "metrics_port": 0,
+                "unix_socket_dir": ""}
 
     def _config_text(self) -> str:
         lines = ["[pgpool]"]

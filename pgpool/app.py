@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import grp
 import itertools
 import logging
 import os
 import resource
-import shutil
 import signal
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import auth, hba, peers
+from . import auth, hba, peers, tls
+from .authquery import AuthQuery
 from .cancel import CancelRegistry
 from .control import Controls
 from .prepared import StatementRegistry
@@ -56,6 +58,9 @@ class App(Controls):
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.auth_users: dict[str, str] = self._load_auth_users(self.settings)
         self.hba: hba.HbaConfig | None = self._load_hba(self.settings)
+        self.tls: tls.TlsContexts = tls.build_contexts(self.settings)   # replaced whole by RELOAD
+        self.unix_socket: str | None = None
+        self.auth_query = AuthQuery(self.get_pool)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
@@ -75,7 +80,6 @@ class App(Controls):
         self.admin_module: Any = None
         self.http: Any = None
         self.bound_port = 0
-        self.unix_socket_path: str | None = None
         self.unix_listener: asyncio.AbstractServer | None = None
         self._unix_socket_inode = 0
         self.stats_log: Any = None
@@ -128,7 +132,7 @@ class App(Controls):
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
         if settings.unix_socket_dir:
             try:
-                await self._listen_unix(settings)
+                await self._listen_unix(settings.unix_socket_dir, self.bound_port or settings.listen_port)
             except OSError as error:
                 self.close_listeners()
                 raise StartupError(f"cannot listen on a Unix socket in {settings.unix_socket_dir} (unix_socket_dir): "
@@ -188,19 +192,22 @@ class App(Controls):
             log.info("got SIGUSR2, continuing from PAUSE")
             self.resume(None)
 
-    async def _listen_unix(self, settings: Settings) -> None:
-        """PgBouncer's Unix socket: <unix_socket_dir>/.s.PGSQL.<port>, mode and group applied."""
-        path = os.path.join(settings.unix_socket_dir, f".s.PGSQL.{self.bound_port or settings.listen_port}")
-        if os.path.exists(path):
-            os.unlink(path)   # a stale socket from a process that died; a live one would own the port
+    async def _listen_unix(self, directory: str, port: int) -> None:
+        """<unix_socket_dir>/.s.PGSQL.<port>, with unix_socket_mode and unix_socket_group, as PgBouncer."""
+        path = os.path.join(directory, f".s.PGSQL.{port}")
+        remove_stale_socket(path)
         server = await self.loop.create_unix_server(lambda: ClientConnection(self), path, backlog=4096)
-        os.chmod(path, int(settings.unix_socket_mode, 8))
-        if settings.unix_socket_group:
-            shutil.chown(path, group=settings.unix_socket_group)
         self.listeners.append(server)
         self.unix_listener = server
-        self.unix_socket_path = path
+        self.unix_socket = path
         self._unix_socket_inode = os.stat(path).st_ino
+        os.chmod(path, int(self.settings.unix_socket_mode, 8))
+        if self.settings.unix_socket_group:
+            try:
+                gid = grp.getgrnam(self.settings.unix_socket_group).gr_gid
+            except KeyError:
+                raise OSError(f"unix_socket_group {self.settings.unix_socket_group!r}: no such group") from None
+            os.chown(path, -1, gid)
         log.info("listening on unix:%s", path)
 
     async def wait_stopped(self) -> None:
@@ -219,7 +226,7 @@ class App(Controls):
         if keep_unix:
             return
         self.unix_listener = None
-        path, self.unix_socket_path = self.unix_socket_path, None
+        path, self.unix_socket = self.unix_socket, None
         try:
             # Only our own socket file: a successor may already have put its own at this path.
             if path is not None and os.stat(path).st_ino == self._unix_socket_inode:
@@ -317,7 +324,7 @@ class App(Controls):
         if rule.method == "cert":
             self._check_certificate(client, rule, is_tls, where)
             return "trust"
-        if rule.method == "peer":   # pgpool listens on TCP only: local lines never match
+        if rule.method == "peer":   # the Unix socket's peer credentials are not read: refuse
             raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"peer authentication failed ({where})")
         return auth.choose_client_method("plain" if rule.method == "password" else rule.method, creds)
 
@@ -326,9 +333,7 @@ class App(Controls):
         failed = f'certificate authentication failed for user "{client.user}" ({where})'
         if not is_tls:
             raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: the connection is not TLS")
-        cert = client.transport.get_extra_info("peercert") or {}
-        common_name = next((value for part in cert.get("subject", ()) for key, value in part
-                            if key == "commonName"), None)
+        common_name = tls.certificate_user(client.transport.get_extra_info("peercert"))
         if common_name is None:
             raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: no client certificate")
         allowed = (self.hba.ident_allows(rule.ident_map, common_name, client.user)  # type: ignore[union-attr]
@@ -336,10 +341,6 @@ class App(Controls):
         if not allowed:
             raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
                                 f'{failed}: certificate common name "{common_name}" may not log in as this user')
-
-    def encryption_answer(self, kind: str) -> bytes:
-        # The TLS seam: with TLS configured this would answer 'S' and wrap the transport.
-        return b"N"
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         return self.cancel.register(client, self.settings.peer_id)
@@ -552,6 +553,21 @@ class App(Controls):
                 if other is not pool and other.waiting and (
                         other.db.name == pool.db.name or other.server_user == pool.server_user):
                     other.dispatch()
+
+
+def remove_stale_socket(path: str) -> None:
+    """A socket file nobody answers on is left from a crash: remove it. A live one is an error."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise OSError(f"{path} is in use by another process")
+    finally:
+        probe.close()
 
 
 def raise_open_files_limit() -> None:

@@ -24,6 +24,7 @@ import enum
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -225,6 +226,43 @@ def server_password_for(creds: Credentials | None, db_password: str | None) -> s
     if creds is None or not creds.known or not creds.secret or creds.kind is SecretKind.SCRAM:
         return None
     return creds.secret
+
+
+def auth_query_sql(query: str, user: str) -> str:
+    """`query` with $1 bound to `user`, wrapped to return the secret as its only column.
+
+    pgpool's own queries run as simple queries, so the user name goes in as a dollar-quoted
+    literal (immune to standard_conforming_strings and backslashes) with a tag that does not
+    occur in the name. auth_query returns (user name, secret) as in PgBouncer; the wrapper
+    renames the columns so any two-column query fits.
+    """
+    tag = "$pgpool$"
+    n = 0
+    while tag in user or tag[:-1] in user:
+        n += 1
+        tag = f"$pgpool{n}$"
+    literal = f"{tag}{user}{tag}"
+    bound = re.sub(r"\$1(?!\d)", lambda _: literal, query.strip().rstrip(";"))
+    return f"SELECT pgpool_secret FROM ({bound}) AS pgpool_auth(pgpool_user, pgpool_secret)"
+
+
+def credentials_from_auth_query(user: str, rows: list[str | None]) -> Credentials:
+    """Credentials for `user` from auth_query's secret column. When the role is missing, cannot
+    log in, or its password is NULL or expired: fake SCRAM credentials (what Postgres stores by
+    default since version 14), so such a user is asked for the same method as the real ones."""
+    secret = rows[0] if rows else None
+    if not secret:
+        return lookup_credentials({}, user)
+    return Credentials(user, secret, secret_kind(secret), known=True)
+
+
+def check_certificate_user(user: str, cert_user: str | None) -> str | None:
+    """auth_type cert: None if the verified client certificate's CN is `user`, else why not (as Postgres)."""
+    if cert_user is None:
+        return "connection requires a valid client certificate"
+    if cert_user != user:
+        return f'certificate authentication failed for user "{user}"'
+    return None
 
 
 def _read_quoted(line: str, start: int) -> tuple[str, int]:

@@ -53,7 +53,10 @@ class CancelRegistry:
     async def _send(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
         try:
             async with asyncio.timeout(10):
-                reader, writer = await asyncio.open_connection(host, port)
+                if host.startswith("/"):   # the server's Unix socket directory
+                    reader, writer = await asyncio.open_unix_connection(f"{host.rstrip('/')}/.s.PGSQL.{port}")
+                else:
+                    reader, writer = await asyncio.open_connection(host, port)
                 writer.write(m.cancel_request(backend_pid, backend_key))
                 await writer.drain()
                 await reader.read()   # the server closes when done

@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = loaded.settings
     setup_logging(settings.log_format, max(args.verbose, settings.verbose), settings.logfile or None)
     if args.check:
+        from .tls import build_contexts
+        try:
+            build_contexts(settings)   # certificate and key files are read here, not in config.py
+        except ConfigError as error:
+            print(f"pgpool: invalid configuration: {error}", file=sys.stderr)
+            return 2
         for warning in loaded.warnings:
             print(f"warning: {warning}")
         print("configuration ok")
@@ -77,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except HbaError as error:
         print(f"pgpool: invalid auth_hba_file/auth_ident_file: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:   # TLS files that cannot be used
+        print(f"pgpool: invalid configuration: {error}", file=sys.stderr)
         return 2
     try:
         return runner(_serve(app))

@@ -15,10 +15,12 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import time
+from asyncio import sslproto
 from typing import TYPE_CHECKING
 
-from . import auth
+from . import auth, tls
 from .config import PoolMode
 from .loginstream import LoginStream
 from .pinning import MAY_CREATE, classify_state, refusal_sql, state_check_sql
@@ -37,6 +39,11 @@ from .protocol.errors import (
 )
 from .protocol.framing import MessageScanner
 from .protocol.scram import ScramError, ScramServer
+
+try:   # under uvloop, direct TLS uses uvloop's TLS layer, as loop.start_tls does
+    from uvloop.loop import Loop as UvLoop, SSLProtocol as UvSSLProtocol
+except ImportError:
+    UvLoop = UvSSLProtocol = None
 
 if TYPE_CHECKING:
     from .app import App
@@ -80,6 +87,10 @@ def replication_kind(value: str | None) -> str | None:
         return None
     raise ProtocolError(PROTOCOL_VIOLATION, f'invalid value for parameter "replication": "{value}"',
                         hint="valid values are: \"false\", 0, \"true\", 1, \"database\"")
+
+
+class TlsHandshakeFailed(Exception):
+    """A client's TLS handshake failed (garbage instead of a ClientHello, bad certificate, ...)."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -151,6 +162,8 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
+        elif isinstance(transport.get_extra_info("sockname"), str):
+            self.peer = "unix"
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -260,6 +273,10 @@ class ClientConnection(asyncio.Protocol):
                 PROTOCOL_VIOLATION, f"client_login_timeout: login not completed within {settings.client_login_timeout:g}s"))
         except ConnectionResetError:
             self.disconnect("client closed the connection during login", quiet=not settings.log_connections)
+        except TlsHandshakeFailed as error:
+            # The client expects TLS records: a clear-text ErrorResponse would be garbage to it.
+            log.warning("%s: TLS handshake failed: %s", self.log_prefix, error)
+            self.disconnect(f"TLS handshake failed: {error}", quiet=True)
         except asyncio.CancelledError:
             self.disconnect("login cancelled", ProtocolError(ADMIN_SHUTDOWN, "pgpool is shutting down"))
             raise
@@ -271,6 +288,10 @@ class ClientConnection(asyncio.Protocol):
 
     async def _login(self) -> None:
         assert self.login is not None
+        contexts = self.app.tls     # one set for the whole login, even if a RELOAD swaps them meanwhile
+        unix = self.peer == "unix"
+        if contexts.client is not None and not unix and await self.login.peek_byte() == tls.TLS_RECORD_HANDSHAKE:
+            await self._start_direct_tls(contexts.client)
         while True:
             packet = await self.login.read_startup_packet(MAX_STARTUP_PACKET)
             kind, payload = m.parse_startup_packet(packet)
@@ -278,7 +299,12 @@ class ClientConnection(asyncio.Protocol):
                 if self.login.buffer:
                     # Bytes after SSLRequest before our answer could be spliced into a TLS session later.
                     raise ProtocolError(PROTOCOL_VIOLATION, "unexpected data after SSLRequest/GSSENCRequest")
-                self.transport.write(self.app.encryption_answer(kind))
+                if self.encrypted():
+                    raise ProtocolError(PROTOCOL_VIOLATION, "SSLRequest/GSSENCRequest inside a TLS session")
+                answer = tls.answer_ssl_request(contexts) if kind == m.StartupKind.SSL and not unix else b"N"
+                self.transport.write(answer)
+                if answer == b"S":
+                    await self._start_tls(contexts.client)  # type: ignore[arg-type]
                 continue
             if kind == m.StartupKind.CANCEL:
                 pid, key = payload  # type: ignore[misc]
@@ -296,10 +322,15 @@ class ClientConnection(asyncio.Protocol):
         self.database = startup.get("database") or self.user
         self.log_prefix = f"C-{self.id} {self.database}/{self.user}@{self.peer}"
         self.app.check_client_limit(self)
+        if not unix and not self.encrypted():
+            tls.check_clear_text_client(contexts, self.user, self.database, self.peer)
         self.replication = replication_kind(startup.get("replication"))
 
         creds = auth.lookup_credentials(self.app.auth_users, self.user)
         is_admin = self.database in ADMIN_DATABASES and self.app.find_database(self.database) is None
+        if not creds.known and not is_admin:
+            creds = await self.app.auth_query.lookup(self.app.settings, self.app.auth_users, self.database,
+                                                     self.user, creds)
         scram_keys = await self._authenticate(creds)
         if is_admin:
             self.admin = self.app.open_admin_console(self, creds)
@@ -324,6 +355,54 @@ class ClientConnection(asyncio.Protocol):
         self.transport.write(b"".join(welcome))
         pool.stats.client_logins += 1
         self._end_login(admin=False)
+
+    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        """TLS on this connection after answering 'S'; the handshake is bounded by client_login_timeout."""
+        try:
+            self.transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self, ctx, server_side=True,
+                ssl_handshake_timeout=self.app.settings.client_login_timeout or None)
+        except (ssl.SSLError, OSError, EOFError) as error:
+            raise TlsHandshakeFailed(tls.describe_tls_error(error)) from None
+        self._after_handshake(direct=False)
+
+    async def _start_direct_tls(self, ctx: ssl.SSLContext) -> None:
+        """PostgreSQL 17's direct TLS: the ClientHello is already in the login buffer, so the TLS layer
+        is put under this protocol by hand (what loop.start_tls does) and fed those bytes first."""
+        assert self.login is not None
+        loop = asyncio.get_running_loop()
+        handshake_done = loop.create_future()
+        first = self.login.take_rest()
+        tls_layer = UvSSLProtocol if UvLoop is not None and isinstance(loop, UvLoop) else sslproto.SSLProtocol
+        layer = tls_layer(loop, self, ctx, handshake_done, server_side=True,
+                          ssl_handshake_timeout=self.app.settings.client_login_timeout or None,
+                          call_connection_made=False)
+        raw = self.transport
+        raw.set_protocol(layer)
+        layer.connection_made(raw)
+        buffer = layer.get_buffer(len(first))
+        buffer[:len(first)] = first
+        layer.buffer_updated(len(first))
+        try:
+            await handshake_done
+        except (ssl.SSLError, OSError, EOFError) as error:
+            raw.close()
+            raise TlsHandshakeFailed(tls.describe_tls_error(error)) from None
+        self.transport = layer._get_app_transport()   # what loop.start_tls returns
+        self._after_handshake(direct=True)
+
+    def _after_handshake(self, direct: bool) -> None:
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if direct and ssl_object.selected_alpn_protocol() != tls.ALPN_POSTGRESQL:
+            # PostgreSQL 17 refuses direct TLS without ALPN "postgresql" (protects against cross-protocol attacks).
+            raise ProtocolError(PROTOCOL_VIOLATION, "direct TLS connection without ALPN protocol \"postgresql\"")
+        if self.app.settings.log_connections:
+            log.info("%s: TLS%s established (%s, %s)", self.log_prefix, " (direct)" if direct else "",
+                     ssl_object.version(), ssl_object.cipher()[0])
+
+    def encrypted(self) -> bool:
+        return self.transport.get_extra_info("ssl_object") is not None
 
     def _end_login(self, admin: bool) -> None:
         assert self.login is not None
@@ -355,6 +434,13 @@ class ClientConnection(asyncio.Protocol):
 
     async def _authenticate(self, creds: auth.Credentials) -> tuple[bytes, bytes] | None:
         """Run the auth exchange; return SCRAM keys usable for pass-through, if any."""
+        if self.app.settings.auth_type == "cert":
+            cert_user = tls.certificate_user(self.transport.get_extra_info("peercert")) if self.encrypted() else None
+            refusal = auth.check_certificate_user(self.user, cert_user)
+            if refusal is not None:
+                raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, refusal,
+                                    detail=None if cert_user is None else f'the certificate is for "{cert_user}"')
+            return None
         try:
             method = self.app.client_auth_method(self, creds)
         except ValueError as error:

@@ -35,6 +35,14 @@ ENV_PREFIX = "PGPOOL_"
 ADMIN_DATABASE = "pgbouncer"
 
 
+# PgBouncer's auth_query default: an expired password reads as NULL, so the login fails.
+DEFAULT_AUTH_QUERY = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
+                      "FROM pg_authid WHERE rolname=$1 AND rolcanlogin")
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
 class PoolMode(str, Enum):
     SESSION = "session"  # server goes back to the pool when the client disconnects
     TRANSACTION = "transaction"  # ... when the transaction ends (ReadyForQuery 'I')
@@ -45,40 +53,20 @@ class ConfigError(Exception):
     """A configuration problem; str(error) is written for the person who edits the file."""
 
 
-# Settings PgBouncer documents (doc/config.md, src/main.c) that pgpool reads but does not
-# implement, with PgBouncer's default as PgBouncer spells it (None = not set). A value equal to
-# the default changes nothing, so it is accepted silently; anything else earns a warning.
+# Settings PgBouncer documents (doc/config.md, src/main.c) that pgpool does not implement, with
+# PgBouncer's default as PgBouncer spells it (None = not set). A value equal to the default
+# changes nothing, so it is accepted silently; anything else refuses the configuration.
 PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "application_name_add_host": "0",
-    "auth_dbname": None,
     "auth_ldap_options": None,
-    "auth_query": (
-        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
-        "FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
-    ),
-    "auth_user": None,
     "cancel_wait_timeout": "10",
-    "client_tls13_ciphers": None,
-    "client_tls_ca_file": "",
-    "client_tls_cert_file": "",
-    "client_tls_ciphers": "default",
     "client_tls_dheparams": "auto",
     "client_tls_ecdhcurve": "auto",
-    "client_tls_key_file": "",
-    "client_tls_protocols": "secure",
-    "client_tls_sslmode": "disable",
     "conffile": None,
     "disable_pqexec": "0",
     "login_notify_message": "",
     "resolv_conf": "",
     "scram_iterations": "4096",
-    "server_tls13_ciphers": None,
-    "server_tls_ca_file": "",
-    "server_tls_cert_file": "",
-    "server_tls_ciphers": "default",
-    "server_tls_key_file": "",
-    "server_tls_protocols": "secure",
-    "server_tls_sslmode": "prefer",
     "syslog": "0",
     "tcp_keepalive": "1",
     "tcp_keepcnt": "0",
@@ -108,16 +96,10 @@ PGBOUNCER_NO_EFFECT: dict[str, str] = {
                              "changed zone is seen at the next connect",
 }
 
-# pgpool speaks plain TCP only; "disable" is the one sslmode that means exactly that.
-_SSLMODE_SETTINGS = frozenset({"client_tls_sslmode", "server_tls_sslmode"})
-
 # Connection-string keys PgBouncer accepts in [databases] / [users] that pgpool ignores.
 PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS = frozenset(
     {
         "application_name",
-        "auth_dbname",
-        "auth_query",
-        "auth_user",
         "load_balance_hosts",
     }
 )
@@ -189,6 +171,13 @@ class DatabaseEntry(BaseModel):
     client_encoding: str | None = Field(None, description="client_encoding asked of the server.")
     datestyle: str | None = Field(None, description="DateStyle asked of the server.")
     timezone: str | None = Field(None, description="TimeZone asked of the server.")
+    auth_user: str | None = Field(
+        None, description="Overrides auth_user for this database: look up unknown users' secrets "
+        "with auth_query through a server connection of this user.")
+    auth_query: str | None = Field(None, description="Overrides auth_query for this database.")
+    auth_dbname: str | None = Field(
+        None, description="Overrides auth_dbname for this database: run auth_query in this "
+        "database instead.")
 
     @field_validator("pool_mode", mode="before")
     @classmethod
@@ -333,18 +322,21 @@ class Settings(BaseSettings):
 
     # Where clients connect
     listen_addr: str = _setting(
-        "127.0.0.1", "Comma-separated addresses to listen on for clients; * = all addresses. "
-        "TCP only: PgBouncer's unset (Unix socket only) is not supported.",
-        restart=True, allowed="a comma-separated list of host names or IP addresses, or *")
-    listen_port: int = _setting(6432, "TCP port to listen on for clients (0 = any free port).",
+        "127.0.0.1", "Comma-separated addresses to listen on for clients; * = all addresses; "
+        "empty = no TCP, the Unix socket only.",
+        restart=True, allowed="a comma-separated list of host names or IP addresses, *, or empty")
+    listen_port: int = _setting(6432, "TCP port to listen on for clients (0 = any free port); "
+                                "also names the Unix socket .s.PGSQL.<listen_port>.",
                                 restart=True, ge=0, le=65535)
     unix_socket_dir: str = _setting(
-        "", "Directory for a Unix socket (.s.PGSQL.<listen_port>) besides TCP ('' = none). "
-        "PgBouncer's default is /tmp; pgpool creates none unless asked.", restart=True)
+        "/tmp", "Directory of the Unix socket .s.PGSQL.<listen_port> clients may connect to "
+        "('' = no Unix socket). As PgBouncer.", restart=True, allowed="a directory path or empty")
     unix_socket_mode: str = _setting(
-        "0777", "File mode of the Unix socket (octal).", restart=True)
+        "0777", "File mode of the Unix socket, octal.", restart=True,
+        allowed="an octal file mode such as 0777", pattern=r"^0?[0-7]{3,4}$")
     unix_socket_group: str = _setting(
-        "", "Group of the Unix socket ('' = the process's).", restart=True)
+        "", "Group owning the Unix socket ('' = the process's group).", restart=True)
+
     so_reuseport: bool = _setting(
         False, "Set SO_REUSEPORT on the listening sockets so several pgpool processes share one "
         "port (pair with peer_id and [peers] so cancel requests reach the right process).",
@@ -354,10 +346,53 @@ class Settings(BaseSettings):
         "that a peer receiving its CancelRequest forwards it here (0 = peering off).",
         restart=True, ge=0, le=16383)
 
+    # TLS between clients and pgpool (PgBouncer's client_tls_* settings)
+    client_tls_sslmode: SslMode = _setting(
+        "disable", "TLS with clients: disable (refuse SSLRequest), allow / prefer (TLS if the "
+        "client asks), require (refuse clients without TLS), verify-ca / verify-full (also "
+        "require a client certificate signed by client_tls_ca_file).")
+    client_tls_key_file: str = _setting("", "Private key of pgpool's TLS certificate for clients.",
+                                        allowed="a file path")
+    client_tls_cert_file: str = _setting("", "pgpool's TLS certificate (chain) shown to clients.",
+                                         allowed="a file path")
+    client_tls_ca_file: str = _setting(
+        "", "CA certificates that sign client certificates ('' = client certificates are not "
+        "requested).", allowed="a file path")
+    client_tls_protocols: str = _setting(
+        "secure", "TLS versions allowed with clients: secure (= tlsv1.2,tlsv1.3), all, legacy, "
+        "or a list of tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3.")
+    client_tls_ciphers: str = _setting(
+        "default", "OpenSSL cipher list for TLS 1.2 and older with clients (default, secure, "
+        "fast, normal, all, or an OpenSSL cipher string).")
+    client_tls13_ciphers: str = _setting(
+        "", "TLS 1.3 cipher suites with clients, colon-separated ('' = OpenSSL's default).")
+
+    # TLS between pgpool and servers (PgBouncer's server_tls_* settings)
+    server_tls_sslmode: SslMode = _setting(
+        "prefer", "TLS to servers, as libpq's sslmode: disable, allow and prefer (TLS when the "
+        "server offers it), require (no TLS = no login), verify-ca (and the certificate is "
+        "signed by server_tls_ca_file), verify-full (and names the database entry's host, sent "
+        "as SNI). PgBouncer >= 1.20's default.")
+    server_tls_ca_file: str = _setting(
+        "", "CA certificates that sign server certificates, e.g. the AWS RDS global bundle "
+        "('' = the system's CA store).", allowed="a file path")
+    server_tls_cert_file: str = _setting("", "Client certificate pgpool shows to servers.",
+                                         allowed="a file path")
+    server_tls_key_file: str = _setting("", "Private key of server_tls_cert_file.",
+                                        allowed="a file path")
+    server_tls_protocols: str = _setting(
+        "secure", "TLS versions allowed to servers (as client_tls_protocols).")
+    server_tls_ciphers: str = _setting(
+        "default", "OpenSSL cipher list for TLS 1.2 and older to servers (as client_tls_ciphers).")
+    server_tls13_ciphers: str = _setting(
+        "", "TLS 1.3 cipher suites to servers, colon-separated ('' = OpenSSL's default).")
+
     # Authentication and console access
-    auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "hba"] = _setting(
+    auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "cert", "hba"] = _setting(
         "md5", "How clients authenticate: trust, plain, md5 (SCRAM for users whose secret is "
-        "SCRAM), scram-sha-256, or hba (the method of the first matching auth_hba_file line).")
+        "SCRAM), scram-sha-256, cert (TLS client certificate whose CN is the user name; "
+        "needs client_tls_sslmode and client_tls_ca_file), or hba (the method of the first "
+        "matching auth_hba_file line).")
     auth_hba_file: Path | None = _setting(
         None, "pg_hba.conf-format file used when auth_type = hba (local/host/hostssl/hostnossl; "
         "trust, reject, md5, password, scram-sha-256, cert, peer); relative to the config file.",
@@ -369,6 +404,15 @@ class Settings(BaseSettings):
     auth_file: Path | None = _setting(
         None, "userlist.txt of \"user\" \"secret\" lines (plain password, md5 hash or SCRAM "
         "secret); relative to the config file's directory.", allowed="a file path")
+    auth_user: str = _setting(
+        "", "Users not in auth_file are looked up with auth_query through a server connection "
+        "of this user ('' = off); its own secret comes from auth_file. As PgBouncer.")
+    auth_query: str = _setting(
+        DEFAULT_AUTH_QUERY, "Query returning (user name, secret) for the user name in $1; the "
+        "secret may be an md5 hash or a SCRAM verifier. PgBouncer's default reads pg_authid "
+        "(on RDS use a SECURITY DEFINER function, see docs/tls-and-rds.md).")
+    auth_dbname: str = _setting(
+        "", "Database auth_query runs in ('' = the database the client asked for).")
     admin_users: list[str] = _setting(
         [], "Users allowed to run every admin console command.", allowed=_LIST_ALLOWED)
     stats_users: list[str] = _setting(
@@ -525,7 +569,8 @@ class Settings(BaseSettings):
     def _split_lists(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("pool_mode", "auth_type", "log_format", mode="before")
+    @field_validator("pool_mode", "auth_type", "log_format", "client_tls_sslmode", "server_tls_sslmode",
+                     mode="before")
     @classmethod
     def _lower_choices(cls, value: Any) -> Any:
         return _lower(value)
@@ -535,13 +580,24 @@ class Settings(BaseSettings):
     def _unset_auth_file(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("listen_addr", "metrics_addr")
+    @field_validator("metrics_addr")
     @classmethod
     def _nonempty_addr(cls, value: str) -> str:
         value = value.strip()
         if not value:
             raise ValueError("empty address")
         return value
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _strip_addr(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _somewhere_to_listen(self) -> Settings:
+        if not self.listen_addr and not self.unix_socket_dir:
+            raise ValueError("listen_addr and unix_socket_dir are both empty: nowhere for clients to connect")
+        return self
 
     @model_validator(mode="after")
     def _hba_needs_its_file(self) -> Settings:
@@ -646,7 +702,9 @@ RELOADABLE_SETTINGS: frozenset[str] = frozenset(
      if not Settings.model_fields[name].json_schema_extra["restart"]]  # type: ignore[index]
     + ["databases", "users", "peers"])
 
-_PATH_SETTINGS = ("auth_file", "auth_hba_file", "auth_ident_file", "logfile", "pidfile")
+_PATH_SETTINGS = ("auth_file", "auth_hba_file", "auth_ident_file", "logfile", "pidfile", "client_tls_key_file",
+                  "client_tls_cert_file", "client_tls_ca_file", "server_tls_ca_file", "server_tls_cert_file",
+                  "server_tls_key_file")
 
 
 @dataclass
@@ -771,8 +829,6 @@ def _allowed(info: FieldInfo) -> str:
 
 def _same_as_pgbouncer_default(name: str, value: Any) -> bool:
     text = ("1" if value else "0") if isinstance(value, bool) else str(value).strip()
-    if name in _SSLMODE_SETTINGS:
-        return text.lower() in ("", "disable")
     default = PGBOUNCER_UNIMPLEMENTED[name]
     if default is None or text == "":
         return text == "" and not default

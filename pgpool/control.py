@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import auth, hba
+from . import auth, hba, tls
 from .client import ClientConnection
 from .config import ConfigError, Settings, change_setting, diff_settings, load_settings
 from .pool import ClientState, Pool
@@ -42,6 +42,7 @@ class Controls:
             loaded = load_settings(old.config_path, self.overrides)
             auth_users = self._load_auth_users(loaded.settings)
             hba_config = self._load_hba(loaded.settings)
+            contexts = tls.build_contexts(loaded.settings)   # new certificates: new connections use them
         except (ConfigError, auth.AuthFileError, hba.HbaError, OSError) as error:
             self.reload_failures += 1
             self.last_reload_ok = False
@@ -56,7 +57,7 @@ class Controls:
                         "values: %s", source, ", ".join(need_restart))
         for warning in loaded.warnings:
             log.warning("config: %s", warning)
-        self._apply_settings(new, auth_users, hba_config)
+        self._apply_settings(new, auth_users, hba_config, contexts)
         self.reloads += 1
         self.last_reload_ok = True
         described = [_describe_change(name, old, new) for name in changed]
@@ -75,19 +76,23 @@ class Controls:
             new = change_setting(old, key, value)
             auth_users = self._load_auth_users(new) if new.auth_file != old.auth_file else self.auth_users
             hba_config = self._load_hba(new)
+            contexts = tls.build_contexts(new)    # a changed *_tls_* setting applies to new connections
         except (ConfigError, auth.AuthFileError, hba.HbaError, OSError) as error:
             return False, str(error)
         name = key.strip().lower()
-        self._apply_settings(new, auth_users, hba_config)
+        self._apply_settings(new, auth_users, hba_config, contexts)
         message = _describe_change(name, old, new) if getattr(old, name) != getattr(new, name) else f"{name} unchanged"
         log.info("SET (admin console): %s", message)
         return True, message
 
-    def _apply_settings(self, new: Settings, auth_users: dict[str, str], hba_config: "hba.HbaConfig | None") -> None:
+    def _apply_settings(self, new: Settings, auth_users: dict[str, str], hba_config: "hba.HbaConfig | None",
+                        contexts: "tls.TlsContexts") -> None:
         old = self.settings
         self.settings = new
         self.auth_users = auth_users
         self.hba = hba_config
+        self.tls = contexts
+        self.auth_query.clear()
         if old.verbose != new.verbose:
             logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
         self._apply_to_pools(new)

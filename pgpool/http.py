@@ -176,7 +176,10 @@ async def probe_server(host: str, port: int, user: str, dbname: str, timeout: fl
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            if host.startswith("/"):   # a Unix socket directory, as in a [databases] entry
+                reader, writer = await asyncio.open_unix_connection(f"{host.rstrip('/')}/.s.PGSQL.{port}")
+            else:
+                reader, writer = await asyncio.open_connection(host, port)
             writer.write(m.startup_message({"user": user, "database": dbname, "application_name": "pgpool-readyz"}))
             head = await reader.readexactly(5)
             if head[:1] == b"R":

@@ -59,6 +59,18 @@ class LoginStream:
         del self.buffer[:length]
         return packet
 
+    async def peek_byte(self) -> int:
+        """The first byte not yet read, left in the buffer (0x16 = a direct TLS ClientHello)."""
+        await self._need(1)
+        return self.buffer[0]
+
+    async def read_byte(self) -> bytes:
+        """One byte: a server's answer to SSLRequest."""
+        await self._need(1)
+        byte = bytes(self.buffer[:1])
+        del self.buffer[:1]
+        return byte
+
     async def read_message(self) -> tuple[int, bytes]:
         """(type, body) of the next typed message."""
         await self._need(5)

@@ -13,10 +13,11 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Callable
 
-from . import auth
+from . import auth, tls
 from .loginstream import LoginStream
 from .params import SessionParams
 from .config import PoolMode
@@ -55,6 +56,15 @@ WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 _ids = itertools.count(1)
+
+_TLS_HINTS = {ssl.SSLCertVerificationError: "check server_tls_ca_file (the CA that signed the server's certificate) "
+                                            "and that the database entry's host is a name in the certificate"}
+
+
+def unix_socket_path(directory: str, port: int) -> str:
+    """Where Postgres (and pgpool) listen in a socket directory: <dir>/.s.PGSQL.<port>."""
+    return f"{directory.rstrip('/')}/.s.PGSQL.{port}"
+
 
 Done = Callable[[ProtocolError | None], None]
 
@@ -178,29 +188,67 @@ class ServerConnection(asyncio.Protocol):
         db = pool.db
         settings = self.app.settings
         self._login = LoginStream(settings.max_packet_size, "server")
-        loop = asyncio.get_running_loop()
+        where = f"{db.host}:{db.port}" if not db.host.startswith("/") else unix_socket_path(db.host, db.port)
         try:
             async with asyncio.timeout(settings.server_connect_timeout):
-                try:
-                    await loop.create_connection(lambda: self, db.host, db.port)
-                except OSError as error:
-                    raise ProtocolError(CONNECTION_FAILURE,
-                                        f"could not connect to server {db.host}:{db.port} for pool {pool.name}: "
-                                        f"{error.strerror or error}") from None
+                await self._open(where)
+                await self._negotiate_tls(where)
                 await self._login_exchange()
                 if db.connect_query:
                     await self._run_connect_query(db.connect_query)
         except TimeoutError:
             raise ProtocolError(CONNECTION_FAILURE,
-                                f"server_connect_timeout: no login to {db.host}:{db.port} for pool {pool.name} "
+                                f"server_connect_timeout: no login to {where} for pool {pool.name} "
                                 f"within {settings.server_connect_timeout:g}s") from None
         except ConnectionResetError as error:
-            raise ProtocolError(CONNECTION_FAILURE, f"server {db.host}:{db.port} closed the connection during "
+            raise ProtocolError(CONNECTION_FAILURE, f"server {where} closed the connection during "
                                                     f"login for pool {pool.name}: {error}") from None
         self._login = None
         self.last_used = time.monotonic()
         if settings.log_connections:
-            log.info("%s: new server connection (backend pid %d)", self.log_prefix, self.backend_pid)
+            log.info("%s: new server connection (backend pid %d%s)", self.log_prefix, self.backend_pid,
+                     ", TLS" if self.transport.get_extra_info("ssl_object") is not None else "")  # type: ignore[union-attr]
+
+    async def _open(self, where: str) -> None:
+        """TCP, or the server's Unix socket when the entry's host is a directory (starts with '/')."""
+        db = self.pool.db
+        loop = asyncio.get_running_loop()
+        try:
+            if db.host.startswith("/"):
+                await loop.create_unix_connection(lambda: self, where)
+            else:
+                await loop.create_connection(lambda: self, db.host, db.port)
+        except OSError as error:
+            raise ProtocolError(CONNECTION_FAILURE,
+                                f"could not connect to server {where} for pool {self.pool.name}: "
+                                f"{error.strerror or error}") from None
+
+    async def _negotiate_tls(self, where: str) -> None:
+        """SSLRequest, then TLS on this connection if the server says 'S' (never silently without under
+        require/verify-*). Unix sockets stay in clear, as with libpq."""
+        contexts = self.app.tls
+        ctx = contexts.server
+        if ctx is None or self.pool.db.host.startswith("/"):
+            return
+        assert self.transport is not None and self._login is not None
+        what = f"server {where} for pool {self.pool.name}"
+        self.transport.write(m.SSL_REQUEST)
+        answer = await self._login.read_byte()
+        if not tls.server_answer_means_tls(answer, contexts.server_mode, what):
+            return
+        if self._login.buffer:
+            # Bytes sent before the handshake could be spliced into the session (CVE-2021-23222).
+            raise ProtocolError(PROTOCOL_VIOLATION, f"server sent unencrypted data after SSL response: {what}")
+        host = self.pool.db.host
+        try:
+            self.transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self, ctx, server_hostname=host)
+        except (ssl.SSLError, OSError) as error:
+            raise ProtocolError(CONNECTION_FAILURE, f"TLS connection to {what} failed: "
+                                                    f"{tls.describe_tls_error(error)}",
+                                detail=f"server_tls_sslmode = {contexts.server_mode}",
+                                hint=_TLS_HINTS.get(type(error))) from None
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
 
     async def _login_exchange(self) -> None:
         pool = self.pool

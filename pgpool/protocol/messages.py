@@ -94,6 +94,10 @@ def startup_message(params: dict[str, str]) -> bytes:
     return _int32.pack(len(body) + 4) + body
 
 
+# SSLRequest: the 8-byte packet a client sends to ask for TLS before its StartupMessage.
+SSL_REQUEST = _int32.pack(8) + _int32.pack(SSL_REQUEST_CODE)
+
+
 def cancel_request(pid: int, key: int) -> bytes:
     return _int32.pack(16) + _int32.pack(CANCEL_REQUEST_CODE) + _int32x2.pack(pid, key)
 

@@ -260,8 +260,10 @@ async def test_sigterm_lets_50_in_flight_transactions_commit_and_refuses_new_con
         await wait_until(all_in_flight, message="10 transactions running and 40 queued")
         proc.send_signal(signal.SIGTERM)
 
-        status, body = await http_get(metrics_port, "/readyz")
-        assert (status, body) == (503, "not ready: shutting down\n")
+        # The signal is delivered asynchronously: wait (bounded) for pgpool to have handled it.
+        async def not_ready():
+            return await http_get(metrics_port, "/readyz") == (503, "not ready: shutting down\n")
+        await wait_until(not_ready, timeout=10, message="/readyz to answer 503 after SIGTERM")
         with pytest.raises((OSError, asyncpg.PostgresError)):
             await connect_app(proc)
 

@@ -165,6 +165,7 @@ def test_pgpool_config_is_written_for_the_agreed_format(postgres):
             "auth_type": "scram-sha-256",
             "auth_file": "userlist.txt",
             "metrics_port": 0,
+            "unix_socket_dir": "",
             "pool_mode": "transaction",
             "default_pool_size": 5,
         }

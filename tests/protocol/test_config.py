@@ -317,16 +317,14 @@ def test_unknown_database_parameter_is_an_error_with_a_suggestion():
 
 
 def test_unimplemented_pgbouncer_setting_refuses_to_start_unless_at_its_default(tmp_path):
-    path = write(tmp_path, "p.ini", "[pgbouncer]\nunix_socket_dir = /var/run/postgresql\n"
-                 "client_tls_sslmode = disable\npkt_buf = 8192\nauth_user = pgbouncer\n"
-                 "auth_query = SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
-                 "FROM pg_authid WHERE rolname=$1 AND rolcanlogin\n")
+    path = write(tmp_path, "p.ini", "[pgbouncer]\ntcp_keepalive = 1\n"
+                 "client_tls_ecdhcurve = auto\npkt_buf = 8192\nresolv_conf = /etc/x.conf\n")
     with pytest.raises(ConfigError) as err:
         load_settings(path, environ=NO_ENV)
-    # Only auth_user: the others are at PgBouncer's default or documented as having no effect.
+    # Only resolv_conf: the others are at PgBouncer's default or documented as having no effect.
     assert str(err.value).count("\n") == 0
-    assert "setting auth_user = 'pgbouncer'" in str(err.value)
-    assert "pgpool does not implement; remove it or set it to PgBouncer's default (not set)" in str(err.value)
+    assert "setting resolv_conf = '/etc/x.conf'" in str(err.value)
+    assert "pgpool does not implement; remove it or set it to PgBouncer's default ('')" in str(err.value)
 
 
 def test_no_effect_pgbouncer_settings_are_accepted_silently(tmp_path):
@@ -337,9 +335,9 @@ def test_no_effect_pgbouncer_settings_are_accepted_silently(tmp_path):
 
 
 def test_unimplemented_pgbouncer_database_key_refuses_to_start():
-    with pytest.raises(ConfigError, match="database 'appdb' .*parameter auth_user is a PgBouncer parameter "
+    with pytest.raises(ConfigError, match="database 'appdb' .*parameter application_name is a PgBouncer parameter "
                                           "pgpool does not implement"):
-        load_settings(None, {"databases.appdb": "host=h auth_user=x"}, environ=NO_ENV)
+        load_settings(None, {"databases.appdb": "host=h application_name=x"}, environ=NO_ENV)
 
 
 def test_users_section_takes_every_pgbouncer_key():
@@ -403,8 +401,8 @@ def test_change_setting_checks_the_value_as_the_file_would(tmp_path):
         config.change_setting(s, "listen_port", "1")
     with pytest.raises(ConfigError, match="unknown setting 'default_pool_sise'.*did you mean default_pool_size"):
         config.change_setting(s, "default_pool_sise", "1")
-    with pytest.raises(ConfigError, match="auth_user is a PgBouncer setting pgpool does not implement"):
-        config.change_setting(s, "auth_user", "x")
+    with pytest.raises(ConfigError, match="resolv_conf is a PgBouncer setting pgpool does not implement"):
+        config.change_setting(s, "resolv_conf", "x")
 
 
 def test_unknown_ini_section_is_an_error(tmp_path):

@@ -241,3 +241,18 @@ def test_peered_statefulset_gives_each_replica_its_own_peer_id_and_every_peer_an
     assert ports == {"postgres": settings.listen_port, "metrics": settings.metrics_port}
     assert pod["terminationGracePeriodSeconds"] >= pre_stop_sleep(container) + settings.shutdown_timeout + 5
     assert container["securityContext"]["runAsUser"] == dockerfile_user()
+
+
+@pytest.mark.parametrize("file", ["sidecar.yaml", "standalone.yaml"])
+def test_rds_ca_bundle_is_mounted_where_verify_full_reads_it(file, tmp_path):
+    (deployment,) = [d for d in by_kind("Deployment") if d["_file"] == file]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pgpool_container(pod)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    config_volume = mounts[str(Path(container["args"][0]).parent)]
+    settings = configmap_settings(find("ConfigMap", config_volume["configMap"]["name"], file), tmp_path)
+    assert settings.server_tls_sslmode == "verify-full"
+    ca = Path(settings.server_tls_ca_file)
+    assert mounts[str(ca.parent)]["configMap"]["name"] == "rds-ca-bundle" and ca.name == "global-bundle.pem"
+    assert all(entry.host.endswith(".rds.amazonaws.com") for entry in settings.databases.values())
