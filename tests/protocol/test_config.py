@@ -281,7 +281,7 @@ def test_invalid_value_names_key_value_and_what_is_allowed(tmp_path):
     ("default_pool_size", "-1", "an integer >= 0"),
     ("query_wait_timeout", "soon", "a number of seconds >= 0"),
     ("log_stats", "maybe", "1/0, yes/no, true/false, on/off"),
-    ("auth_type", "ldap", "trust, plain, md5, scram-sha-256, hba"),
+    ("auth_type", "ldap", "trust, plain, md5, scram-sha-256, cert, hba"),
 ])
 def test_invalid_override_values(key, value, allowed):
     with pytest.raises(ConfigError) as err:
