@@ -94,8 +94,8 @@ async def test_set_errors_start_with_pgbouncers_wording(both):
         # PgBouncer 1.18 answers OK and changes nothing; pgpool says so instead (a deliberate difference).
         error = await failure(admin, "SET listen_port = 1")
         assert str(error).startswith("SET failed: listen_port cannot be changed on a running pgpool")
-        error = await failure(admin, "SET auth_user = 'x'")
-        assert "auth_user is a PgBouncer setting pgpool does not implement" in str(error)
+        error = await failure(admin, "SET resolv_conf = '/etc/x.conf'")
+        assert "resolv_conf is a PgBouncer setting pgpool does not implement" in str(error)
     finally:
         await admin.close()
 
