@@ -15,9 +15,11 @@ import grp
 import itertools
 import logging
 import os
+import pwd
 import resource
 import signal
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -324,9 +326,27 @@ class App(Controls):
         if rule.method == "cert":
             self._check_certificate(client, rule, is_tls, where)
             return "trust"
-        if rule.method == "peer":   # the Unix socket's peer credentials are not read: refuse
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"peer authentication failed ({where})")
+        if rule.method == "peer":
+            self._check_peer(client, rule, where)
+            return "trust"
         return auth.choose_client_method("plain" if rule.method == "password" else rule.method, creds)
+
+    def _check_peer(self, client: ClientConnection, rule: hba.HbaRule, where: str) -> None:
+        """peer (local lines): the Unix user at the other end of the socket is the user, or maps to it."""
+        failed = f'peer authentication failed for user "{client.user}" ({where})'
+        sock = client.transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: not a Unix socket connection")
+        uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        try:
+            system_user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: no user name for uid {uid}") from None
+        allowed = (self.hba.ident_allows(rule.ident_map, system_user, client.user)  # type: ignore[union-attr]
+                   if rule.ident_map else system_user == client.user)
+        if not allowed:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'{failed}: the socket belongs to Unix user "{system_user}"')
 
     def _check_certificate(self, client: ClientConnection, rule: hba.HbaRule, is_tls: bool, where: str) -> None:
         """cert: the TLS client certificate's common name is the user, or maps to it (map=)."""

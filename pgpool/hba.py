@@ -6,7 +6,7 @@ or address + mask, or all; methods trust, reject, md5, password, scram-sha-256, 
 map= option) and auth_ident_file (map, system user, database user or all), and choosing the
 first rule that matches a connection, as PgBouncer's src/hba.c does.
 
-Must not: touch sockets or authenticate anyone. The caller passes what it knows about the
+Must not: touch sockets or authenticate anyone (app.py runs cert and peer checks). The caller passes what it knows about the
 connection (address, TLS or not, database, user, replication kind) and runs the method itself.
 Anything PgBouncer does not support (samerole, +group, /regex, hostnames, ldap, pam, other
 options) is refused when the file is read, with the file and line, instead of matching wrongly.

@@ -131,3 +131,28 @@ def test_start_refuses_a_broken_hba_file(tmp_path):
     config.write_text('[pgpool]\nauth_type = "hba"\n')
     result = run_pgpool("--config", str(config), "--check", timeout=30)
     assert result.returncode == 2 and "auth_type = hba needs auth_hba_file" in result.stderr
+
+
+async def test_local_lines_and_peer_authentication_on_the_unix_socket(pgpool_proc, hba_file):
+    import getpass
+    me = getpass.getuser()          # the Unix user this test (and its socket connection) runs as
+    (hba_file.parent / "ident").write_text(f"m {me} postgres\n")
+    hba_file.write_text("local all postgres peer map=m\nlocal all app peer\nlocal all md5user md5\n"
+                        "host all all 127.0.0.1/32 scram-sha-256\n")
+    proc = pgpool_proc({"auth_type": "hba", "auth_hba_file": str(hba_file),
+                        "auth_ident_file": str(hba_file.parent / "ident"), "unix_socket_dir": str(hba_file.parent)})
+    socket_dir = str(hba_file.parent)
+    conn = await asyncpg.connect(host=socket_dir, port=proc.port, user="postgres", password="not-asked",
+                                 database="app")
+    assert await conn.fetchval("SELECT current_user") == "postgres"   # peer + map, no password asked
+    await conn.close()
+    if me != "app":
+        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError,
+                           match=rf'^peer authentication failed for user "app" .*line 2\): the socket belongs to '
+                                 rf'Unix user "{me}"'):
+            await asyncpg.connect(host=socket_dir, port=proc.port, user="app", password="app", database="app")
+    conn = await asyncpg.connect(host=socket_dir, port=proc.port, user="md5user", password="md5pass", database="app")
+    await conn.close()
+    # Over TCP the local lines do not apply.
+    conn = await connect(proc, user="app", dbname="app")
+    await conn.close()
