@@ -2,8 +2,8 @@
 
 Each line of one pg_hba.conf decides one case; what the pooler asks the client for (the
 AuthenticationRequest code) and whether it lets the client in must be the same in both.
-hostssl lines never match here (no TLS in these tests); cert is covered by pure tests of the
-matcher and by the TLS suite once client TLS exists.
+The last tests add client TLS (hostssl / hostnossl / cert with map=) and the Unix socket (local /
+peer with map=), which PgBouncer 1.18 runs differently (no TLS set up here, no peer map).
 """
 
 from __future__ import annotations
@@ -155,4 +155,30 @@ async def test_local_lines_and_peer_authentication_on_the_unix_socket(pgpool_pro
     await conn.close()
     # Over TCP the local lines do not apply.
     conn = await connect(proc, user="app", dbname="app")
+    await conn.close()
+
+
+async def test_hostssl_hostnossl_and_cert_with_client_tls(pgpool_proc, hba_file, tmp_path):
+    from tests.integration.test_tls import Certs, client_tls, verify_ctx
+    certs = Certs(tmp_path)
+    (hba_file.parent / "ident").write_text("m app md5user\n")
+    hba_file.write_text("hostssl app app 127.0.0.1/32 cert\nhostssl app md5user 127.0.0.1/32 cert map=m\n"
+                        "hostnossl all all 127.0.0.1/32 scram-sha-256\n")
+    proc = pgpool_proc({**client_tls(certs, "prefer", client_tls_ca_file=certs.ca_file), "auth_type": "hba",
+                        "auth_hba_file": str(hba_file), "auth_ident_file": str(hba_file.parent / "ident")})
+    app_cert = verify_ctx(certs, (certs.app_cert, certs.app_key))
+    for user in ("app", "md5user"):   # CN "app": itself, and md5user through the map
+        conn = await asyncpg.connect(f"postgresql://{user}@localhost:{proc.port}/app", ssl=app_cert)
+        assert await conn.fetchval("SELECT current_user") == user
+        await conn.close()
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError,
+                       match=r'^certificate authentication failed for user "app" .*line 1\): certificate common '
+                             r'name "certuser" may not log in as this user'):
+        await asyncpg.connect(f"postgresql://app@localhost:{proc.port}/app",
+                              ssl=verify_ctx(certs, (certs.cert_cert, certs.cert_key)))
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no client certificate"):
+        await asyncpg.connect(f"postgresql://app@localhost:{proc.port}/app", ssl=verify_ctx(certs))
+    # Without TLS only the hostnossl line matches: a password login.
+    conn = await asyncpg.connect(proc.dsn("app"), ssl=False)
+    assert await conn.fetchval("SELECT current_user") == "app"
     await conn.close()
