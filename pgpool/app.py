@@ -27,7 +27,6 @@ from . import auth, hba, peers, tls
 from .authquery import AuthQuery
 from .cancel import CancelRegistry
 from .control import Controls
-from .prepared import StatementRegistry
 from .client import ADMIN_DATABASES, ClientConnection
 from .config import LoadedConfig, PoolMode, Settings
 from .params import SessionParams
@@ -35,8 +34,8 @@ from .pool import ClientState, Pool, ServerState
 from .server import ServerConnection
 from .protocol import messages as m
 from .protocol.errors import (
-    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION_SPECIFICATION, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE,
-    TOO_MANY_CONNECTIONS, ProtocolError,
+    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION_SPECIFICATION,
+    INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS, ProtocolError,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +66,6 @@ class App(Controls):
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
         self.peer_forwarder = peers.PeerForwarder()
-        self.statement_registry = StatementRegistry()
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         # Logged-in clients per database name and per client user (max_*_client_connections).

@@ -25,7 +25,7 @@ from .config import PoolMode
 from .loginstream import LoginStream
 from .pinning import MAY_CREATE, classify_state, refusal_sql, state_check_sql
 from .prepared import ClientStatements
-from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, classify_query, \
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, classify_query, search_path_key, \
     parse_options, sync_sql
 from .pool import ClientState
 from .protocol import messages as m
@@ -190,7 +190,7 @@ class ClientConnection(asyncio.Protocol):
                     self.disconnect("client close request")
                     return
                 if data[:1] == b"P" and self.mode != PoolMode.SESSION and self.app.settings.max_prepared_statements \
-                        and self.statements.parse_without_server(self.app.statement_registry, data):
+                        and self.statements.parse_without_server(pool.statement_registry, data):
                     pool.stats.client_parse_count += 1  # type: ignore[union-attr]
                     self.transport.write(PARSE_COMPLETE_READY)
                     return
@@ -413,6 +413,8 @@ class ClientConnection(asyncio.Protocol):
             # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
             self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
                                           max_inspect=min(settings.max_packet_size, MAX_REWRITE))
+            # Shared prepared statements are keyed by search_path too.
+            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
             self.app.on_client_logged_in(self)
         if self.app.settings.log_connections:
@@ -685,6 +687,7 @@ class ClientConnection(asyncio.Protocol):
             self.params.apply(change, reported)  # type: ignore[union-attr]
             if self.server is not None:
                 self.server.params.apply(change, reported)
+        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
 
     @property
     def prepared_count(self) -> int:

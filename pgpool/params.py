@@ -200,6 +200,21 @@ class SessionParams:
             self.statements.pop(change.name, None)
 
 
+def search_path_key(params: SessionParams) -> bytes:
+    """Bytes equal for sessions with the same search_path, b"" for the server default.
+
+    Part of the key under which pgpool shares prepared statements (prepared.py): the same
+    SQL under another search_path can name other tables. Equal SET statements give equal
+    search_paths (the pool is per user, so "$user" is the same too); different spellings of
+    one search_path only share less, never wrongly.
+    """
+    value = params.reported.get("search_path")   # PostgreSQL 18 reports it
+    if value is not None:
+        return value.encode()
+    statement = params.statements.get("search_path")
+    return statement.encode() if statement else b""
+
+
 def sync_sql(client: SessionParams, server: SessionParams, reported_names: frozenset[str]) -> str:
     """SQL that makes the server's session match the client's (empty when they match)."""
     if client.reported == server.reported and client.statements == server.statements:

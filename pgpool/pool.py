@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
+from .prepared import StatementRegistry, drops_all_statements
 from .protocol.constants import TX_IDLE
 from .protocol.errors import CONNECTION_FAILURE, ProtocolError
 from .stats import PoolStats
@@ -57,6 +58,8 @@ class Pool:
         self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM login (pass-through)
         self.name = f"{db.name}/{user}"
         self.stats = PoolStats()
+        # Shared prepared statements: a Parse is answered locally only for what THIS pool prepared.
+        self.statement_registry = StatementRegistry()
         # Server containers.
         self.connecting: set[ServerConnection] = set()
         self.idle: list[ServerConnection] = []
@@ -303,6 +306,8 @@ class Pool:
 
     def _after_reset(self, server: "ServerConnection") -> None:
         server.params.statements.clear()   # DISCARD ALL / RESET ALL undid every tracked SET
+        if server.prepared is not None and drops_all_statements(self.app.settings.server_reset_query.encode()):
+            server.prepared.forget_all()   # the server has none of pgpool's statements any more
         self.server_available(server)
 
     def server_available(self, server: "ServerConnection") -> None:

@@ -1,14 +1,35 @@
 """Named protocol-level prepared statements across server connections.
 
-Owns: each client's namespace of statement names (`ClientStatements`); per server
-connection, the LRU of statements pgpool prepared there under its own names
-(`PGPOOL_<n>`, keyed by the Parse content: query text + parameter type OIDs) and the
-FIFO of requests sent to that server in reply order (`ServerStatements`). With these it
-rewrites Parse / Bind / Describe / Close / DEALLOCATE from client names to server names,
-injects a Parse where the linked server lacks a statement and a Close to evict one,
-and puts the replies back in the order and shape one PostgreSQL session would give.
+Owns: each client's namespace of statement names (`ClientStatements`); per pool, the
+registry of shared statements (`StatementRegistry`), keyed by everything that changes a
+statement's meaning: the Parse content (query text + parameter type OIDs) and the
+client's search_path (`ClientStatements.path_key`); per server connection, the LRU of
+statements pgpool prepared there under its own names (`PGPOOL_<n>`) and the FIFO of
+requests sent to that server in reply order (`ServerStatements`). With these it rewrites
+Parse / Bind / Describe / Close / DEALLOCATE from client names to server names, injects a
+Parse where the linked server lacks a statement and a Close to evict one, and puts the
+replies back in the order and shape one PostgreSQL session would give. Also owns
+recognising the SQL that drops every prepared statement (DEALLOCATE ALL, DISCARD ALL):
+PostgreSQL's own grammar (pglast) behind a byte pre-filter and a cache keyed by the text.
 Pure and sans-IO: bytes in, bytes out. Must not import asyncio, hold sockets, or know
 pools; the caller routes the bytes.
+
+Sharing. A Parse is answered locally (ParseComplete without server work) only when the
+linked server already holds the statement of the same key, or, for a client holding no
+server (`parse_without_server`), when some server of the same pool accepted it. Resets:
+DEALLOCATE ALL / DISCARD ALL in any form (simple Query, inside a statement list, behind
+comments, as a named or unnamed prepared statement run by Execute) clear only the
+client's own names; every statement pgpool had on that server is retired (re-prepared on
+demand for other clients; its Close is sent, harmless if it is gone). The effect counts
+from the statement's CommandComplete, as DEALLOCATE is not transactional.
+
+Invalidation. 26000 on Bind / Describe of a statement pgpool believed present drops it
+from that server's LRU. 0A000 ("cached plan must not change result type": DDL changed
+the result type) retires the Statement from the registry: the same SQL parsed again by
+any client of the pool is prepared afresh on every server (so asyncpg's own re-prepare
+recovers as on a direct connection), while clients still holding the old statement get
+0A000 at each use, as their own session would (on a server lacking it, a Bind to a name
+the server lacks draws 26000, turned into that 0A000, so the server skips to Sync alike).
 
 Reply order. Every request sent to the server is queued with what its reply needs:
 forward it, swallow it (pgpool's own Parse / Close), or make it up (a ParseComplete for
@@ -36,10 +57,19 @@ segments. Known differences from a plain session, all outside what drivers do:
   in an earlier, still unanswered segment can get a reply a plain session would not give;
 - Describe of a known statement in a failed transaction, on a server that lacks it,
   gets 25P02 (Postgres would describe a statement that returns no rows);
-- DEALLOCATE ALL / DISCARD ALL sent with the extended protocol clear the names at Parse,
-  so a DISCARD ALL that then fails inside a transaction block leaves them cleared;
-- DEALLOCATE inside a multi-statement Query is not recognised, and SQL-level
-  PREPARE / EXECUTE names are not rewritten (those pin the client: issue 3, part 2).
+- a Query over _SCAN_LIMIT (16 KB) is not split: a DEALLOCATE ALL / DISCARD ALL in it is
+  learnt from its CommandComplete, so messages pipelined behind it without waiting are
+  rewritten as if it had not run; a Parse content that long is never taken for one;
+- DEALLOCATE name (not ALL) inside a statement list is not rewritten: for a protocol-level
+  name the server answers 26000; SQL-level PREPARE / EXECUTE names are not rewritten
+  either (those pin the client);
+- after DDL changes a statement's result type, the first client of the pool whose Parse
+  of it is answered from a stale server copy, before anyone got 0A000, gets that 0A000
+  although its own fresh session would not (pgpool cannot see DDL made elsewhere);
+- the search_path key follows tracked settings (startup, SET); SET LOCAL search_path or
+  a set_config() not adopted as a tracked setting does not change it, so a statement
+  parsed then is shared under the session's key (the server re-plans it under the
+  current search_path; only a changed result type shows, as 0A000).
 
 Eviction (max_prepared_statements per server connection) retires the least recently
 used statement and sends its Close (reply swallowed) in front of the client's next
@@ -48,11 +78,12 @@ after an error, the server would skip the Query too. A Close the server skipped 
 again later. (PostgreSQL keeps a portal working after its statement is closed, despite
 what the protocol docs say, so evicting inside a transaction is safe.)
 
-Integration contract (client.py / server.py):
+Integration contract (client.py / server.py / pool.py):
 
-    registry = StatementRegistry()                  # one per app (or pool)
+    pool.statement_registry = StatementRegistry()   # one per pool: never shared across pools
     client.prepared = ClientStatements()            # one per client, for its lifetime
-    server.prepared = ServerStatements(registry, max_prepared_statements)  # per server
+    client.prepared.path_key = params.search_path_key(client.params)  # after login, after each change
+    server.prepared = ServerStatements(pool.statement_registry, max_prepared_statements)  # per server
 
     # link / unlink (attach_server / detach_server):
     server.prepared.link(client.prepared)           # before the client's pending bytes flow
@@ -78,7 +109,7 @@ Integration contract (client.py / server.py):
         return out                                  # None | b"" | replacement bytes
 
     # after pgpool itself ran DISCARD ALL / DEALLOCATE ALL on the server (server_reset_query):
-    server.prepared.forget_all()
+    if drops_all_statements(sql): server.prepared.forget_all()
 
 A server is released only on ReadyForQuery 'I' with nothing outstanding; at that point
 `server.prepared.idle` is True. ErrorResponse and ReadyForQuery are never swallowed or
@@ -87,11 +118,16 @@ made up here, so the core's own accounting of them stays valid.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import struct
 import weakref
 from collections import OrderedDict, deque
+
+import pglast
+from pglast import ast
+from pglast.enums import DiscardMode
 
 from .protocol.constants import (
     B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_COMMAND_COMPLETE, B_COPY_IN_RESPONSE, B_EMPTY_QUERY_RESPONSE,
@@ -99,8 +135,8 @@ from .protocol.constants import (
     F_BIND, F_CLOSE, F_COPY_DONE, F_COPY_FAIL, F_DESCRIBE, F_EXECUTE, F_FLUSH, F_FUNCTION_CALL, F_PARSE,
     F_QUERY, F_SYNC, TX_FAILED, TX_IDLE,
 )
-from .protocol.errors import INVALID_SQL_STATEMENT_NAME, PROGRAM_LIMIT_EXCEEDED, PROTOCOL_VIOLATION, \
-    ProtocolError, parse_error_fields
+from .protocol.errors import FEATURE_NOT_SUPPORTED, INVALID_SQL_STATEMENT_NAME, PROGRAM_LIMIT_EXCEEDED, \
+    PROTOCOL_VIOLATION, ProtocolError, error_response, parse_error_fields
 from .protocol.framing import watch_table
 
 _int32 = struct.Struct("!I")
@@ -110,6 +146,10 @@ _int32 = struct.Struct("!I")
 PREFIX = b"PGPOOL_"
 # Sent instead of a client name that looks like ours but is unknown: pgpool never prepares it.
 MISSING = b"PGPOOL_missing"
+# Sent instead of a stale statement (see StatementRegistry.retire) on a server lacking it: the server
+# answers 26000 and skips to Sync, which pgpool turns into the 0A000 the client's own session would give.
+STALE = b"PGPOOL_stale"
+CACHED_PLAN_CHANGED = error_response(FEATURE_NOT_SUPPORTED, "cached plan must not change result type")
 _ids = itertools.count(1)
 
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
@@ -152,6 +192,8 @@ _EXECUTE_FWD = (K_EXECUTE, A_FORWARD, None)
 _CLOSE_FWD = (K_CLOSE, A_FORWARD, None)
 _SYNC_FWD = (K_SYNC, A_FORWARD, None)
 _QUERY_FWD = (K_QUERY, A_FORWARD, None)
+# A Query too long to split that may drop every statement: its CommandComplete tags are watched.
+_QUERY_WATCH_DROPS = (K_QUERY, A_FORWARD, (None, None, None, None, None, None, False))
 # A client's CopyDone / CopyFail sent before the server said CopyInResponse: Syncs before it are ignored.
 _MARK = (K_MARK, A_SYNTH, (b"", None, None, 0))
 
@@ -164,10 +206,22 @@ PENDING, CONFIRMED, DEAD = 0, 1, 2
 _ORD_S = ord("S")
 _CLOSE_BEFORE = watch_table(F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_SYNC, F_FLUSH)
 
-_DEALLOCATE_RE = re.compile(
-    rb'\s*DEALLOCATE\s+(?:PREPARE\s+)?(?:(ALL)|"((?:[^"]|"")+)"|([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*))\s*;?\s*',
-    re.IGNORECASE)
-_DISCARD_ALL_RE = re.compile(rb"\s*DISCARD\s+ALL\s*;?\s*", re.IGNORECASE)
+# The keywords that start a statement dropping prepared statements, in any letter case.
+_reset_word = re.compile(rb"[dD][eE][aA][lL][lL][oO][cC][aA][tT][eE]|[dD][iI][sS][cC][aA][rR][dD]").search
+_BLANKS = b" \t\r\n\f"
+# A text whose first byte is not one of these holds such a statement only if it is a statement list.
+_MAY_START = b"dD/-"
+# Texts longer than this are split every time rather than kept in the cache.
+_SCAN_CACHE_TEXT = 8192
+# Texts longer than this are not split at all (it would stall every client for milliseconds): the
+# tracker follows the CommandComplete tags of such a Query instead.
+_SCAN_LIMIT = 16 * 1024
+# A statement that may drop prepared statements starts with one of these words.
+_reset_head = re.compile(r"(?:deallocate|discard)\b", re.IGNORECASE).match
+# CommandComplete tags of a statement that dropped every prepared statement of the session.
+_DROPPED_ALL_TAGS = (b"DEALLOCATE ALL\x00", b"DISCARD ALL\x00")
+_NO_RESET: tuple[bool | None, tuple[str, bytes] | None] = (False, None)
+_TOO_LONG: tuple[bool | None, tuple[str, bytes] | None] = (None, None)
 
 
 def _message(msg_type: bytes, body: bytes) -> bytes:
@@ -190,73 +244,138 @@ def _find_nul(buf: bytes, pos: int, end: int, what: str) -> int:
     return nul
 
 
-def classify_deallocate(sql: bytes) -> tuple[str, bytes] | None:
-    """("all", b"") for DEALLOCATE [PREPARE] ALL / DISCARD ALL, ("name", name) for DEALLOCATE name.
+def _scan(sql: bytes) -> tuple[bool | None, tuple[str, bytes] | None]:
+    """Split with PostgreSQL's own grammar (pglast: comments, quoting, dollar quoting and statement
+    lists as the server reads them), then parse only the statements that start with the keywords."""
+    text = sql.decode("utf-8", "replace")
+    try:
+        parts = pglast.parser.split(text, only_slices=True)
+    except Exception:   # noqa: BLE001 - a syntax error anywhere: the server runs none of it
+        return _NO_RESET
+    drops_all = False
+    found: list[tuple[str, bytes] | None] = []
+    for part in parts:
+        what = _classify_statement(text[part]) if _reset_head(text, part.start) else None
+        drops_all = drops_all or (what is not None and what[0] == "all")
+        found.append(what)
+    return drops_all, (found[0] if len(found) == 1 else None)
 
-    Only a whole single statement is recognised; names follow SQL identifier rules
-    (unquoted ones fold to lower case).
-    """
-    if len(sql) > 512:
+
+def _classify_statement(text: str) -> tuple[str, bytes] | None:
+    try:
+        node = pglast.parse_sql(text)[0].stmt
+    except Exception:   # noqa: BLE001 - refused by the server as well
         return None
-    match = _DEALLOCATE_RE.fullmatch(sql)
-    if match is not None:
-        if match.group(1):
-            return "all", b""
-        if match.group(2) is not None:
-            return "name", match.group(2).replace(b'""', b'"')
-        return "name", match.group(3).lower()
-    if _DISCARD_ALL_RE.fullmatch(sql):
-        return "all", b""
+    if isinstance(node, ast.DeallocateStmt):
+        return ("all", b"") if node.isall or node.name is None else ("name", node.name.encode())
+    if isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
+        return ("all", b"")
     return None
 
 
-def _may_be_deallocate(buf: bytes, start: int, end: int) -> bool:
-    """Cheap pre-check before the regex: the statement starts with d/D."""
+_scan_cached = functools.lru_cache(maxsize=512)(_scan)
+
+
+def _may_reset(buf: bytes, start: int, end: int) -> bool:
+    """Cheap byte pre-filter, so ordinary SQL never reaches the parser: one statement that does not
+    start with D (or a comment) is no DEALLOCATE / DISCARD; otherwise look for the keywords."""
     pos = start
-    while pos < end and buf[pos] in b" \t\r\n":
+    while pos < end and buf[pos] in _BLANKS:
         pos += 1
-    return pos < end and buf[pos] in b"dD"
+    if pos >= end or (buf[pos] not in _MAY_START and buf.find(b";", pos, end) < 0):
+        return False
+    return _reset_word(buf, pos, end) is not None
+
+
+def scan_deallocations(buf: bytes, start: int, end: int) -> tuple[bool | None, tuple[str, bytes] | None]:
+    """For the SQL text buf[start:end]: (does any statement drop every prepared statement (DEALLOCATE
+    [PREPARE] ALL, DISCARD ALL)?, the deallocation when the text is that single statement: ("all", b"")
+    or ("name", name)). Ordinary SQL is answered by a byte search; the rest is split once per text.
+    (None, None): a text over _SCAN_LIMIT that may hold one; not split."""
+    if not _may_reset(buf, start, end):
+        return _NO_RESET
+    if end - start > _SCAN_LIMIT:
+        return _TOO_LONG
+    sql = buf[start:end]
+    return _scan(sql) if len(sql) > _SCAN_CACHE_TEXT else _scan_cached(sql)
+
+
+def drops_all_statements(sql: bytes) -> bool:
+    """Whether running `sql` drops every prepared statement of the session (for server_reset_query)."""
+    return scan_deallocations(sql, 0, len(sql))[0] is not False
+
+
+def classify_deallocate(sql: bytes) -> tuple[str, bytes] | None:
+    """("all", b"") for DEALLOCATE [PREPARE] ALL / DISCARD ALL, ("name", name) for DEALLOCATE name.
+
+    Only a whole single statement is recognised (comments allowed); names follow SQL
+    identifier rules (unquoted ones fold to lower case).
+    """
+    return scan_deallocations(sql, 0, len(sql))[1]
 
 
 class Statement:
-    """One Parse content (query text + parameter type OIDs), shared by every client that prepares it."""
-    __slots__ = ("content", "parsed_ok", "__weakref__")
+    """One Parse content (query text + parameter type OIDs) under one search_path, shared by every client
+    of the pool that prepares it there."""
+    __slots__ = ("content", "path_key", "parsed_ok", "stale", "drops_all", "__weakref__")
 
-    def __init__(self, content: bytes):
+    def __init__(self, content: bytes, path_key: bytes = b""):
         self.content = content
+        self.path_key = path_key
         self.parsed_ok = False   # some server accepted this content: a Parse of it can be answered locally
+        self.stale = False       # retired after 0A000: its result type changed since clients prepared it
+        query_end = content.find(b"\x00")
+        # Executing it drops every prepared statement of the server session (psycopg prepares DISCARD ALL).
+        self.drops_all = scan_deallocations(content, 0, query_end if query_end >= 0 else len(content))[0] is True
 
     def __repr__(self) -> str:
         return f"Statement({self.content[:60]!r})"
 
 
 class StatementRegistry:
-    """Interns Parse contents, so equal SQL from any client is one Statement (one server statement).
+    """Interns Parse contents per search_path, so equal SQL meaning the same thing from any client of
+    one pool is one Statement (one server statement per server). One registry per pool: a statement
+    another database or user prepared says nothing about this one.
 
     Weak: a content disappears when no client names it and no server holds it.
     """
-    __slots__ = ("_by_content",)
+    __slots__ = ("_by_key",)
 
     def __init__(self) -> None:
-        self._by_content: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
+        self._by_key: weakref.WeakValueDictionary[tuple[bytes, bytes], Statement] = weakref.WeakValueDictionary()
 
-    def intern(self, content: bytes) -> Statement:
-        stmt = self._by_content.get(content)
+    def intern(self, content: bytes, path_key: bytes = b"") -> Statement:
+        key = (path_key, content)
+        stmt = self._by_key.get(key)
         if stmt is None:
-            stmt = Statement(content)
-            self._by_content[content] = stmt
+            stmt = Statement(content, path_key)
+            self._by_key[key] = stmt
         return stmt
 
+    def retire(self, stmt: Statement) -> None:
+        """Server copies of `stmt` are stale (DDL changed its result type): the next Parse of the same
+        content gets a new Statement, prepared afresh, while clients holding the old one keep it."""
+        stmt.stale = True
+        key = (stmt.path_key, stmt.content)
+        if self._by_key.get(key) is stmt:
+            del self._by_key[key]
+
     def __len__(self) -> int:
-        return len(self._by_content)
+        return len(self._by_key)
 
 
 class ClientStatements:
-    """One client's own namespace: its statement names -> Statement. Lives as long as the client."""
-    __slots__ = ("names",)
+    """One client's own namespace: its statement names -> Statement. Lives as long as the client.
 
-    def __init__(self) -> None:
+    `path_key` stands for the client's search_path (params.search_path_key): equal bytes for
+    the same search_path. It is part of the sharing key, as the same SQL names other tables
+    under another search_path; the connection layer updates it when the search_path changes.
+    """
+    __slots__ = ("names", "path_key")
+
+    def __init__(self, path_key: bytes = b"") -> None:
         self.names: dict[bytes, Statement] = {}
+        self.path_key = path_key
 
     def parse_without_server(self, registry: StatementRegistry, data: bytes) -> bool:
         """Take `data` = one named Parse + Sync from a client holding no server, if no server is needed.
@@ -277,7 +396,7 @@ class ClientStatements:
         name = data[5:name_end]
         if name in self.names:
             return False   # Postgres answers 42P05: let the server say it
-        stmt = registry.intern(data[name_end + 1:1 + length])
+        stmt = registry.intern(data[name_end + 1:1 + length], self.path_key)
         if not stmt.parsed_ok:
             return False
         self.names[name] = stmt
@@ -309,8 +428,9 @@ class PreparedCounters:
 
 class ServerStatements:
     """One server connection: its statement LRU, the reply-order queue, and the linked client's names."""
-    __slots__ = ("registry", "max_prepared_statements", "stats", "cache", "_names", "_queue", "_to_client",
-                 "_to_close", "_skipping", "_copy_in", "_tx_status", "_head_failed")
+    __slots__ = ("registry", "max_prepared_statements", "stats", "cache", "_client", "_names", "_queue",
+                 "_to_client", "_to_close", "_skipping", "_copy_in", "_tx_status", "_head_failed", "_drop_portals",
+                 "_unnamed_drops")
 
     def __init__(self, registry: StatementRegistry, max_prepared_statements: int,
                  stats: object | None = None):
@@ -320,6 +440,7 @@ class ServerStatements:
         self.max_prepared_statements = max_prepared_statements
         self.stats = stats if stats is not None else PreparedCounters()
         self.cache: OrderedDict[Statement, ServerStatement] = OrderedDict()   # LRU first
+        self._client: ClientStatements | None = None
         self._names: dict[bytes, Statement] | None = None
         self._queue: deque[tuple] = deque()
         self._to_client: list[bytes] = []
@@ -328,12 +449,16 @@ class ServerStatements:
         self._copy_in = False       # the server is in COPY IN: it ignores Sync until CopyDone/CopyFail
         self._tx_status = TX_IDLE   # status byte of the last ReadyForQuery
         self._head_failed = False   # an ErrorResponse came inside the Query / Sync at the queue head
+        self._drop_portals: set[bytes] = set()   # portals bound from a DEALLOCATE ALL / DISCARD ALL statement
+        self._unnamed_drops = False  # the server's unnamed statement is a DEALLOCATE ALL / DISCARD ALL
 
     # ---- linking -------------------------------------------------------------------------------
 
     def link(self, client: ClientStatements) -> None:
         """A client got this server (it is idle: ReadyForQuery 'I', nothing outstanding)."""
+        self._client = client
         self._names = client.names
+        self._drop_portals.clear()
         self._queue.clear()
         self._to_client.clear()
         self._skipping = False
@@ -344,6 +469,7 @@ class ServerStatements:
     def unlink(self) -> bool:
         """The link ended. False when requests were still outstanding: the server's statements are unknown."""
         clean = self.idle
+        self._client = None
         self._names = None
         if not clean:
             self._queue.clear()
@@ -416,8 +542,11 @@ class ServerStatements:
         if msg_type == F_BIND:
             out = self._on_bind(buf, start, end)
         elif msg_type == F_EXECUTE:
-            self._queue.append(_EXECUTE_FWD)
             out = None
+            if self._drop_portals:
+                self._on_execute_drop(buf, start, end)
+            else:
+                self._queue.append(_EXECUTE_FWD)
         elif msg_type == F_SYNC:
             out = None
             if not self._copy_in:
@@ -449,20 +578,16 @@ class ServerStatements:
         name_end = _find_nul(buf, start, end, "Parse")
         names = self._names
         if name_end == start:
-            # The unnamed statement is the client's own business; only DEALLOCATE/DISCARD in it matter.
+            # The unnamed statement is the client's own business; only DEALLOCATE/DISCARD in it matter,
+            # when a portal made from it runs.
             self._queue.append(_PARSE_FWD)
-            if _may_be_deallocate(buf, start + 1, end):
+            if self._unnamed_drops or _may_reset(buf, start + 1, end):
                 query_end = _find_nul(buf, start + 1, end, "Parse")
-                found = classify_deallocate(buf[start + 1:query_end])
-                if found is not None and found[0] == "all":
-                    # Deallocated at Execute, which may still fail: the retired statements get their
-                    # (then harmless) Close rather than being assumed gone.
-                    restore, _ = self._deallocate_all()
-                    self._queue[-1] = (K_PARSE, A_FORWARD, (None, None, None, None, restore, None, False))
+                self._unnamed_drops = scan_deallocations(buf, start + 1, query_end)[0] is True
             return None
         cname = buf[start:name_end]
         content = buf[name_end + 1:end]
-        stmt = self.registry.intern(content)
+        stmt = self.registry.intern(content, self._client.path_key)
         self.stats.client_parse_count += 1
         existing = names.get(cname)
         if existing is not None:
@@ -500,18 +625,43 @@ class ServerStatements:
         name_end = _find_nul(buf, name_start, end, "Bind")
         if name_end == name_start:
             self._queue.append(_BIND_FWD)
+            if self._unnamed_drops or self._drop_portals:
+                self._note_portal(buf[start:portal_end], self._unnamed_drops)
             return None
         self.stats.bind_count += 1
         cname = buf[name_start:name_end]
         stmt = self._names.get(cname)
         if stmt is None:
+            if self._drop_portals:
+                self._note_portal(buf[start:portal_end], False)
             return self._forward_unknown(K_BIND, b"B", buf, start, end, name_start, name_end, cname)
+        if stmt.drops_all or self._drop_portals:
+            self._note_portal(buf[start:portal_end], stmt.drops_all)
+        if stmt.stale and stmt not in self.cache:
+            return self._forward_stale(K_BIND, b"B", buf, start, end, name_start, name_end, cname)
         sst, prefix = self._ensure(stmt)
         self._queue.append((K_BIND, A_FORWARD, (sst.name, cname, sst)))
         # Parameters can be large: copy them once, into the rewritten message.
         view = memoryview(buf)
         size = end - start - len(cname) + len(sst.name) + 4
         return b"".join((prefix, b"B", _int32.pack(size), view[start:name_start], sst.name, view[name_end:end]))
+
+    def _note_portal(self, portal: bytes, drops_all: bool) -> None:
+        if drops_all:
+            self._drop_portals.add(portal)
+        else:
+            self._drop_portals.discard(portal)
+
+    def _on_execute_drop(self, buf: bytes, start: int, end: int) -> None:
+        """An Execute while some portal would drop every statement: is it that portal?"""
+        portal_end = _find_nul(buf, start, end, "Execute")
+        if buf[start:portal_end] not in self._drop_portals:
+            self._queue.append(_EXECUTE_FWD)
+            return
+        # The client's names go now (a pipelined Bind behind it must not find them); every server
+        # statement is retired, its Close harmless if the statement is gone. Undone if it fails.
+        restore, retired = self._deallocate_all()
+        self._queue.append((K_EXECUTE, A_FORWARD, (None, None, None, None, restore, retired, False)))
 
     def _on_describe(self, buf: bytes, start: int, end: int) -> bytes | None:
         name_end = _find_nul(buf, start + 1, end, "Describe")
@@ -522,6 +672,8 @@ class ServerStatements:
         stmt = self._names.get(cname)
         if stmt is None:
             return self._forward_unknown(K_DESCRIBE, b"D", buf, start, end, start + 1, name_end, cname)
+        if stmt.stale and stmt not in self.cache:
+            return self._forward_stale(K_DESCRIBE, b"D", buf, start, end, start + 1, name_end, cname)
         sst, prefix = self._ensure(stmt)
         self._queue.append((K_DESCRIBE, A_FORWARD, (sst.name, cname, sst)))
         return prefix + _message(b"D", b"S" + sst.name + b"\x00")
@@ -545,16 +697,19 @@ class ServerStatements:
         return None
 
     def _on_query(self, buf: bytes, start: int, end: int) -> bytes | None:
-        if end - start > 512 or not _may_be_deallocate(buf, start, end):
+        drops_all, found = scan_deallocations(buf, start, end - 1 if end > start and buf[end - 1] == 0 else end)
+        if drops_all is None:
+            # Too long to split: if the server says it dropped every statement, pgpool follows.
+            self._queue.append(_QUERY_WATCH_DROPS)
+            return None
+        if found is None and not drops_all:
+            # Ordinary SQL; also DEALLOCATE name inside a statement list (not rewritten: see the docstring).
             self._queue.append(_QUERY_FWD)
             return None
-        found = classify_deallocate(buf[start:end].rstrip(b"\x00"))
-        if found is None:
-            self._queue.append(_QUERY_FWD)
-            return None
-        what, cname = found
+        what, cname = found if found is not None else ("all", b"")
         if what == "all":
-            # The server drops every statement too: retire them all (their Closes become no-ops).
+            # The server drops every statement too, alone or in a statement list: retire them all
+            # (their Closes become no-ops). The client's names come back if it fails before that.
             restore, retired = self._deallocate_all()
             self._queue.append((K_QUERY, A_FORWARD, (None, None, None, None, restore, retired, False)))
             return None
@@ -590,6 +745,13 @@ class ServerStatements:
             return None
         self._queue.append((kind, A_FORWARD, (MISSING, cname, None)))
         return _message(msg_type, buf[start:name_start] + MISSING + buf[name_end:end])
+
+    def _forward_stale(self, kind: int, msg_type: bytes, buf: bytes, start: int, end: int,
+                       name_start: int, name_end: int, cname: bytes) -> bytes:
+        """A statement prepared before DDL changed its result type, on a server lacking it: parsing it
+        here would silently return other columns; its own session would say 0A000 (and skip to Sync)."""
+        self._queue.append((kind, A_FORWARD, (STALE, cname, None)))
+        return _message(msg_type, buf[start:name_start] + STALE + buf[name_end:end])
 
     def _deallocate_all(self) -> tuple[dict[bytes, Statement], list[ServerStatement]]:
         names = self._names
@@ -682,10 +844,20 @@ class ServerStatements:
         if msg_type in _INSIDE[kind]:
             if msg_type == B_COPY_IN_RESPONSE:
                 self._on_copy_in()
-            elif msg_type == B_COMMAND_COMPLETE and kind == K_QUERY and head[2] is not None and head[2][6]:
-                # The throwaway PREPARE in front of a client's DEALLOCATE: not the client's reply.
-                queue[0] = (K_QUERY, A_FORWARD, head[2][:6] + (False,))
-                return b""
+            elif msg_type == B_COMMAND_COMPLETE and kind == K_QUERY and head[2] is not None:
+                info = head[2]
+                if info[6]:
+                    # The throwaway PREPARE in front of a client's DEALLOCATE: not the client's reply.
+                    queue[0] = (K_QUERY, A_FORWARD, info[:6] + (False,))
+                    return b""
+                if info[4] is not None and buf is not None and buf[start:end] in _DROPPED_ALL_TAGS:
+                    # DEALLOCATE is not transactional: done now, even if a later statement of the list fails.
+                    self._commit(head)
+                    queue[0] = (K_QUERY, A_FORWARD, info[:4] + (None, None, False))
+                elif head is _QUERY_WATCH_DROPS and buf is not None and buf[start:end] in _DROPPED_ALL_TAGS:
+                    # Learnt only now: the client's names go, and everything pgpool had on this server.
+                    self._names.clear()
+                    self.forget_all()
             return None
         raise self._lost(msg_type)
 
@@ -719,7 +891,10 @@ class ServerStatements:
         info = head[2]
         if buf is not None and head[1] == A_FORWARD and info is not None and info[0] is not None:
             sqlstate = parse_error_fields(buf[start:end]).get("C", "")
-            out = self._fix_error(buf, start, end, info[0], info[1])
+            if info[0] is STALE and sqlstate == INVALID_SQL_STATEMENT_NAME:
+                out = CACHED_PLAN_CHANGED
+            else:
+                out = self._fix_error(buf, start, end, info[0], info[1])
         # Undo newest first, so a Close followed by a Parse of the same name restores the older statement.
         for entry in reversed(failed):
             self._undo(entry, sqlstate if entry is head else "")
@@ -762,7 +937,7 @@ class ServerStatements:
                 info[3].stmt.parsed_ok = True
             elif info[6]:
                 self._parse_over_existing(info)
-        elif kind == K_QUERY and info[5] is not None:
+        elif (kind == K_QUERY or kind == K_EXECUTE) and info[5] is not None:
             # DEALLOCATE ran: the statements it took off the server need no Close.
             for sst in info[5]:
                 sst.state = DEAD
@@ -815,13 +990,21 @@ class ServerStatements:
         elif kind == K_CLOSE:
             if action == A_SWALLOW and info.state == CONFIRMED:
                 self._to_close.append(info)   # skipped, so still on the server: send it again
-        elif kind == K_QUERY:
+        elif kind == K_QUERY or kind == K_EXECUTE:
             if info[4]:
                 for name, old in info[4].items():
                     names.setdefault(name, old)
-        elif sqlstate == INVALID_SQL_STATEMENT_NAME and info[2] is not None:
+        elif info[2] is None:
+            return
+        elif sqlstate == INVALID_SQL_STATEMENT_NAME:
             # Bind / Describe of a statement we believed was here: it is not (someone deallocated it).
             self._kill(info[2])
+        elif sqlstate == FEATURE_NOT_SUPPORTED:
+            # "cached plan must not change result type": DDL changed what the statement returns. The same
+            # SQL parsed again, by this client (asyncpg re-prepares) or any other of the pool, becomes a new
+            # Statement, prepared afresh on every server. Server copies of the old one stay: a client still
+            # holding it gets this error again, as its own session would give it (psycopg then re-prepares).
+            self.registry.retire(info[2].stmt)
 
     def _kill(self, sst: ServerStatement) -> None:
         sst.state = DEAD

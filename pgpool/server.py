@@ -90,7 +90,7 @@ class ServerConnection(asyncio.Protocol):
         self.prepared: ServerStatements | None = None
         self.watch_normal, self.watch_tags = WATCH_SERVER, WATCH_SERVER_TAGS
         if settings.max_prepared_statements and pool.conf.pool_mode != PoolMode.SESSION:
-            self.prepared = ServerStatements(self.app.statement_registry, settings.max_prepared_statements,
+            self.prepared = ServerStatements(pool.statement_registry, settings.max_prepared_statements,
                                              stats=pool.stats)
             self.watch_normal = _merge(WATCH_SERVER, PREPARED_WATCH_SERVER)
             self.watch_tags = _merge(WATCH_SERVER_TAGS, PREPARED_WATCH_SERVER)

@@ -11,6 +11,7 @@ client-visible message streams must be byte-identical.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -18,13 +19,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgpool import prepared
+from pgpool.params import SessionParams, search_path_key
 from pgpool.prepared import (
     CLIENT_TYPES, SERVER_TYPES, WATCH_CLIENT, WATCH_SERVER, ClientStatements, ServerStatements,
-    StatementRegistry, classify_deallocate,
+    StatementRegistry, classify_deallocate, drops_all_statements, scan_deallocations,
 )
 from pgpool.protocol.errors import ProtocolError, error_response, parse_error_fields
 from pgpool.protocol.framing import MessageScanner
 from tests.frontend import FLUSH, SYNC, bind, close, describe, execute, msg, parse, query, split_messages
+from tests.protocol.fakes import Plane, complete, ready
 
 # ---- message bytes (PostgreSQL docs, "Message Formats") ---------------------------------------
 
@@ -47,6 +51,24 @@ def show(messages: list[bytes]) -> list[str]:
 
 TX_EXIT = ("commit", "rollback", "end", "abort")
 IN_FAILED_TX = "current transaction is aborted, commands ignored until end of transaction block"
+
+
+_COMMENT = re.compile(r"/\*.*?\*/|--[^\n]*(\n|$)", re.DOTALL)
+
+
+def _model_deallocate(sql: str) -> tuple[str, bytes] | None:
+    """The model's own reading of DEALLOCATE [PREPARE] ALL | name and DISCARD ALL (comments allowed)."""
+    words = _COMMENT.sub(" ", sql).replace(";", " ").split()
+    low = [w.lower() for w in words]
+    if low == ["discard", "all"]:
+        return "discard", b""
+    if low[:1] == ["deallocate"]:
+        rest = words[2:] if low[1:2] == ["prepare"] else words[1:]
+        if len(rest) == 1:
+            if rest[0].lower() == "all":
+                return "all", b""
+            return "name", rest[0][1:-1].replace('""', '"').encode() if rest[0][0] == '"' else rest[0].lower().encode()
+    return None
 
 
 def _cstring(body: bytes, pos: int) -> tuple[str, int]:
@@ -112,8 +134,8 @@ class ModelSession:
             self.tx = "I"
             self.portals.clear()
             return [msg(b"C", tag + b"\x00")]
-        found = classify_deallocate(sql.encode())
-        if found is not None and low.startswith("discard"):
+        found = _model_deallocate(sql)
+        if found is not None and found[0] == "discard":
             if self.tx != "I":
                 return self._error("25001", "DISCARD ALL cannot run inside a transaction block", extended)
             self.statements.clear()
@@ -160,6 +182,8 @@ class ModelSession:
             self.portals.clear()
         if "bad" in sql:
             out = self._error("42601", 'syntax error at or near "bad"', False)
+        elif ";" in sql and not sql.lower().startswith("prepare "):
+            out = self._statement_list(sql)
         else:
             result = self._run(sql, (), False)
             if self._rows(sql) and result[0][:1] == b"D":
@@ -167,6 +191,29 @@ class ModelSession:
             out.extend(result)
         self._end_implicit()
         out.append(msg(b"Z", self.tx.encode()))
+        return out
+
+    def _statement_list(self, sql: str) -> list[bytes]:
+        """A multi-statement Query: one implicit transaction, stopping at the first error.
+        DEALLOCATE is not transactional; DISCARD ALL refuses to run in a transaction block."""
+        out: list[bytes] = []
+        implicit = self.tx == "I"
+        if implicit:
+            self.tx = "T"
+        for part in (p.strip() for p in sql.split(";")):
+            if not _COMMENT.sub("", part).strip():
+                continue
+            if (_model_deallocate(part) or ("",))[0] == "discard":
+                result = self._error("25001", "DISCARD ALL cannot run inside a transaction block", False)
+            else:
+                result = self._run(part, (), False)
+                if self._rows(part) and result[0][:1] == b"D":
+                    out.append(msg(b"T", b"\x00\x01col\x00" + bytes(18)))
+            out.extend(result)
+            if result[-1][:1] == b"E":
+                break
+        if implicit:
+            self.tx = "I"
         return out
 
     def _parse(self, body: bytes) -> list[bytes]:
@@ -344,8 +391,10 @@ class PooledRun:
 
 
 def run_pooled(scripts: list[list[Round]], order: list[int], n_servers: int, max_prepared: int,
-               delivery: list[int]) -> dict[int, list[bytes]]:
+               delivery: list[int], path_keys: list[bytes] = ()) -> dict[int, list[bytes]]:
     run = PooledRun(n_servers, max_prepared)
+    for client, key in enumerate(path_keys):
+        run.namespaces[client] = ClientStatements(path_key=key)
     positions = [0] * len(scripts)
     pending = [i for i in range(len(scripts)) if scripts[i]]
     step = 0
@@ -367,8 +416,8 @@ def run_pooled(scripts: list[list[Round]], order: list[int], n_servers: int, max
 
 
 def assert_same(scripts: list[list[Round]], order: list[int] = (), n_servers: int = 1, max_prepared: int = 100,
-                delivery: list[int] = ()) -> dict[int, list[bytes]]:
-    pooled = run_pooled(scripts, list(order), n_servers, max_prepared, list(delivery))
+                delivery: list[int] = (), path_keys: list[bytes] = ()) -> dict[int, list[bytes]]:
+    pooled = run_pooled(scripts, list(order), n_servers, max_prepared, list(delivery), list(path_keys))
     for c, script in enumerate(scripts):
         assert show(pooled[c]) == show(run_direct(script)), f"client {c}"
         assert pooled[c] == run_direct(script), f"client {c}"
@@ -727,7 +776,8 @@ def test_scanner_driven_stream_split_at_every_offset_gives_the_same_replies():
 # ---- generated interleavings -----------------------------------------------------------------------
 
 NAMES = ["s1", "s2", "PGPOOL_1"]
-SQLS = ["select 1", "select 2", "select $1", "bad", "select fail", "insert", "begin", "rollback"]
+SQLS = ["select 1", "select 2", "select $1", "bad", "select fail", "insert", "begin", "rollback", "discard all",
+        "deallocate all"]
 
 
 @st.composite
@@ -756,7 +806,9 @@ def extended_round(draw) -> Round:
 
 
 simple_round = st.sampled_from(["begin", "commit", "rollback", "select 1", "select fail", "deallocate all",
-                                "discard all", "deallocate s1", "deallocate s2"]).map(lambda sql: Round([query(sql)]))
+                                "discard all", "deallocate s1", "deallocate s2", "select 1; deallocate all",
+                                "/* c */ deallocate all; select fail", "select fail; deallocate all",
+                                "select 2; discard all"]).map(lambda sql: Round([query(sql)]))
 
 
 @st.composite
@@ -773,3 +825,296 @@ def client_script(draw) -> list[Round]:
        delivery=st.lists(st.integers(0, 3), max_size=6))
 def test_interleaved_clients_see_what_their_own_session_would_show(scripts, order, n_servers, max_prepared, delivery):
     assert_same(scripts, order=order, n_servers=n_servers, max_prepared=max_prepared, delivery=delivery)
+
+
+# ---- issue 8: sharing keyed by meaning, invalidation, resets in every form --------------------------
+
+def _send(tracker: ServerStatements, *messages: bytes) -> list[bytes]:
+    """Client messages through the tracker: what goes to the server (made-up replies are checked apart)."""
+    out: list[bytes] = []
+    for message in messages:
+        rewritten = tracker.on_client_message(message[0], message, 5, len(message))
+        out.extend(split_messages(message if rewritten is None else rewritten))
+    return out
+
+
+def _reply(tracker: ServerStatements, *messages: bytes) -> list[bytes]:
+    seen: list[bytes] = []
+    for message in messages:
+        out = tracker.on_server_message(message[0], message, 5, len(message)) if WATCH_SERVER[message[0]] else None
+        seen.extend(split_messages(message if out is None else out))
+    return seen
+
+
+CACHED_PLAN = "cached plan must not change result type"
+
+
+def test_registry_keys_statements_by_search_path_too():
+    registry = StatementRegistry()
+    content = b"select * from t\x00\x00\x00"
+    assert registry.intern(content, b"SET search_path TO a") is registry.intern(content, b"SET search_path TO a")
+    assert registry.intern(content, b"SET search_path TO a") is not registry.intern(content, b"SET search_path TO b")
+    assert registry.intern(content) is not registry.intern(content, b"SET search_path TO a")
+
+
+def test_same_sql_under_another_search_path_is_prepared_again_not_shared():
+    run = PooledRun(1, 10)
+    run.namespaces[0] = ClientStatements(path_key=b"SET search_path TO tenant_a")
+    run.namespaces[1] = ClientStatements(path_key=b"SET search_path TO tenant_b")
+    run.namespaces[2] = ClientStatements(path_key=b"SET search_path TO tenant_a")
+    for c in (0, 1, 2):
+        run.run_round(c, Round([parse(f"c{c}", "select * from t"), bind(f"c{c}"), execute(), SYNC]), [])
+    # tenant_b's statement means another table: it gets its own server statement; tenant_a's is shared.
+    assert run.servers[0].tracker.stats.server_parse_count == 2
+    assert len(run.servers[0].session.statements) == 2
+    assert [show(run.seen[c])[0] for c in (0, 1, 2)] == ["1", "1", "1"]
+
+
+def test_parse_without_server_needs_a_statement_parsed_under_the_same_search_path():
+    registry = StatementRegistry()
+    sync = b"S\x00\x00\x00\x04"
+    tenant_a = ClientStatements(path_key=b"SET search_path TO a")
+    tracker = ServerStatements(registry, 10)
+    tracker.link(tenant_a)
+    _send(tracker, parse("s", "select * from t"), SYNC)
+    _reply(tracker, msg(b"1"), msg(b"Z", b"I"))
+    assert tracker.unlink()
+    assert ClientStatements(path_key=b"SET search_path TO a").parse_without_server(
+        registry, parse("x", "select * from t") + sync)
+    assert not ClientStatements(path_key=b"SET search_path TO b").parse_without_server(
+        registry, parse("x", "select * from t") + sync)
+    assert not ClientStatements().parse_without_server(StatementRegistry(), parse("x", "select * from t") + sync), \
+        "another pool's registry never saw it"
+
+
+@pytest.mark.parametrize("where", ["bind", "describe"])
+def test_cached_plan_error_invalidates_the_statement_so_a_reprepare_reaches_the_server(where):
+    """After DDL changed a result type: 0A000 on Bind (or Describe) of a shared statement; asyncpg then
+    closes its statement and prepares the same SQL under a new name, which must really be prepared."""
+    registry = StatementRegistry()
+    tracker = ServerStatements(registry, 10)
+    other = ServerStatements(registry, 10)      # a second server holding the same, now stale, statement
+    asyncpg_client = ClientStatements()
+    tracker.link(asyncpg_client)
+    sent = _send(tracker, parse("__asyncpg_stmt_1__", "select * from t"), describe("S", "__asyncpg_stmt_1__"), FLUSH)
+    _reply(tracker, msg(b"1"), msg(b"t", b"\x00\x00"), msg(b"T", b"\x00\x00"))
+    server_name = sent[0][5:sent[0].index(0, 5)]
+    old_statement = asyncpg_client.names[b"__asyncpg_stmt_1__"]
+    other.link(ClientStatements())
+    _send(other, parse("p", "select * from t"), SYNC)
+    _reply(other, msg(b"1"), msg(b"Z", b"I"))
+    assert other.unlink()
+
+    if where == "bind":
+        _send(tracker, bind("__asyncpg_stmt_1__"), execute(), SYNC)
+    else:
+        _send(tracker, describe("S", "__asyncpg_stmt_1__"), SYNC)
+    seen = _reply(tracker, error_response("0A000", CACHED_PLAN), msg(b"Z", b"I"))
+    assert show(seen)[0] == f"E 0A000 {CACHED_PLAN}"
+    # A client still holding the old statement gets what its own session would give: the same error.
+    sent = _send(tracker, bind("__asyncpg_stmt_1__"), execute(), SYNC)
+    assert sent[0][5:].startswith(b"\x00" + server_name + b"\x00")
+    _reply(tracker, error_response("0A000", CACHED_PLAN), msg(b"Z", b"I"))
+    # asyncpg drops its cache and prepares the same SQL again: that Parse must reach the server.
+    sent = _send(tracker, close("S", "__asyncpg_stmt_1__"), parse("__asyncpg_stmt_2__", "select * from t"),
+                 describe("S", "__asyncpg_stmt_2__"), FLUSH)
+    assert [m[:1] for m in sent] == [b"P", b"D", b"H"], "the same SQL is prepared afresh"
+    assert sent[0][5:sent[0].index(0, 5)] != server_name
+    assert tracker.take_client_output() == b"3\x00\x00\x00\x04", "only the client's Close was answered locally"
+    # A new client of the pool on the other server: the stale copy there is not used either.
+    other.link(ClientStatements())
+    sent = _send(other, parse("_pg3_0", "select * from t"), SYNC)
+    assert [m[:1] for m in sent] == [b"P", b"S"], "a Parse of a statement known stale must reach a server"
+    _reply(other, msg(b"1"), msg(b"Z", b"I"))
+    assert other.unlink()
+    # The asyncpg client still holding the old statement, on a third server that never had it: parsing
+    # it there would return the new columns under the old row description; its own session says 0A000.
+    third = ServerStatements(registry, 10)
+    holder = ClientStatements()
+    holder.names[b"__asyncpg_stmt_9__"] = old_statement
+    third.link(holder)
+    sent = _send(third, bind("__asyncpg_stmt_9__"), execute(), SYNC)
+    assert [m[:1] for m in sent] == [b"B", b"E", b"S"]
+    seen = _reply(third, error_response("26000", 'prepared statement "PGPOOL_stale" does not exist'),
+                  msg(b"Z", b"I"))
+    assert show(seen) == [f"E 0A000 {CACHED_PLAN}", "Z b'I'"]
+    assert third.unlink()
+
+
+def test_invalid_statement_name_invalidates_the_statement_on_that_server():
+    tracker = ServerStatements(StatementRegistry(), 10)
+    tracker.link(ClientStatements())
+    _send(tracker, parse("s", "select 1"), SYNC)
+    _reply(tracker, msg(b"1"), msg(b"Z", b"I"))
+    # Someone removed it from the server behind pgpool's back.
+    _send(tracker, bind("s"), execute(), SYNC)
+    _reply(tracker, error_response("26000", 'prepared statement "PGPOOL_x" does not exist'), msg(b"Z", b"I"))
+    sent = _send(tracker, bind("s"), execute(), SYNC)
+    assert [m[:1] for m in sent] == [b"P", b"B", b"E", b"S"]
+
+
+def test_deallocate_all_inside_a_multi_statement_query_only_clears_the_clients_own_names():
+    a = rounds([parse("s", "select 1"), SYNC], [bind("s"), execute(), SYNC], [bind("s"), execute(), SYNC])
+    b = rounds([parse("t", "select 2"), SYNC], [query("select 3; deallocate all")], [bind("t"), execute(), SYNC])
+    seen = assert_same([a, b], order=[0, 1, 1, 0, 1, 0])
+    assert show(seen[1])[-2] == 'E 26000 prepared statement "t" does not exist'
+    assert "E" not in "".join(x[0] for x in show(seen[0]))
+
+
+@pytest.mark.parametrize("sql", ["/* pool reset */ DEALLOCATE ALL", "select 1; -- bye\n DeAllocate Prepare All",
+                                 "deallocate all; select fail", "select fail; deallocate all",
+                                 "select 1; discard all"])
+def test_deallocate_all_in_any_spelling_keeps_other_clients_working(sql):
+    a = rounds([parse("s", "select 1"), SYNC], [bind("s"), execute(), SYNC], [bind("s"), execute(), SYNC])
+    b = rounds([parse("t", "select 2"), SYNC], [query(sql)], [bind("t"), execute(), SYNC])
+    seen = assert_same([a, b], order=[0, 1, 1, 0, 1, 0])
+    assert "E" not in "".join(x[0] for x in show(seen[0]))
+
+
+@pytest.mark.parametrize("sql", ["discard all", "deallocate all"])
+@pytest.mark.parametrize("name", ["_pg3_0", ""])
+def test_discard_all_as_a_prepared_statement_only_clears_the_clients_own_names(sql, name):
+    """psycopg with prepare_threshold=0 sends DISCARD ALL as a named statement."""
+    a = rounds([parse("s", "select 1"), SYNC], [bind("s"), execute(), SYNC], [bind("s"), execute(), SYNC])
+    b = rounds([parse("t", "select 2"), SYNC], [parse(name, sql), bind(name), execute(), SYNC],
+               [bind("t"), execute(), SYNC], [bind(name), execute(), SYNC])
+    for n_servers in (1, 2):
+        seen = assert_same([a, b], order=[0, 1, 1, 0, 1, 1, 0], n_servers=n_servers)
+        assert "E" not in "".join(x[0] for x in show(seen[0]))
+        assert show(seen[1])[-4] == 'E 26000 prepared statement "t" does not exist'
+
+
+def test_discard_all_as_a_prepared_statement_that_fails_keeps_the_names():
+    a = rounds([parse("s", "select 1"), SYNC], [query("begin")],
+               [parse("d", "discard all"), bind("d"), execute(), SYNC], [query("rollback")],
+               [bind("s"), execute(), SYNC], [bind("d"), execute(), SYNC], [bind("s"), execute(), SYNC])
+    seen = assert_same([a])
+    assert [x.split(" ")[1] for x in show(seen[0]) if x.startswith("E")] == ["25001", "26000"]
+
+
+def test_split_streams_with_resets_give_the_same_bytes():
+    """Multi-statement and named resets through real scanners, split at every offset."""
+    client_bytes = b"".join([parse("s", "select 1"), SYNC, query("select 2; /* x */ deallocate all"),
+                             parse("d", "discard all"), bind("d"), execute(), SYNC,
+                             parse("s", "select 3"), bind("s"), execute(), SYNC])
+
+    @given(cuts=st.lists(st.integers(0, len(client_bytes)), max_size=4), step=st.integers(1, 9))
+    @settings(max_examples=200)
+    def check(cuts, step):
+        session = ModelSession()
+        tracker = ServerStatements(StatementRegistry(), 10)
+        tracker.link(ClientStatements())
+        seen = bytearray()
+        server_in = MessageScanner(WATCH_CLIENT, tracker.on_client_message, max_message=1 << 20)
+        server_out = MessageScanner(WATCH_SERVER, tracker.on_server_message, max_message=1 << 20, peer="server")
+        bounds = [0, *sorted(cuts), len(client_bytes)]
+        for lo, hi in zip(bounds, bounds[1:]):
+            to_server = server_in.feed(client_bytes[lo:hi])
+            seen += tracker.take_client_output()
+            replies = b"".join(r for m in split_messages(to_server) for r in session.feed(m)) if to_server else b""
+            for i in range(0, len(replies), step):
+                seen += server_out.feed(replies[i:i + step])
+        assert show(split_messages(bytes(seen))) == show(run_direct([Round(split_messages(client_bytes))]))
+        assert tracker.idle
+        # Each reset retired what the server had: only "select 3" is left to share.
+        assert [sst.stmt.content[:8] for sst in tracker.cache.values()] == [b"select 3"]
+    check()
+
+
+def test_scan_deallocations_recognises_every_spelling_and_only_those():
+    for sql in (b"DEALLOCATE ALL", b"discard all;", b"select 1; DEALLOCATE PREPARE ALL", b"/* c */ Discard All",
+                b"SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL; DISCARD ALL"):
+        assert drops_all_statements(sql), sql
+    for sql in (b"SELECT 'deallocate all'", b"-- discard all\nSELECT 1", b"DISCARD PLANS", b"DISCARD TEMP",
+                b"DEALLOCATE foo", b"select * from discard_all", b"not sql at all deallocate", b"",
+                b"SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL"):
+        assert not drops_all_statements(sql), sql
+    # Comments and multi-statement strings: the single-statement form is still recognised.
+    assert classify_deallocate(b"/* hi */ DEALLOCATE foo") == ("name", b"foo")
+
+
+def test_ordinary_sql_never_reaches_the_parser_and_the_rest_is_parsed_once():
+    prepared._scan_cached.cache_clear()
+    for sql in (b"SELECT abalance FROM pgbench_accounts WHERE aid = 1", b"UPDATE t SET v = 1; SELECT 1",
+                b"BEGIN", b"  select 'discard all'", b"INSERT INTO deallocations VALUES (1)"):
+        assert scan_deallocations(sql, 0, len(sql)) == (False, None)
+    assert prepared._scan_cached.cache_info().currsize == 0, "the byte pre-filter let ordinary SQL through"
+    for _ in range(3):
+        assert scan_deallocations(b"SELECT 1; DEALLOCATE ALL", 0, 24) == (True, None)
+    info = prepared._scan_cached.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+
+
+# ---- wiring: per-pool registry, reset forgets the server's statements, the search_path key ---------
+
+def test_each_pool_has_its_own_statement_registry():
+    plane = Plane(**{"databases.otherdb": "host=127.0.0.1 port=5432 dbname=otherdb"})
+    other = plane.app.get_pool("otherdb", "app", None)
+    assert plane.pool.statement_registry is not other.statement_registry
+    assert plane.servers[0].prepared.registry is plane.pool.statement_registry
+
+
+@pytest.mark.parametrize("reset, forgets", [("DISCARD ALL", True), ("DEALLOCATE ALL; RESET ALL", True),
+                                            ("RESET ALL", False)])
+def test_server_reset_query_forgets_the_statements_it_dropped(reset, forgets):
+    plane = Plane(server_reset_query_always="1", server_reset_query=reset)
+    server = plane.servers[0]
+    client = plane.add_client()
+    client.data_received(parse("s", "select 1") + SYNC)
+    sent = server.transport.take()
+    assert sent[:1] == b"P"
+    server.data_received(msg(b"1") + ready())
+    assert server.transport.take() == query(reset)
+    server.data_received(complete(reset.split(";")[0]) + ready())
+    client.data_received(bind("s") + execute() + SYNC)
+    sent = split_messages(server.transport.take())
+    assert [m[:1] for m in sent] == ([b"P"] if forgets else []) + [b"B", b"E", b"S"]
+
+
+def test_search_path_key_follows_startup_and_set():
+    assert search_path_key(SessionParams()) == b""
+    a = SessionParams(statements={"search_path": "SELECT pg_catalog.set_config('search_path', 'a', false)"})
+    b = SessionParams(statements={"search_path": "SELECT pg_catalog.set_config('search_path', 'b', false)"})
+    assert search_path_key(a) != search_path_key(b) and search_path_key(a) == search_path_key(SessionParams(
+        statements=dict(a.statements)))
+    assert search_path_key(SessionParams(reported={"search_path": "x"})) == search_path_key(
+        SessionParams(reported={"search_path": "x"})) != b""
+
+    plane = Plane()
+    server = plane.servers[0]
+    client = plane.add_client(statements=dict(a.statements))
+    assert client.statements.path_key == search_path_key(a)
+    client.data_received(query("SET search_path TO tenant_b"))
+    server.transport.take()
+    server.data_received(complete("SET") + ready())   # pgpool's replay of the startup search_path
+    server.transport.take()
+    server.data_received(complete("SET") + ready())
+    assert client.statements.path_key == search_path_key(client.params) != search_path_key(a)
+
+
+@settings(max_examples=max(100, settings.default.max_examples // 2))
+@given(scripts=st.lists(client_script(), min_size=2, max_size=3),
+       order=st.lists(st.integers(0, 5), min_size=1, max_size=12),
+       n_servers=st.integers(1, 2), max_prepared=st.integers(1, 4),
+       path_keys=st.lists(st.sampled_from([b"", b"SET search_path TO a"]), min_size=3, max_size=3))
+def test_interleaved_clients_under_different_search_paths_see_their_own_session(scripts, order, n_servers,
+                                                                                 max_prepared, path_keys):
+    """Clients whose equal SQL is shared, or not, by search_path: still each sees its own session."""
+    assert_same(scripts, order=order, n_servers=n_servers, max_prepared=max_prepared, path_keys=path_keys)
+
+
+def test_big_statement_lists_are_split_not_parsed_and_huge_ones_are_followed_by_their_tags():
+    # A 14 KB statement list: split by PostgreSQL's grammar, only the DEALLOCATE statement itself parsed.
+    rows = ",".join(f"({i}, 'discard me')" for i in range(800)).encode()
+    big = b"INSERT INTO t VALUES " + rows + b"; DEALLOCATE ALL"
+    assert scan_deallocations(big, 0, len(big)) == (True, None)
+    assert scan_deallocations(big[:-16], 0, len(big) - 16) == (False, None)
+    # Above the parse limit, nothing is parsed: the tracker follows the statement's CommandComplete tag.
+    huge = b"INSERT INTO t VALUES " + rows * 3 + b"; DEALLOCATE ALL"
+    assert scan_deallocations(huge, 0, len(huge)) == (None, None)
+    a = rounds([parse("s", "select 1"), SYNC], [bind("s"), execute(), SYNC], [bind("s"), execute(), SYNC])
+    b = rounds([parse("t", "select 2"), SYNC], [query("select 3; deallocate all; " + "-- discard\n" * 2000)],
+               [bind("t"), execute(), SYNC])
+    seen = assert_same([a, b], order=[0, 1, 1, 0, 1, 0])
+    assert show(seen[1])[-2] == 'E 26000 prepared statement "t" does not exist'
+    assert "E" not in "".join(x[0] for x in show(seen[0]))
