@@ -266,6 +266,29 @@ class App(Controls):
 
     def on_client_connected(self, client: ClientConnection) -> None:
         self.clients.add(client)
+        self.tune_socket(client.transport.get_extra_info("socket"))
+
+    def tune_socket(self, sock: Any) -> None:
+        """tcp_keepalive, tcp_keepidle/intvl/cnt, tcp_user_timeout, tcp_socket_buffer, as PgBouncer
+        applies them to every client and server TCP socket (0 = leave the OS default)."""
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        settings = self.settings
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(settings.tcp_keepalive))
+            if settings.tcp_keepalive:
+                for option, value in ((socket.TCP_KEEPIDLE, settings.tcp_keepidle),
+                                      (socket.TCP_KEEPINTVL, settings.tcp_keepintvl),
+                                      (socket.TCP_KEEPCNT, settings.tcp_keepcnt)):
+                    if value:
+                        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            if settings.tcp_user_timeout:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, settings.tcp_user_timeout)
+            if settings.tcp_socket_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.tcp_socket_buffer)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, settings.tcp_socket_buffer)
+        except OSError as error:   # a closed socket, or an option this kernel lacks: not worth a client
+            log.debug("socket options not applied: %s", error)
 
     def on_client_logged_in(self, client: ClientConnection) -> None:
         if self.suspended:

@@ -68,12 +68,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "resolv_conf": "",
     "scram_iterations": "4096",
     "syslog": "0",
-    "tcp_keepalive": "1",
-    "tcp_keepcnt": "0",
-    "tcp_keepidle": "0",
-    "tcp_keepintvl": "0",
-    "tcp_socket_buffer": "0",
-    "tcp_user_timeout": "0",
     "user": None,
 }
 
@@ -519,6 +513,22 @@ class Settings(BaseSettings):
     max_prepared_statements: int = _setting(
         200, "Protocol-level named prepared statements kept per server connection in "
         "transaction/statement mode (0 = no tracking).", ge=0)
+
+    # TCP (client and server sockets), as PgBouncer: 0 = the operating system's default
+    tcp_keepalive: bool = _setting(
+        True, "Turn on TCP keepalive on client and server sockets (finds peers that vanished "
+        "without a FIN, e.g. behind a NAT or load balancer).")
+    tcp_keepidle: int = _setting(
+        0, "Seconds a connection is idle before the first keepalive probe (0 = OS default).", ge=0)
+    tcp_keepintvl: int = _setting(
+        0, "Seconds between keepalive probes (0 = OS default).", ge=0)
+    tcp_keepcnt: int = _setting(
+        0, "Unanswered keepalive probes before the connection is dropped (0 = OS default).", ge=0)
+    tcp_user_timeout: int = _setting(
+        0, "Milliseconds sent data may stay unacknowledged before the connection is dropped "
+        "(TCP_USER_TIMEOUT; 0 = OS default).", ge=0)
+    tcp_socket_buffer: int = _setting(
+        0, "Socket send and receive buffer size in bytes (0 = OS default).", ge=0)
 
     # Logging and statistics
     log_connections: bool = _setting(True, "Log successful client logins.")
