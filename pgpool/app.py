@@ -291,6 +291,8 @@ class App(Controls):
             log.debug("socket options not applied: %s", error)
 
     def on_client_logged_in(self, client: ClientConnection) -> None:
+        if self.settings.login_notify_message:
+            client.transport.write(m.notice_response(self.settings.login_notify_message))
         if self.suspended:
             self._suspend_transport(client.transport)   # a database client logged in: read from RESUME on
         if self.shutting_down:

@@ -64,7 +64,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "client_tls_ecdhcurve": "auto",
     "conffile": None,
     "disable_pqexec": "0",
-    "login_notify_message": "",
     "resolv_conf": "",
     "scram_iterations": "4096",
     "syslog": "0",
@@ -529,6 +528,10 @@ class Settings(BaseSettings):
         "(TCP_USER_TIMEOUT; 0 = OS default).", ge=0)
     tcp_socket_buffer: int = _setting(
         0, "Socket send and receive buffer size in bytes (0 = OS default).", ge=0)
+
+    login_notify_message: str = _setting(
+        "", "NOTICE sent to every client after a successful login, e.g. to say it reached a "
+        "pooler ('' = none).")
 
     # Logging and statistics
     log_connections: bool = _setting(True, "Log successful client logins.")
