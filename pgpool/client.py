@@ -100,7 +100,7 @@ class ClientConnection(asyncio.Protocol):
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
                  "state_check_due", "pin_statement", "query_start", "statements", "set_statements", "set_portals",
-                 "replication")
+                 "replication", "cancel_deferred")
 
     def __init__(self, app: "App"):
         self.app = app
@@ -138,6 +138,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.syncing = False                     # a linked server is being given this client's parameters
+        self.cancel_deferred = False             # a CancelRequest came before its query reached the server
         self.closing = False
         self.closed = False
         self.admin = None                        # the admin console session, for the virtual databases
@@ -241,6 +242,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         if self.server is not None:
             self.server.set_reading(True)
+        elif self.admin is not None:
+            self.admin.on_writable()
 
     def update_reading(self) -> None:
         """Read from the client unless its server cannot take more, or it queued too much while waiting."""
@@ -743,6 +746,10 @@ class ClientConnection(asyncio.Protocol):
             self.pending.clear()
             self.pending_size = 0
             self._forward(data)
+        if self.cancel_deferred:
+            # The query it was meant for is on the server now: deliver it there.
+            self.cancel_deferred = False
+            self.app.forward_cancel(*self.cancel_key)  # type: ignore[misc]
 
     def detach_server(self) -> None:
         server = self.server
@@ -752,6 +759,7 @@ class ClientConnection(asyncio.Protocol):
         server.client = None
         server.set_reading(True)
         self.syncing = False
+        self.cancel_deferred = False
         if server.prepared is not None and not server.prepared.unlink():
             server.close("released with prepared statement replies outstanding")
         self.tx_changes.clear()   # a SET inside an unfinished transaction dies with it
@@ -774,8 +782,8 @@ class ClientConnection(asyncio.Protocol):
 
         Done when what waits is one request (a Query, or extended messages up to their first
         Sync): it is dropped and the client gets 57014 and ReadyForQuery, exactly what a server
-        cancelling it at its first message sends. Otherwise the cancel is ignored, as for a
-        query that already finished.
+        cancelling it at its first message sends. Otherwise False: the caller sends the cancel
+        to the server once the queries reach one, where Postgres cancels whichever runs.
         """
         data = b"".join(self.pending)
         pos, last_type = 0, 0
