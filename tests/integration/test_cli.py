@@ -44,10 +44,10 @@ def test_unknown_setting_suggests_the_right_name(tmp_path):
 
 def test_check_refuses_unimplemented_pgbouncer_settings_with_the_reason(tmp_path):
     config = tmp_path / "pgbouncer.ini"
-    config.write_text("[databases]\n* = host=127.0.0.1\n[pgbouncer]\ntcp_keepidle = 30\npkt_buf = 8192\n")
+    config.write_text("[databases]\n* = host=127.0.0.1\n[pgbouncer]\nresolv_conf = /etc/x.conf\npkt_buf = 8192\n")
     result = run_pgpool("--config", str(config), "--check")
     assert result.returncode == 2
-    assert "setting tcp_keepidle = '30'" in result.stderr and "pgpool does not implement" in result.stderr
+    assert "setting resolv_conf = '/etc/x.conf'" in result.stderr and "pgpool does not implement" in result.stderr
     assert "pkt_buf" not in result.stderr    # accepted: documented as having no effect in pgpool
 
 
