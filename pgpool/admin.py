@@ -427,13 +427,18 @@ HELP_TEXT = """Console usage
 
 # ---- SHOW tables ---------------------------------------------------------------------------------
 
+def _pins_text(pins: dict[str, int]) -> str:
+    """Clients pinned since start, by cause: "advisory_lock=2,listen=1" ("" when none)."""
+    return ",".join(f"{cause}={count}" for cause, count in sorted(pins.items()))
+
+
 def show_pools(app: "App") -> Table:
-    cols = columns("ssiiiiiiiiiiiiiss" "ii",
+    cols = columns("ssiiiiiiiiiiiiiss" "iiiis",
                    "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
                    "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
                    "sv_login", "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts",
                    # pgpool's own
-                   "cl_pinned", "pool_size")
+                   "cl_pinned", "pool_size", "session_audits", "settings_adopted", "pins")
     rows = []
     for pool in app.pools.values():
         wait_us = int(pool.max_wait() * 1_000_000)
@@ -443,7 +448,8 @@ def show_pools(app: "App") -> Table:
                      len(pool.active_clients) + len(pool.idle_clients), len(pool.waiting), 0, 0,
                      len(pool.active), 0, 0, len(pool.idle) - used, used, len(pool.maintenance),
                      len(pool.connecting), wait_us // 1_000_000, wait_us % 1_000_000, pool.conf.pool_mode.value, None,
-                     sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size))
+                     sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size,
+                     pool.stats.session_audits, pool.stats.settings_adopted, _pins_text(pool.stats.pins)))
     return cols, rows
 
 
