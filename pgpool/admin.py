@@ -577,7 +577,7 @@ def _server_rows(app: "App", now: float) -> list[tuple[Any, Sequence[object]]]:
             if client is not None and getattr(client, "params", None) is not None:
                 app_name = client.params.reported.get("application_name", "")
             rows.append((server, ("S", pool.server_user, pool.db.name, pool.replication or "none", state,
-                                  pool.db.host, pool.db.port,
+                                  server.host, pool.db.port,
                                   local_addr, local_port, _wall(server.created_at, now), _wall(server.last_used, now),
                                   0, 0, int(bool(server.close_needed)), _ptr(server), _ptr(client), server.backend_pid,
                                   "", app_name, _prepared_count(server), server.id)))
@@ -633,7 +633,7 @@ def show_peer_pools(app: "App") -> Table:
 
 
 def show_dns_hosts(app: "App") -> Table:
-    # pgpool keeps no DNS cache: every server connect asks the system resolver.
+    # pgpool's name cache (dns_max_ttl) is not listed here: the table keeps PgBouncer's columns, empty.
     return columns("sqs", "hostname", "ttl", "addrs"), []
 
 

@@ -266,29 +266,6 @@ class App(Controls):
 
     def on_client_connected(self, client: ClientConnection) -> None:
         self.clients.add(client)
-        self.tune_socket(client.transport.get_extra_info("socket"))
-
-    def tune_socket(self, sock: Any) -> None:
-        """tcp_keepalive, tcp_keepidle/intvl/cnt, tcp_user_timeout, tcp_socket_buffer, as PgBouncer
-        applies them to every client and server TCP socket (0 = leave the OS default)."""
-        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return
-        settings = self.settings
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(settings.tcp_keepalive))
-            if settings.tcp_keepalive:
-                for option, value in ((socket.TCP_KEEPIDLE, settings.tcp_keepidle),
-                                      (socket.TCP_KEEPINTVL, settings.tcp_keepintvl),
-                                      (socket.TCP_KEEPCNT, settings.tcp_keepcnt)):
-                    if value:
-                        sock.setsockopt(socket.IPPROTO_TCP, option, value)
-            if settings.tcp_user_timeout:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, settings.tcp_user_timeout)
-            if settings.tcp_socket_buffer:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.tcp_socket_buffer)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, settings.tcp_socket_buffer)
-        except OSError as error:   # a closed socket, or an option this kernel lacks: not worth a client
-            log.debug("socket options not applied: %s", error)
 
     def on_client_logged_in(self, client: ClientConnection) -> None:
         if self.settings.login_notify_message:
@@ -413,7 +390,7 @@ class App(Controls):
         if server is not None and (client.pending_rfq or client.open_extended or client.copy_in) and server.backend_pid:
             # Until Postgres has handled it, the server is not lent to anyone else (see release_server).
             server.cancels_in_flight += 1
-            self.cancel.send(server.pool.db.host, server.pool.db.port, server.backend_pid, server.backend_key,
+            self.cancel.send(server.address, server.pool.db.port, server.backend_pid, server.backend_key,
                              done=server.on_cancel_done)
 
     def _forward_to_peer(self, owner: int, pid: int, key: int) -> None:
@@ -519,6 +496,9 @@ class App(Controls):
         and hand that server to this client alone; the welcome is the server's own."""
         server = ServerConnection(pool)
         server.extra_startup = {k: v for k, v in startup.items() if k not in ("user", "database")}
+        # A host list: the first host (replication wants the primary, which lists put first).
+        first = pool.db.host.split(",")[0].strip()
+        server.set_target(first, first)
         pool.set_server_state(server, ServerState.CONNECTING)
         try:
             await server.connect_and_login()

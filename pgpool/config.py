@@ -67,6 +67,7 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "resolv_conf": "",
     "scram_iterations": "4096",
     "syslog": "0",
+    "tcp_socket_buffer": "0",
     "user": None,
 }
 
@@ -82,9 +83,6 @@ PGBOUNCER_NO_EFFECT: dict[str, str] = {
     "job_name": "names a Windows service",
     "syslog_ident": "used only with syslog = 1, which pgpool refuses",
     "syslog_facility": "used only with syslog = 1, which pgpool refuses",
-    "dns_max_ttl": "pgpool asks the system resolver at every server connect; it caches nothing",
-    "dns_nxdomain_ttl": "pgpool asks the system resolver at every server connect; it caches "
-                        "nothing",
     "dns_zone_check_period": "pgpool asks the system resolver at every server connect, so a "
                              "changed zone is seen at the next connect",
 }
@@ -93,7 +91,6 @@ PGBOUNCER_NO_EFFECT: dict[str, str] = {
 PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS = frozenset(
     {
         "application_name",
-        "load_balance_hosts",
     }
 )
 PGBOUNCER_UNIMPLEMENTED_USER_KEYS: frozenset[str] = frozenset()
@@ -134,7 +131,21 @@ class DatabaseEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Database name clients ask for; '*' is the fallback entry.")
-    host: str = Field("127.0.0.1", description="Server host name or IP address.")
+    host: str = Field(
+        "127.0.0.1", description="Server host name or IP address, or a comma-separated list of them "
+        "(PgBouncer's host=a,b,c): a new server connection tries them in turn (see load_balance_hosts); "
+        "an unresolvable or unreachable host is skipped.")
+    load_balance_hosts: Literal["round-robin", "disable"] = Field(
+        "round-robin", description="With several hosts: round-robin = each new server connection starts "
+        "at the next host; disable = always try them in the listed order, first that works. PgBouncer's "
+        "names and default.")
+    target_session_attrs: Literal["any", "read-write", "primary", "read-only", "standby",
+                                  "prefer-standby"] = Field(
+        "any", description="pgpool: which servers this database's pools accept, with libpq's names: "
+        "read-write / primary never get a read-only server (learned from in_hot_standby and "
+        "default_transaction_read_only, PostgreSQL 14+, else one query at login); a 25006 read-only "
+        "error from a server that reports read-only retires that host's servers and re-resolves its "
+        "name. read-only / standby / prefer-standby (standbys first, else any) as libpq.")
     port: int = Field(5432, ge=1, le=65535, description="Server port.")
     dbname: str | None = Field(
         None, description="Database name on the server; defaults to the entry's name "
@@ -172,7 +183,7 @@ class DatabaseEntry(BaseModel):
         None, description="Overrides auth_dbname for this database: run auth_query in this "
         "database instead.")
 
-    @field_validator("pool_mode", mode="before")
+    @field_validator("pool_mode", "load_balance_hosts", "target_session_attrs", mode="before")
     @classmethod
     def _lower_pool_mode(cls, value: Any) -> Any:
         return _lower(value)
@@ -380,6 +391,30 @@ class Settings(BaseSettings):
     server_tls13_ciphers: str = _setting(
         "", "TLS 1.3 cipher suites to servers, colon-separated ('' = OpenSSL's default).")
 
+    # TCP options of every client and server socket, as PgBouncer (new connections pick up a RELOAD)
+    tcp_keepalive: bool = _setting(
+        True, "Turn on TCP keepalive (SO_KEEPALIVE) on client and server sockets, so a peer that "
+        "vanished without a FIN (a dead host, a dropped NAT entry) is found. PgBouncer's default: 1.")
+    tcp_keepidle: int = _setting(
+        0, "Seconds a connection is idle before the first keepalive probe (TCP_KEEPIDLE; 0 = the "
+        "OS default, 7200 s on Linux).", ge=0)
+    tcp_keepintvl: int = _setting(
+        0, "Seconds between keepalive probes (TCP_KEEPINTVL; 0 = the OS default, 75 s on Linux).", ge=0)
+    tcp_keepcnt: int = _setting(
+        0, "Unanswered keepalive probes before the connection is dropped (TCP_KEEPCNT; 0 = the OS "
+        "default, 9 on Linux).", ge=0)
+    dns_max_ttl: float = _setting(
+        15.0, "Seconds a resolved host name is trusted before DNS is asked again (PgBouncer's "
+        "dns_max_ttl; 0 = ask at every new server connection). A 25006 in a read-write pool forgets "
+        "the name at once, so a failover that moves a DNS name is followed.", ge=0)
+    dns_nxdomain_ttl: float = _setting(
+        15.0, "Seconds a host name that did not resolve is not asked again (PgBouncer's "
+        "dns_nxdomain_ttl).", ge=0)
+    tcp_user_timeout: int = _setting(
+        0, "Milliseconds sent data may stay unacknowledged before the connection is dropped "
+        "(TCP_USER_TIMEOUT, Linux; 0 = the OS default). Bounds how long a server that stopped "
+        "answering mid-query (blackholed network) holds its client.", ge=0)
+
     # Authentication and console access
     auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "cert", "hba"] = _setting(
         "md5", "How clients authenticate: trust, plain, md5 (SCRAM for users whose secret is "
@@ -482,8 +517,11 @@ class Settings(BaseSettings):
         3600.0, "Free the pools of a database created through the '*' entry once none of them "
         "has had a client or server for this many seconds (0 = never).", ge=0)
     server_login_retry: float = _setting(
-        15.0, "Seconds to wait after a failed server login before trying again; clients get "
-        "the error meanwhile.", ge=0)
+        15.0, "Seconds to wait after a server login failed for a permanent cause (wrong password "
+        "28P01, no such database 3D000, TLS verification) before trying again; clients get the "
+        "error meanwhile. Transient causes (57P03 starting up / shutting down, 53300, refused, reset, "
+        "server_connect_timeout) are retried on a short jittered backoff (0.05 s growing to at most "
+        "min(0.5 s, this value)) while waiting clients keep waiting up to query_wait_timeout.", ge=0)
 
     # Client timeouts
     client_login_timeout: float = _setting(
@@ -519,22 +557,6 @@ class Settings(BaseSettings):
     max_prepared_statements: int = _setting(
         200, "Protocol-level named prepared statements kept per server connection in "
         "transaction/statement mode (0 = no tracking).", ge=0)
-
-    # TCP (client and server sockets), as PgBouncer: 0 = the operating system's default
-    tcp_keepalive: bool = _setting(
-        True, "Turn on TCP keepalive on client and server sockets (finds peers that vanished "
-        "without a FIN, e.g. behind a NAT or load balancer).")
-    tcp_keepidle: int = _setting(
-        0, "Seconds a connection is idle before the first keepalive probe (0 = OS default).", ge=0)
-    tcp_keepintvl: int = _setting(
-        0, "Seconds between keepalive probes (0 = OS default).", ge=0)
-    tcp_keepcnt: int = _setting(
-        0, "Unanswered keepalive probes before the connection is dropped (0 = OS default).", ge=0)
-    tcp_user_timeout: int = _setting(
-        0, "Milliseconds sent data may stay unacknowledged before the connection is dropped "
-        "(TCP_USER_TIMEOUT; 0 = OS default).", ge=0)
-    tcp_socket_buffer: int = _setting(
-        0, "Socket send and receive buffer size in bytes (0 = OS default).", ge=0)
 
     login_notify_message: str = _setting(
         "", "NOTICE sent to every client after a successful login, e.g. to say it reached a "

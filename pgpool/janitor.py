@@ -19,8 +19,7 @@ from .control import at_transaction_boundary
 from .pool import ServerState
 from .protocol import messages as m
 from .protocol.errors import (
-    ADMIN_SHUTDOWN, IDLE_IN_TRANSACTION_SESSION_TIMEOUT, IDLE_SESSION_TIMEOUT, PROTOCOL_VIOLATION, QUERY_CANCELED,
-    ProtocolError,
+    ADMIN_SHUTDOWN, IDLE_IN_TRANSACTION_SESSION_TIMEOUT, IDLE_SESSION_TIMEOUT, QUERY_CANCELED, ProtocolError,
 )
 from .protocol.constants import TX_IDLE
 
@@ -124,12 +123,7 @@ def check_pool(app: "App", pool: "Pool", now: float, limits: dict[tuple[str, str
                 QUERY_CANCELED, f"query_timeout: query waited {waited:.1f}s for a server of pool {pool.name}, "
                                 f"longer than query_timeout {conf.query_timeout:g}s"))
         elif wait_limit and waited >= wait_limit:
-            waiter.fail(ProtocolError(
-                PROTOCOL_VIOLATION,
-                f"query_wait_timeout: pool {pool.name} had no free server connection for "
-                f"{waited:.1f}s (pool_size {conf.pool_size}, reserve_pool_size "
-                f"{conf.reserve_pool_size}, {len(pool.active)} in use, {len(pool.connecting)} connecting, "
-                f"{len(pool.waiting)} waiting)"))
+            waiter.fail(pool.wait_timeout_error(waited))
             pool.stats.count_error("query_wait_timeout")
         elif settings.query_wait_notify and hasattr(waiter, "transport"):
             client_id = waiter.id

@@ -329,7 +329,7 @@ def test_unimplemented_pgbouncer_setting_refuses_to_start_unless_at_its_default(
 
 def test_no_effect_pgbouncer_settings_are_accepted_silently(tmp_path):
     path = write(tmp_path, "p.ini", "[pgbouncer]\nunix_socket_dir = /var/run/postgresql\npkt_buf = 8192\n"
-                 "listen_backlog = 1024\ndns_max_ttl = 60\n")
+                 "listen_backlog = 1024\ndns_zone_check_period = 60\n")
     assert load_settings(path, environ=NO_ENV).warnings == []
     assert set(config.PGBOUNCER_NO_EFFECT).isdisjoint(config.PGBOUNCER_UNIMPLEMENTED)
 
