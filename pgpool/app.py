@@ -483,7 +483,8 @@ class App(Controls):
         server_user = entry.user or user
         conf = dataclasses.replace(self.settings.pool_settings(entry, user), pool_mode=PoolMode.SESSION, pool_size=1,
                                    min_pool_size=0, reserve_pool_size=0, query_timeout=0.0,
-                                   transaction_timeout=0.0, idle_transaction_timeout=0.0)
+                                   transaction_timeout=0.0, idle_transaction_timeout=0.0,
+                                   server_lifetime=0.0)   # used once: never pooled
         pool = Pool(self, entry, server_user, conf, server_user, self.server_password(entry, creds))
         pool.replication = kind
         pool.disabled = True    # its one server is opened with the client's parameters, never by dispatch
@@ -510,8 +511,7 @@ class App(Controls):
             pool.set_server_state(server, ServerState.CLOSED)
             raise ProtocolError(CONNECTION_FAILURE, f"server closed the replication connection for pool {pool.name} "
                                                     f"right after login: {server.closed_reason}")
-        server.close_needed = f"{pool.replication} replication connection: never pooled"
-        pool.server_available(server)
+        pool.server_available(server)   # idle for this client alone; server_lifetime 0 closes it at release
         log.info("%s: %s replication connection passed through to server (backend pid %d)", client.log_prefix,
                  pool.replication, server.backend_pid)
         return SessionParams(dict(server.params.reported))
