@@ -145,7 +145,7 @@ def check_pool(app: "App", pool: "Pool", now: float, limits: dict[tuple[str, str
         if busy and conf.query_timeout and now - client.query_start >= conf.query_timeout:
             pool.stats.count_error("query_timeout")
             client.disconnect("query_timeout", ProtocolError(
-                QUERY_CANCELED, f"query timeout: query ran longer than query_timeout {conf.query_timeout:g}s "
+                QUERY_CANCELED, f"query_timeout: query ran longer than query_timeout {conf.query_timeout:g}s "
                                 f"(pool {pool.name})"))
         elif (not busy and in_transaction and conf.idle_transaction_timeout
               and now - client.last_activity >= conf.idle_transaction_timeout):

@@ -85,7 +85,7 @@ async def test_user_query_timeout_wins_over_the_global_one(pgpool_proc):
     slow = await connect(proc)
     other = await connect(proc, user="md5user")
     try:
-        with pytest.raises((asyncpg.PostgresError, asyncpg.ConnectionDoesNotExistError), match="query timeout: .*query_timeout 1s"):
+        with pytest.raises((asyncpg.PostgresError, asyncpg.ConnectionDoesNotExistError), match="query_timeout: .*query_timeout 1s"):
             await slow.fetchval("SELECT pg_sleep(5)")
         # Another user keeps the global value (off).
         assert await other.fetchval("SELECT pg_sleep(1.5)::text") == ""
