@@ -117,6 +117,10 @@ def test_pgpool_pods_agree_with_their_config(file, tmp_path):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["runAsUser"] == dockerfile_user()
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # With a read-only root filesystem the Unix socket needs a mounted, writable directory (or none).
+    assert settings.unix_socket_dir == "" or settings.unix_socket_dir in mounts, settings.unix_socket_dir
+    if settings.unix_socket_dir:
+        assert "emptyDir" in mounts[settings.unix_socket_dir]
 
 
 def test_sidecar_starts_first_stops_last_and_is_reached_on_loopback(tmp_path):
