@@ -1,3 +1,10 @@
 """pgpool: a PostgreSQL connection-pool proxy with PgBouncer-compatible settings."""
 
+from ._build import describe_build, install_finder
+
 __version__ = "0.1.0"
+
+# Before any data-plane module loads: compiled extensions only where they match their .py.
+install_finder()
+
+__all__ = ["__version__", "describe_build"]

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from . import __version__, top
+from . import __version__, describe_build, top
 from .config import ConfigError, load_settings
 from .log import setup_logging
 
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a setting (repeatable); wins over the file and PGPOOL_* variables")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
-    parser.add_argument("--version", action="version", version=f"pgpool {__version__}")
+    parser.add_argument("--version", action="version", version=f"pgpool {__version__}, {describe_build()}")
     return parser.parse_args(argv)
 
 
@@ -99,7 +99,7 @@ async def _serve(app) -> int:
     if app.settings.pidfile:
         with open(app.settings.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
-    log.info("pgpool %s started (pid %d)", __version__, os.getpid())
+    log.info("pgpool %s started (pid %d), %s", __version__, os.getpid(), describe_build())
     await app.wait_stopped()
     if app.settings.pidfile:
         try:
