@@ -43,6 +43,7 @@ Table = tuple[Columns, list[Sequence[object]]]
 
 CONFIG_FILE_ERROR = "F0000"
 MAX_QUERY = 64 * 1024       # a console query is one short command
+READ_AHEAD = 64 * 1024      # console bytes received and not yet run before reading from the client pauses
 _COMMAND = re.compile(r'(\w+)(.*)', re.ASCII | re.DOTALL)
 _ARGUMENT = re.compile(r'\s*("(?:[^"]|"")*"|[^\s"]+)?\s*', re.ASCII)
 _SET = re.compile(r"set\s", re.IGNORECASE)
@@ -83,42 +84,71 @@ def open_console(app: "App", client: "ClientConnection", creds: "Credentials") -
 
 
 class AdminConsole:
-    """One console connection: queries run one after another, each answered before the next."""
+    """One console connection: queries run one after another, each answered before the next.
+
+    Backpressure as on the data plane: while the client does not read its replies (its
+    transport is over the high-water mark) no further command runs, and once READ_AHEAD
+    bytes of commands wait, reading from the client pauses, so a client that pipelines
+    commands without reading costs a bounded amount of memory.
+    """
 
     def __init__(self, app: "App", client: "ClientConnection", *, may_change: bool):
         self.app = app
         self.client = client
         self.may_change = may_change
-        self.buffer = bytearray()
-        self.queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.buffer = bytearray()                # received, not yet run: whole and partial messages
         self.task: asyncio.Task | None = None
         self.closed = False
+        self.reading_paused = False
+        self.writable: asyncio.Future | None = None   # resolved when the client's transport drains
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
-        buf = self.buffer
-        while len(buf) >= 5:
-            length = int.from_bytes(buf[1:5], "big")
-            if length < 4 or length > MAX_QUERY:
-                self._fail(f"invalid message length {length} on the admin console")
-                return
-            if len(buf) < 1 + length:
-                break
-            self.queue.append((buf[0], bytes(buf[5:1 + length])))
-            del buf[:1 + length]
-        if self.queue and self.task is None:
+        if len(self.buffer) > READ_AHEAD and not self.reading_paused:
+            self.reading_paused = True
+            self.client.transport.pause_reading()
+        if self.task is None and not self.closed:
             self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def on_writable(self) -> None:
+        """The client's transport went below its low-water mark (ClientConnection.resume_writing)."""
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
 
     def close(self) -> None:
         self.closed = True
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
 
+    def _next_message(self) -> tuple[int, bytes] | None:
+        """The next whole message, taken off the buffer; None if there is none yet (or the length is bad)."""
+        buf = self.buffer
+        if len(buf) < 5:
+            return None
+        length = int.from_bytes(buf[1:5], "big")
+        if length < 4 or length > MAX_QUERY:
+            self._fail(f"invalid message length {length} on the admin console")
+            return None
+        if len(buf) < 1 + length:
+            return None
+        message = (buf[0], bytes(buf[5:1 + length]))
+        del buf[:1 + length]
+        return message
+
     async def _run(self) -> None:
         try:
-            while self.queue and not self.closed:
-                msg_type, body = self.queue.popleft()
-                await self._handle(msg_type, body)
+            while not self.closed:
+                message = self._next_message()
+                if message is None:
+                    break
+                await self._handle(*message)
+                if self.client.write_paused and not self.closed:
+                    self.writable = asyncio.get_running_loop().create_future()
+                    await self.writable
+                    self.writable = None
+                if self.reading_paused and len(self.buffer) <= READ_AHEAD // 2 and not self.closed:
+                    self.reading_paused = False
+                    self.client.transport.resume_reading()
         except Exception as error:   # a console bug must cost this console only
             log.exception("admin console: internal error")
             self._fail(f"pgpool internal error on the admin console: {error!r}")
@@ -340,13 +370,18 @@ HELP_TEXT = """Console usage
 
 # ---- SHOW tables ---------------------------------------------------------------------------------
 
+def _pins_text(pins: dict[str, int]) -> str:
+    """Clients pinned since start, by cause: "advisory_lock=2,listen=1" ("" when none)."""
+    return ",".join(f"{cause}={count}" for cause, count in sorted(pins.items()))
+
+
 def show_pools(app: "App") -> Table:
-    cols = columns("ssiiiiiiiiiiiiiss" "ii",
+    cols = columns("ssiiiiiiiiiiiiiss" "iiiis",
                    "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
                    "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
                    "sv_login", "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts",
                    # pgpool's own
-                   "cl_pinned", "pool_size")
+                   "cl_pinned", "pool_size", "session_audits", "settings_adopted", "pins")
     rows = []
     for pool in app.pools.values():
         wait_us = int(pool.max_wait() * 1_000_000)
@@ -356,7 +391,8 @@ def show_pools(app: "App") -> Table:
                      len(pool.active_clients) + len(pool.idle_clients), len(pool.waiting), 0, 0,
                      len(pool.active), 0, 0, len(pool.idle) - used, used, len(pool.maintenance),
                      len(pool.connecting), wait_us // 1_000_000, wait_us % 1_000_000, pool.conf.pool_mode.value, None,
-                     sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size))
+                     sum(1 for c in pool.active_clients if getattr(c, "pinned", False)), pool.conf.pool_size,
+                     pool.stats.session_audits, pool.stats.settings_adopted, _pins_text(pool.stats.pins)))
     return cols, rows
 
 

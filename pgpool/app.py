@@ -227,9 +227,15 @@ class App(Controls):
         if client is None:
             return
         if client.state == ClientState.WAITING:
-            client.cancel_while_waiting()   # its query never reached a server
+            if not client.cancel_while_waiting():   # answered here if its one query never reached a server
+                client.cancel_deferred = True       # else sent once its queries do
             return
         server = client.server
+        if server is not None and client.syncing:
+            # pgpool is still giving the server this client's parameters; a cancel now would hit
+            # that, or nothing. It goes to the client's query right after it is sent.
+            client.cancel_deferred = True
+            return
         # Only a query in flight is cancelled: an idle link has nothing of this client's to stop.
         if server is not None and (client.pending_rfq or client.open_extended or client.copy_in) and server.backend_pid:
             # Until Postgres has handled it, the server is not lent to anyone else (see release_server).

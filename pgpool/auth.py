@@ -8,10 +8,10 @@ PostgreSQL.
 Must not: touch sockets or build wire messages (the connection layer does, with
 `protocol/`), or put secrets in exception messages or reprs.
 
-No user enumeration: an unknown user gets fake credentials shaped like the real
-ones in the same auth_file, so the method asked for, the SCRAM salt and iteration
-count, and the work done per attempt look like those of a known user giving a wrong
-password. Fake credentials never pass a check.
+No user enumeration: an unknown user gets fake credentials shaped like those of a
+known user of the same auth_file (picked by a keyed hash of the name), so the method
+asked for, the SCRAM salt and iteration count, and the work done per attempt look
+like those of a known user giving a wrong password. Fake credentials never pass a check.
 
 Text is str throughout; decode wire bytes and files as UTF-8 with
 errors="surrogateescape" so passwords that are not valid UTF-8 still compare
@@ -122,20 +122,39 @@ def secret_kind(secret: str) -> SecretKind:
 def lookup_credentials(users: Mapping[str, str], user: str) -> Credentials:
     """Credentials for `user`, or fake ones that fail exactly like a wrong password.
 
-    The fake secret is a SCRAM verifier if most secrets in `users` are SCRAM
-    (so auth_type md5 still switches to SCRAM, as it would for most known users),
-    otherwise an md5 secret. Both are derived from the user name and a
-    per-process key: a repeated attempt sees the same salt. This scans `users`
-    once per unknown user; that is cheap next to a login.
+    An unknown user is treated like one known user picked by a keyed hash of its
+    name: a SCRAM verifier with that user's iteration count and salt length if its
+    secret is SCRAM, else an md5 secret. Under every auth_type and any mix of
+    secrets an unknown name is therefore asked for what some known user is asked
+    for, in the same proportions, and the same thing on every attempt: the answer
+    tells nothing about whether the name exists. (No single method can serve both
+    md5 and SCRAM secrets, so "the method every user gets" does not exist for a
+    mixed file; a majority rule would mark every user of the minority kind as
+    known.) This walks `users` once per unknown user; that is cheap next to a login.
     """
     secret = users.get(user)
     if secret is not None:
         return Credentials(user, secret, secret_kind(secret), known=True)
-    scram_secrets = sum(1 for s in users.values() if s.startswith("SCRAM-SHA-256$"))
-    if 2 * scram_secrets >= len(users):
+    model = _model_secret(users, user)
+    if model is None:   # nobody to look like (auth_query): a SCRAM role, Postgres' default since 14
         return Credentials(user, _fake_verifier(user).to_secret(), SecretKind.SCRAM, known=False)
+    verifier = scram.parse_verifier(model)
+    if verifier is not None:
+        fake = _fake_verifier(user, verifier.iterations, len(verifier.salt))
+        return Credentials(user, fake.to_secret(), SecretKind.SCRAM, known=False)
     fake_md5 = MD5_PREFIX + _derive(b"md5", user).hex()[:32]
     return Credentials(user, fake_md5, SecretKind.MD5, known=False)
+
+
+def _model_secret(users: Mapping[str, str], user: str) -> str | None:
+    """The secret of the known user an unknown `user` is made to look like."""
+    if not users:
+        return None
+    index = int.from_bytes(_derive(b"model", user)[:8], "big") % len(users)
+    for i, secret in enumerate(users.values()):
+        if i == index:
+            return secret
+    return None
 
 
 def choose_client_method(auth_type: str, creds: Credentials) -> str:
@@ -286,12 +305,13 @@ def _derive(purpose: bytes, user: str) -> bytes:
     return hmac.digest(_DERIVATION_KEY, purpose + b"\0" + _utf8(user), "sha256")
 
 
-def _fake_verifier(user: str) -> scram.ScramVerifier:
+def _fake_verifier(user: str, iterations: int = scram.DEFAULT_ITERATIONS,
+                   salt_len: int = scram.DEFAULT_SALT_LEN) -> scram.ScramVerifier:
     # Keys are derived like the salt, so nothing about a fake verifier changes
     # between attempts; no password hashes to them.
     return scram.ScramVerifier(
-        iterations=scram.DEFAULT_ITERATIONS,
-        salt=_derive(b"salt", user)[:scram.DEFAULT_SALT_LEN],
+        iterations=iterations,
+        salt=_derive(b"salt", user)[:salt_len],
         stored_key=_derive(b"stored", user),
         server_key=_derive(b"server", user),
     )

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from . import auth, tls
 from .config import PoolMode
 from .loginstream import LoginStream
-from .pinning import MAY_CREATE, classify_state, refusal_sql, state_check_sql
 from .prepared import ClientStatements
-from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, classify_query, search_path_key, \
-    parse_options, sync_sql
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, \
+    set_config_sql, sync_sql
+from .session import AUDIT, DROPS, REFUSE, STATELESS, UNDO, Verdict, audit_sql, classify, parse_audit, refusal_sql
 from .pool import ClientState
 from .protocol import messages as m
 from .protocol.constants import (
@@ -74,6 +74,13 @@ QUERY_CANCELED_READY = ProtocolError(QUERY_CANCELED, "canceling statement due to
 _ids = itertools.count(1)
 
 
+def _parse_is_stateless(data: bytes) -> bool:
+    """A Parse pgpool may answer itself must be proven stateless: its verdict is recorded on the way."""
+    name_end = data.find(b"\x00", 5)
+    query_end = data.find(b"\x00", name_end + 1)
+    return 0 <= name_end < query_end and classify(data, name_end + 1, query_end) is STATELESS
+
+
 class TlsHandshakeFailed(Exception):
     """A client's TLS handshake failed (garbage instead of a ClientHello, bad certificate, ...)."""
 
@@ -84,7 +91,8 @@ class ClientConnection(asyncio.Protocol):
                  "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
-                 "state_check_due", "pin_statement", "query_start", "statements", "set_statements", "set_portals")
+                 "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
+                 "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred")
 
     def __init__(self, app: "App"):
         self.app = app
@@ -112,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
         # SET/RESET sent, not yet answered, each with the number of the ReadyForQuery that answers it.
         self.pending_changes: list[tuple[int, SessionChange]] = []
         self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
+        self.tx_snapshot: tuple[dict[str, str], dict[str, str]] | None = None   # statements before them
         self.query_failed = False
         self.last_tag = b""
         now = time.monotonic()
@@ -122,6 +131,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.syncing = False                     # a linked server is being given this client's parameters
+        self.cancel_deferred = False             # a CancelRequest came before its query reached the server
         self.closing = False
         self.closed = False
         self.admin = None                        # the admin console session, for the virtual databases
@@ -130,13 +140,17 @@ class ClientConnection(asyncio.Protocol):
         self.drain = False                       # shutting down: leave at the next transaction boundary
         self.rfq_replacement: bytes | None = None  # what the client sees instead of a ReadyForQuery
         self.pinned = False                      # keeps its server: it holds unshareable session state
-        self.state_check_due = False             # ask the server about session state at the next boundary
-        self.pin_statement = ""                  # the statement that may have created it, for the log
+        self.audit_due = False                   # ask the server about session state at the transaction's end
+        self.auditing = False                    # an audit is on its way: its answer may pin
+        self.audit_cause = ""                    # the statement that made the audit due, for the log
+        self.resync_due = False                  # a RESET left the server off the client's startup values
+        self.resync_reported: list[str] = []     # reported names to announce once the server has them again
         self.query_start = now
         self.statements = ClientStatements()     # this client's names of protocol-level prepared statements
-        # Extended-protocol SETs: statement name -> change, portal name -> change, applied per Execute.
-        self.set_statements: dict[bytes, SessionChange] = {}
-        self.set_portals: dict[bytes, SessionChange] = {}
+        # Verdicts of what is not stateless: statement name -> verdict, portal name -> verdict. A
+        # verdict belongs to the statement and counts at every Execute, in whatever transaction.
+        self.stmt_verdicts: dict[bytes, Verdict] = {}
+        self.portal_verdicts: dict[bytes, Verdict] = {}
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -173,6 +187,7 @@ class ClientConnection(asyncio.Protocol):
                     self.disconnect("client close request")
                     return
                 if data[:1] == b"P" and self.mode != PoolMode.SESSION and self.app.settings.max_prepared_statements \
+                        and _parse_is_stateless(data) \
                         and self.statements.parse_without_server(pool.statement_registry, data):
                     pool.stats.client_parse_count += 1  # type: ignore[union-attr]
                     self.transport.write(PARSE_COMPLETE_READY)
@@ -224,6 +239,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         if self.server is not None:
             self.server.set_reading(True)
+        elif self.admin is not None:
+            self.admin.on_writable()
 
     def update_reading(self) -> None:
         """Read from the client unless its server cannot take more, or it queued too much while waiting."""
@@ -328,6 +345,7 @@ class ClientConnection(asyncio.Protocol):
             pool.scram_keys = scram_keys
         self.transport.write(m.AUTHENTICATION_OK)
         session = await pool.client_session(self._session_startup_params(startup))
+        session.remember_startup()
         self.params = session
         self.cancel_key = self.app.register_cancel_key(self)
         welcome = [m.parameter_status(name, value) for name, value in session.reported.items()]
@@ -483,7 +501,7 @@ class ClientConnection(asyncio.Protocol):
         return out
 
     def _track_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        """The core's bookkeeping: requests owed a ReadyForQuery, SETs, session state, Terminate."""
+        """The core's bookkeeping: requests owed a ReadyForQuery, session changes, Terminate."""
         if msg_type == F_QUERY:
             if not self.pending_rfq:
                 self.query_start = time.monotonic()
@@ -491,13 +509,12 @@ class ClientConnection(asyncio.Protocol):
             self.syncs_since_execute = 0
             self.copy_end_seen = False
             if buf is not None:
-                change = classify_query(buf, start, end)
-                if change is not None:
-                    self.pending_changes.append((self.rfq_seen + self.pending_rfq, change))
-                if self.mode != PoolMode.SESSION:
-                    state = classify_state(buf, start, end)
-                    if state:
-                        return self._on_session_state(state, buf[start:end - 1], None)
+                verdict = classify(buf, start, end - 1)
+                if verdict is not STATELESS:
+                    # Its changes settle at the ReadyForQuery that answers this Query.
+                    if self._note_verdict(verdict, self.rfq_seen + self.pending_rfq):
+                        return m.query(refusal_sql(self.pool.name, buf[start:end - 1].decode(  # type: ignore[union-attr]
+                            "utf-8", "replace")))
         elif msg_type == F_SYNC:
             if not self.copy_in:
                 if not self.pending_rfq:
@@ -511,32 +528,35 @@ class ClientConnection(asyncio.Protocol):
             if msg_type == F_EXECUTE:
                 self.syncs_since_execute = 0
                 self.copy_end_seen = False
-                if self.set_portals and buf is not None:
-                    change = self.set_portals.get(buf[start:buf.find(b"\x00", start, end)])
-                    if change is not None:   # settles at the ReadyForQuery of the next Sync
-                        self.pending_changes.append((self.rfq_seen + self.pending_rfq + 1, change))
+                if self.portal_verdicts and buf is not None:
+                    verdict = self.portal_verdicts.get(buf[start:buf.find(b"\x00", start, end)])
+                    if verdict is not None:   # settles at the ReadyForQuery of the next Sync
+                        self._note_verdict(verdict, self.rfq_seen + self.pending_rfq + 1)
             elif msg_type == F_BIND:
-                if self.set_statements and buf is not None:
+                if (self.stmt_verdicts or self.portal_verdicts) and buf is not None:
                     portal_end = buf.find(b"\x00", start, end)
                     statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
-                    change = self.set_statements.get(statement)
-                    if change is not None:
-                        self.set_portals[buf[start:portal_end]] = change
+                    verdict = self.stmt_verdicts.get(statement)
+                    if verdict is not None:
+                        self.portal_verdicts[buf[start:portal_end]] = verdict
                     else:
-                        self.set_portals.pop(buf[start:portal_end], None)
-            elif msg_type == F_PARSE and buf is not None and self.mode != PoolMode.SESSION:
+                        self.portal_verdicts.pop(buf[start:portal_end], None)
+            elif msg_type == F_PARSE and buf is not None:
                 name_end = buf.find(b"\x00", start, end)
                 query_end = buf.find(b"\x00", name_end + 1, end)
                 if 0 <= name_end < query_end:
-                    name = buf[start:name_end]
-                    change = classify_query(buf, name_end + 1, query_end + 1)
-                    if change is not None:
-                        self.set_statements[name] = change
-                    elif self.set_statements:
-                        self.set_statements.pop(name, None)
-                    state = classify_state(buf, name_end + 1, query_end + 1)
-                    if state:
-                        return self._on_session_state(state, buf[name_end + 1:query_end], name)
+                    verdict = classify(buf, name_end + 1, query_end)
+                    if verdict is STATELESS:
+                        if self.stmt_verdicts:
+                            self.stmt_verdicts.pop(buf[start:name_end], None)
+                    else:
+                        name = buf[start:name_end]
+                        self.stmt_verdicts[name] = verdict
+                        if verdict.flags & REFUSE and self._refuses():
+                            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
+                            sql = refusal_sql(self.pool.name,  # type: ignore[union-attr]
+                                              buf[name_end + 1:query_end].decode("utf-8", "replace"))
+                            return m.message(b"P", name + b"\x00" + m.cstring(sql) + b"\x00\x00")
         elif msg_type == F_FUNCTION_CALL:
             self.pending_rfq += 1
         elif msg_type == F_FLUSH:
@@ -551,42 +571,101 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(PROTOCOL_VIOLATION, f"invalid frontend message type {msg_type} ({chr(msg_type)!r})")
         return None
 
-    def _on_session_state(self, state: int, statement: bytes, parse_name: bytes | None) -> bytes | None:
-        """A statement that may create or drop unshareable session state: check, pin, or refuse."""
-        text = statement.decode("utf-8", "replace")
-        if state & MAY_CREATE and not self.app.settings.session_pinning:
-            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
-            sql = refusal_sql(self.pool.name, text)  # type: ignore[union-attr]
-            if parse_name is None:
-                return m.query(sql)
-            return m.message(b"P", parse_name + b"\x00" + m.cstring(sql) + b"\x00\x00")
-        if state & MAY_CREATE or self.pinned:   # dropping state matters only to a pinned client
-            self.state_check_due = True
-        if state & MAY_CREATE and not self.pinned:
-            self.pin_statement = text[:200]
-        return None
+    def _refuses(self) -> bool:
+        return self.mode != PoolMode.SESSION and not self.app.settings.session_pinning
 
-    def _on_state_checked(self, error: ProtocolError | None) -> None:
-        """The server said how much unshareable state this session holds: pin or unpin."""
+    def _note_verdict(self, verdict: Verdict, answer: int) -> bool:
+        """A statement that is not proven stateless is being executed; True: refuse it instead.
+
+        Its SET / RESETs wait for ReadyForQuery number `answer`; whatever else it may do makes
+        the audit due at the end of the transaction (dropping state matters to a pinned client only).
+        """
+        flags = verdict.flags
+        if flags & REFUSE and self._refuses():
+            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
+            return True
+        for change in verdict.changes:
+            self.pending_changes.append((answer, change))
+        if self.mode == PoolMode.SESSION:
+            return False
+        if flags & AUDIT or (flags & DROPS and (self.pinned or self.auditing)) or \
+                (flags & UNDO and (self.tx_changes or self.pending_changes)):
+            if not self.audit_due:
+                self.audit_due = True
+                self.audit_cause = verdict.cause or ("ROLLBACK TO SAVEPOINT after SET" if flags & UNDO
+                                                     else "a statement that may drop session state")
+        return False
+
+    def _on_audited(self, error: ProtocolError | None) -> None:
+        """The server said what session state it holds: adopt settings, pin or unpin, then release."""
+        self.auditing = False
         server = self.server
         if server is None:
             return
-        rows = server.injected_rows
-        if error is not None or not rows or not (rows[0] or "").isdigit():
-            log.warning("%s: session state check failed (%s); keeping the server pinned", self.log_prefix,
-                        error.message if error else rows)
-            held = 1
+        pool = self.pool
+        stats = pool.stats  # type: ignore[union-attr]
+        stats.session_audits += 1
+        try:
+            if error is not None:
+                raise ValueError(f"{error.message} ({error.sqlstate})")
+            result = parse_audit(server.injected_rows)
+        except ValueError as problem:
+            log.warning("%s: session audit failed (%s); keeping the server pinned", self.log_prefix, problem)
+            self._set_pins(("unknown",), server)
         else:
-            held = int(rows[0])
-        if held and not self.pinned:
+            self._adopt_settings(result.settings, server)
+            self._set_pins(result.pins, server)
+        if self.resync_due and self.pinned:
+            self._resync()
+            return
+        self._release_if_done(server)
+
+    def _adopt_settings(self, found: dict[str, str], server: "ServerConnection") -> None:
+        """Settings the audit found are the truth for both sides: follow them, forget what is gone."""
+        reported = self.pool.reported_names  # type: ignore[union-attr]
+        client_statements = self.params.statements  # type: ignore[union-attr]
+        server_statements = server.params.statements
+        for name, value in found.items():
+            if name in reported:
+                continue   # followed through ParameterStatus
+            sql = set_config_sql(name, value)
+            if name not in server_statements:
+                self.pool.stats.settings_adopted += 1  # type: ignore[union-attr]
+                log.info("%s: follows setting %s = %r found by the session audit (after: %s)", self.log_prefix,
+                         name, value, self.audit_cause)
+            client_statements[name] = sql
+            server_statements[name] = sql
+        for name in [name for name in server_statements if name not in found]:
+            del server_statements[name]   # undone on the server (ROLLBACK TO SAVEPOINT, RESET in a function)
+            client_statements.pop(name, None)
+        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
+
+    def _set_pins(self, pins: tuple[str, ...], server: "ServerConnection") -> None:
+        if pins and not self.app.settings.session_pinning:
+            # Nothing refused it up front (a function, a DO block): never hand the state over.
+            log.warning("%s: session state (%s) left by %s and session_pinning is off: the server is reset "
+                        "before reuse", self.log_prefix, ", ".join(pins), self.audit_cause)
+            server.needs_reset = True
+            if not self.app.settings.server_reset_query:
+                server.close_needed = "session state left on it, session_pinning off, server_reset_query empty"
+            pins = ()
+        if pins and not self.pinned:
             self.pinned = True
-            log.info("%s: pinned to server %s: session state (%d item(s)) from: %s", self.log_prefix,
-                     server.log_prefix, held, self.pin_statement)
-        elif not held and self.pinned:
+            stats = self.pool.stats  # type: ignore[union-attr]
+            for cause in pins:
+                stats.pins[cause] = stats.pins.get(cause, 0) + 1
+            log.info("%s: pinned to server %s: session state (%s) from: %s", self.log_prefix,
+                     server.log_prefix, ", ".join(pins), self.audit_cause)
+        elif not pins and self.pinned:
             self.pinned = False
             log.info("%s: unpinned: no session state left on server %s", self.log_prefix, server.log_prefix)
+
+    def _release_if_done(self, server: "ServerConnection") -> None:
         if (not self.pinned and not (self.pending_rfq or self.open_extended or self.copy_in)
                 and server.tx_status == TX_IDLE and self.mode != PoolMode.SESSION):
+            if self.resync_due:   # the next server gets the startup values at attach; tell the client now
+                self.resync_due = False
+                self.transport.write(self._reported_after_reset(server))
             server.request_release()
 
     # ---- data plane: what the server said ------------------------------------------------------
@@ -610,21 +689,39 @@ class ClientConnection(asyncio.Protocol):
         self.query_failed = False
         if self.pending_rfq or self.open_extended or self.copy_in:
             return False
+        server = self.server
         if status == TX_IDLE:
             elapsed = now - self.xact_start
             stats.xact_count += 1
             stats.xact_time += elapsed
             stats.xact_hist.observe(elapsed)
             self.xact_start = now
+            if self.portal_verdicts:
+                self.portal_verdicts.clear()   # portals end with their transaction
             if self.drain:
                 self.app.loop.call_soon(self._drain_now)
-            if self.mode == PoolMode.SESSION or self.server is None:
+            if server is None:
                 return False
-            if self.state_check_due:
-                self.state_check_due = False
-                self.server.inject(state_check_sql(pool.server_user), self._on_state_checked)
+            if self.mode == PoolMode.SESSION:
+                if self.resync_due:
+                    self._resync()
                 return False
-            return not self.pinned
+            if self.audit_due or self.app.settings.session_audit == "always":
+                if not self.audit_due:
+                    self.audit_cause = "session_audit = always"
+                self.audit_due = False
+                self.auditing = True
+                server.inject(audit_sql(pool.server_user), self._on_audited)
+                return False
+            if self.pinned:
+                if self.resync_due:
+                    self._resync()
+                return False
+            if self.resync_due:
+                # Released here: the next server is given the startup values at attach.
+                self.resync_due = False
+                self.rfq_replacement = self._reported_after_reset(server) + m.READY_FOR_QUERY_IDLE
+            return True
         if self.mode == PoolMode.STATEMENT:
             # The client sees its BEGIN fail; the server is rolled back on release.
             pool.stats.count_error("statement_mode_transaction")
@@ -632,7 +729,43 @@ class ClientConnection(asyncio.Protocol):
                 FEATURE_NOT_SUPPORTED, f"transaction blocks not allowed in statement pooling mode (pool {pool.name})",
                 severity="ERROR").to_bytes() + m.READY_FOR_QUERY_IDLE
             return True
+        if self.resync_due and status == TX_IN_BLOCK and server is not None:
+            self._resync()   # BEGIN; RESET ALL; ... : the rest of the transaction sees the startup values
         return False
+
+    def _reported_after_reset(self, server: "ServerConnection") -> bytes:
+        """ParameterStatus for reported values a RESET put back to the client's startup value."""
+        names = self.resync_reported or [name for name in self.pool.reported_names  # type: ignore[union-attr]
+                                         if self.params.reported.get(name) != server.params.reported.get(name)]  # type: ignore[union-attr]
+        self.resync_reported = []
+        return b"".join(m.parameter_status(name, self.params.reported[name])  # type: ignore[union-attr]
+                        for name in names if name in self.params.reported)  # type: ignore[union-attr]
+
+    def _resync(self) -> None:
+        """Give the linked server the client's values again (after a RESET), before its next request."""
+        self.resync_due = False
+        server = self.server
+        if server is None:
+            return
+        reported = self.pool.reported_names  # type: ignore[union-attr]
+        self.resync_reported = [name for name in reported
+                                if self.params.reported.get(name) != server.params.reported.get(name)]  # type: ignore[union-attr]
+        sql = sync_sql(self.params, server.params, reported)  # type: ignore[arg-type]
+        if sql:
+            server.inject(sql, self._on_resynced)
+
+    def _on_resynced(self, error: ProtocolError | None) -> None:
+        server = self.server
+        if server is None:
+            return
+        if error is not None:
+            server.close(f"could not restore session parameters after RESET: {error.message}")
+            return
+        server.params.statements = dict(self.params.statements)  # type: ignore[union-attr]
+        announce = self._reported_after_reset(server)
+        if announce:
+            self.transport.write(announce)
+        self._release_if_done(server)
 
     def _drain_now(self) -> None:
         if self.server is None or not (self.pending_rfq or self.open_extended):
@@ -640,7 +773,11 @@ class ClientConnection(asyncio.Protocol):
                                                                            "at transaction boundary)"))
 
     def _settle_changes(self, status: int) -> None:
-        """Settle the SET/RESETs this ReadyForQuery answers; later ones in a pipeline wait for theirs."""
+        """Settle the SET/RESETs this ReadyForQuery answers; later ones in a pipeline wait for theirs.
+
+        Inside a transaction they count at once (the rest of it must see them), and the
+        statements from before are kept to put back if it does not commit.
+        """
         answered = [change for number, change in self.pending_changes if number <= self.rfq_seen]
         if not answered:
             return
@@ -648,23 +785,32 @@ class ClientConnection(asyncio.Protocol):
         if self.query_failed or status == TX_FAILED:
             return
         if status == TX_IN_BLOCK:
+            if not self.tx_changes:
+                server_statements = dict(self.server.params.statements) if self.server is not None else {}
+                self.tx_snapshot = (dict(self.params.statements), server_statements)  # type: ignore[union-attr]
             self.tx_changes.extend(answered)
             if self.server is not None:
                 self.server.scanner.watch = self.server.normal_watch()
-            return
         self._apply_changes(answered)
 
     def _settle_tx_changes(self) -> None:
-        changes = self.tx_changes
         self.tx_changes = []
+        snapshot, self.tx_snapshot = self.tx_snapshot, None
         if self.server is not None:
             self.server.scanner.watch = self.server.normal_watch()
-        if self.last_tag.startswith(b"COMMIT"):
-            self._apply_changes(changes)
+        if not self.last_tag.startswith(b"COMMIT") and snapshot is not None:
+            # Rolled back: the SETs and RESETs went with it (reported values come back as ParameterStatus).
+            self.params.statements = snapshot[0]  # type: ignore[union-attr]
+            if self.server is not None:
+                self.server.params.statements = snapshot[1]
+            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
 
     def _apply_changes(self, changes: list[SessionChange]) -> None:
+        """Apply settled changes to both sides; a RESET leaves the server off the client's startup values."""
         reported = self.pool.reported_names  # type: ignore[union-attr]
         for change in changes:
+            if change.kind != "set":
+                self.resync_due = True
             self.params.apply(change, reported)  # type: ignore[union-attr]
             if self.server is not None:
                 self.server.params.apply(change, reported)
@@ -724,6 +870,10 @@ class ClientConnection(asyncio.Protocol):
             self.pending.clear()
             self.pending_size = 0
             self._forward(data)
+        if self.cancel_deferred:
+            # The query it was meant for is on the server now: deliver it there.
+            self.cancel_deferred = False
+            self.app.forward_cancel(*self.cancel_key)  # type: ignore[misc]
 
     def detach_server(self) -> None:
         server = self.server
@@ -733,9 +883,11 @@ class ClientConnection(asyncio.Protocol):
         server.client = None
         server.set_reading(True)
         self.syncing = False
+        self.cancel_deferred = False
         if server.prepared is not None and not server.prepared.unlink():
             server.close("released with prepared statement replies outstanding")
         self.tx_changes.clear()   # a SET inside an unfinished transaction dies with it
+        self.tx_snapshot = None
         if not server.injected:
             server.scanner.watch = server.normal_watch()
         self.update_reading()
@@ -755,8 +907,8 @@ class ClientConnection(asyncio.Protocol):
 
         Done when what waits is one request (a Query, or extended messages up to their first
         Sync): it is dropped and the client gets 57014 and ReadyForQuery, exactly what a server
-        cancelling it at its first message sends. Otherwise the cancel is ignored, as for a
-        query that already finished.
+        cancelling it at its first message sends. Otherwise False: the caller sends the cancel
+        to the server once the queries reach one, where Postgres cancels whichever runs.
         """
         data = b"".join(self.pending)
         pos, last_type = 0, 0
@@ -815,7 +967,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 # Idle (maybe inside a transaction): release rolls back / resets before reuse.
                 # Session state it may have made (pinned, or not yet checked) is reset before reuse.
-                dirty = self.pinned or self.state_check_due
+                dirty = self.pinned or self.audit_due
                 server.needs_reset = self.mode == PoolMode.SESSION or dirty
                 if dirty and not self.app.settings.server_reset_query:
                     server.close_needed = "client left session state on it and server_reset_query is empty"

@@ -375,6 +375,13 @@ class Settings(BaseSettings):
     session_pinning: bool = _setting(
         True, "pgpool: in transaction/statement mode, pin a client to its server once it creates "
         "session state; false = refuse such statements with an error.")
+    session_audit: Literal["auto", "always"] = _setting(
+        "auto", "pgpool: when to ask a server which session state a transaction left (settings, "
+        "LISTEN, advisory locks, temporary objects, WITH HOLD cursors, SQL PREPARE, role) before "
+        "it changes hands. auto = only after statements the parser cannot prove stateless (plain "
+        "SELECT/INSERT/UPDATE/DELETE never pay); always = after every transaction, which also "
+        "catches state made by triggers or views (one extra round trip per transaction). "
+        "Not in PgBouncer, which tracks only reported parameters.")
 
     # Server connection upkeep
     server_reset_query: str = _setting(

@@ -58,6 +58,10 @@ POOL_COUNTERS: dict[str, tuple[str, Callable[["Pool"], float]]] = {
     "pgpool_client_logins": ("Client logins completed.", lambda p: p.stats.client_logins),
     "pgpool_server_connects": ("Server connections opened and logged in.", lambda p: p.stats.server_connects),
     "pgpool_server_login_failures": ("Server logins that failed.", lambda p: p.stats.server_login_failures),
+    "pgpool_session_audits": ("Audit queries run to learn what session state a transaction left.",
+                              lambda p: p.stats.session_audits),
+    "pgpool_session_settings_adopted": ("Session settings found by an audit that now follow their client.",
+                                        lambda p: p.stats.settings_adopted),
 }
 
 POOL_HISTOGRAMS: dict[str, tuple[str, Callable[["Pool"], "Histogram"]]] = {
@@ -98,6 +102,13 @@ class PgpoolCollector:
             for cause, count in list(pool.stats.errors.items()):
                 errors.add_metric([*_labels(pool), cause], count)
         yield errors
+        pins = CounterMetricFamily("pgpool_session_pins", "Clients pinned to their server, by the session state "
+                                   "the audit found (listen, advisory_lock, temp_object, cursor, "
+                                   "prepared_statement, role, unknown).", labels=[*POOL_LABELS, "cause"])
+        for pool in pools:
+            for cause, count in list(pool.stats.pins.items()):
+                pins.add_metric([*_labels(pool), cause], count)
+        yield pins
         for name, (doc, read) in POOL_HISTOGRAMS.items():
             family = HistogramMetricFamily(name, doc, labels=POOL_LABELS)
             for pool in pools:

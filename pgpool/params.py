@@ -1,15 +1,18 @@
 """Session parameters that follow a client across server connections.
 
-Owns: which parameters are tracked, recognising top-level SET / RESET / DISCARD in a
-simple Query, and the SQL that makes a server's session match a client's. Pure: no
-sockets. Two kinds of parameter are tracked:
+Owns: which parameters are tracked, what a SET / RESET / RESET ALL does to them (RESET goes
+back to the client's startup values, as on a direct connection), and the SQL that makes a
+server's session match a client's. Recognising those statements is session.py's job (the
+real parser); this module must not parse SQL. Pure: no sockets. Two kinds of parameter are
+tracked:
 
 * reported parameters (GUC_REPORT: client_encoding, DateStyle, TimeZone, ...): the server
   tells us their values in ParameterStatus, so we compare values and replay with
   set_config(), which takes the value exactly as the server reported it;
 * everything else (search_path, default_transaction_isolation, statement_timeout, ...):
   the server says nothing, so we remember the statement that set it and replay that
-  statement; two sessions with the same statement have the same value.
+  statement (two sessions with the same statement have the same value), or, for a value the
+  session audit read from the server, set_config(name, value, false) with that value.
 """
 
 from __future__ import annotations
@@ -90,46 +93,6 @@ def parse_options(options: str) -> dict[str, str]:
     return result
 
 
-# ---- recognising session statements in a simple Query --------------------------------------
-
-# SET name {= | TO} value; the special forms (SET ROLE, SET SESSION AUTHORIZATION, SET NAMES,
-# SET TRANSACTION, ...) have no = / TO and do not match.
-_SET_RE = re.compile(
-    r"""^\s*SET\s+(?:SESSION\s+)?(?!LOCAL\b)
-        (?P<name>[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)?|"[^"]+")
-        \s*(?:=|\bTO\b)\s*(?P<value>.*?)\s*;?\s*$""",
-    re.IGNORECASE | re.VERBOSE | re.DOTALL,
-)
-# Aliases with their own syntax: SET TIME ZONE, SET SCHEMA, SET XML OPTION.
-_ALIASES = (
-    ("TimeZone", re.compile(r"^\s*SET\s+(?:SESSION\s+)?TIME\s+ZONE\s+\S.*$", re.IGNORECASE | re.DOTALL)),
-    ("search_path", re.compile(r"^\s*SET\s+(?:SESSION\s+)?SCHEMA\s+'.*$", re.IGNORECASE | re.DOTALL)),
-    ("xmloption", re.compile(r"^\s*SET\s+(?:SESSION\s+)?XML\s+OPTION\s+\S.*$", re.IGNORECASE | re.DOTALL)),
-)
-_RESET_RE = re.compile(r"^\s*RESET\s+(?P<name>ALL|[A-Za-z_][A-Za-z0-9_$.]*|\"[^\"]+\")\s*;?\s*$", re.IGNORECASE)
-_DISCARD_ALL_RE = re.compile(r"^\s*DISCARD\s+ALL\s*;?\s*$", re.IGNORECASE)
-
-# First letters of statements this module recognises (lower-cased), to skip the rest cheaply.
-_CANDIDATE_FIRST = frozenset(b"sSrRdD")
-_CANDIDATE_HEADS = frozenset((b"set", b"res", b"dis"))
-
-
-def _skip_space_and_comments(buf: bytes, pos: int, end: int) -> int:
-    while pos < end:
-        ch = buf[pos]
-        if ch in b" \t\r\n":
-            pos += 1
-        elif buf.startswith(b"--", pos):
-            newline = buf.find(b"\n", pos, end)
-            pos = end if newline < 0 else newline + 1
-        elif buf.startswith(b"/*", pos):
-            close = buf.find(b"*/", pos + 2, end)
-            pos = end if close < 0 else close + 2
-        else:
-            break
-    return pos
-
-
 class SessionChange:
     """What a statement does to the tracked session state, once it has succeeded."""
     __slots__ = ("kind", "name", "statement")
@@ -139,65 +102,58 @@ class SessionChange:
         self.name = name
         self.statement = statement
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SessionChange) and (self.kind, self.name, self.statement) == \
+            (other.kind, other.name, other.statement)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name, self.statement))
+
     def __repr__(self) -> str:
         return f"SessionChange({self.kind!r}, {self.name!r}, {self.statement!r})"
 
 
-def classify_query(buf: bytes, start: int, end: int) -> SessionChange | None:
-    """Recognise a single top-level SET / RESET / DISCARD ALL in a Query body (NUL-terminated)."""
-    pos = _skip_space_and_comments(buf, start, end)
-    if pos >= end or buf[pos] not in _CANDIDATE_FIRST or end - pos > 4096:
-        return None
-    if buf[pos:pos + 3].lower() not in _CANDIDATE_HEADS:   # SELECT, DELETE, ... leave here
-        return None
-    try:
-        sql = buf[pos:end].rstrip(b"\x00").decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    head = sql[:8].lower()
-    if head.startswith("set"):
-        # A statement list ("SET a=1; SELECT ...") is not tracked: only whole single SETs.
-        if sql.rstrip().rstrip(";").count(";"):
-            return None
-        for name, pattern in _ALIASES:
-            if pattern.match(sql):
-                return SessionChange("set", name, sql.strip().rstrip(";"))
-        match = _SET_RE.match(sql)
-        if not match:
-            return None
-        name = match.group("name").strip('"')
-        return SessionChange("set", canonical_name(name), sql.strip().rstrip(";"))
-    if head.startswith("reset"):
-        match = _RESET_RE.match(sql)
-        if not match:
-            return None
-        name = match.group("name").strip('"')
-        if name.lower() == "all":
-            return SessionChange("reset_all")
-        return SessionChange("reset", canonical_name(name), sql.strip().rstrip(";"))
-    if head.startswith("discard") and _DISCARD_ALL_RE.match(sql):
-        return SessionChange("reset_all")
-    return None
-
-
 class SessionParams:
-    """A session's tracked parameters: reported values and remembered SET statements."""
-    __slots__ = ("reported", "statements")
+    """A session's tracked parameters: reported values and remembered SET statements.
+
+    `startup_*` are the values the client logged in with: what RESET and RESET ALL go back
+    to. A server's own SessionParams has none (its RESET goes to the server's defaults).
+    """
+    __slots__ = ("reported", "statements", "startup_reported", "startup_statements")
 
     def __init__(self, reported: dict[str, str] | None = None, statements: dict[str, str] | None = None):
         self.reported: dict[str, str] = dict(reported or {})
         self.statements: dict[str, str] = dict(statements or {})
+        self.startup_reported: dict[str, str] = {}
+        self.startup_statements: dict[str, str] = {}
+
+    def remember_startup(self) -> None:
+        """The current values are the client's startup values (called once, at login)."""
+        self.startup_reported = dict(self.reported)
+        self.startup_statements = dict(self.statements)
 
     def apply(self, change: SessionChange, reported_names: frozenset[str]) -> None:
-        """Record a change that succeeded on the server; reported values arrive as ParameterStatus."""
+        """Record a change that succeeded on the server.
+
+        A SET of a reported parameter arrives as ParameterStatus; a RESET of one is put back
+        to the startup value here, after the server reported its own default.
+        """
         if change.kind == "reset_all":
-            self.statements.clear()
-        elif change.name in reported_names:
-            return
-        elif change.kind == "set":
+            self.statements = dict(self.startup_statements)
+            for name, value in self.startup_reported.items():
+                if name in reported_names:
+                    self.reported[name] = value
+        elif change.kind == "reset":
+            name = change.name
+            if name in reported_names:
+                if name in self.startup_reported:
+                    self.reported[name] = self.startup_reported[name]
+            elif name in self.startup_statements:
+                self.statements[name] = self.startup_statements[name]
+            else:
+                self.statements.pop(name, None)
+        elif change.name not in reported_names:
             self.statements[change.name] = change.statement
-        else:
-            self.statements.pop(change.name, None)
 
 
 def search_path_key(params: SessionParams) -> bytes:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
 from .prepared import StatementRegistry, drops_all_statements
+from .session import classify
 from .protocol.constants import TX_IDLE
 from .protocol.errors import CONNECTION_FAILURE, ProtocolError
 from .stats import PoolStats
@@ -304,8 +305,11 @@ class Pool:
             self.server_available(server)
 
     def _after_reset(self, server: "ServerConnection") -> None:
-        server.params.statements.clear()   # DISCARD ALL / RESET ALL undid every tracked SET
-        if server.prepared is not None and drops_all_statements(self.app.settings.server_reset_query.encode()):
+        """server_reset_query ran: forget what it undid (tracked SETs, prepared statements)."""
+        text = self.app.settings.server_reset_query.encode("utf-8")
+        for change in classify(text, 0, len(text)).changes:   # DISCARD ALL / RESET ALL: every tracked SET
+            server.params.apply(change, self.reported_names)
+        if server.prepared is not None and drops_all_statements(text):
             server.prepared.forget_all()   # the server has none of pgpool's statements any more
         self.server_available(server)
 

@@ -41,7 +41,8 @@ class PoolStats:
     __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_time",
                  "query_time", "wait_time", "wait_count", "server_connects", "server_login_failures",
                  "client_logins", "client_login_failures", "errors", "wait_hist", "xact_hist",
-                 "connect_hist", "client_parse_count", "server_parse_count", "bind_count")
+                 "connect_hist", "client_parse_count", "server_parse_count", "bind_count", "session_audits",
+                 "settings_adopted", "pins")
 
     def __init__(self) -> None:
         self.xact_count = 0
@@ -63,6 +64,9 @@ class PoolStats:
         self.client_parse_count = 0   # named Parse messages from clients
         self.server_parse_count = 0   # Parse messages pgpool sent to servers (re-prepares included)
         self.bind_count = 0           # Binds of named statements
+        self.session_audits = 0       # audit queries run (session.py): what statements left on a server
+        self.settings_adopted = 0     # settings an audit found that the client now carries
+        self.pins: dict[str, int] = {}   # cause (session.PIN_CAUSES, "unknown") -> clients pinned by it
 
     def count_error(self, cause: str) -> None:
         self.errors[cause] = self.errors.get(cause, 0) + 1

@@ -7,6 +7,7 @@ Usage:
             await a.same("SET search_path = tenant_b")            # asserts pooled == direct
             await b.same("SELECT current_setting('search_path')")
             pooled, direct = await a.run(lambda conn: conn.fetchval("SELECT 1"))  # compare yourself
+Advisory locks: pass direct_dbname=create_twin_database(postgres), or the two sides block each other.
 A step is SQL (run the driver's usual way: asyncpg fetch, psycopg execute+fetchall, SQLAlchemy
 exec_driver_sql+commit) or an async callable taking the driver's connection. Drivers (DRIVERS):
 "asyncpg" (statement cache on), "psycopg" (default prepare_threshold), "psycopg-prepare0", "sqlalchemy".
@@ -76,11 +77,10 @@ def _message(exc: BaseException) -> str:
 
 
 def observe_error(exc: BaseException) -> tuple:
-    """("error", SQLSTATE, message without digits or generated names); ("lost", type) without SQLSTATE."""
+    """("error", SQLSTATE, message without digits or generated names); ("lost", type, message) without
+    SQLSTATE (a driver-side error: connection lost, protocol violation)."""
     state = _sqlstate(exc)
-    if state is None:
-        return ("lost", type(exc).__name__)
-    return ("error", state, re.sub(r"\d+", "N", _message(exc)))
+    return ("error" if state else "lost", state or type(exc).__name__, re.sub(r"\d+", "N", _message(exc)))
 
 
 def observe_rows(rows: Any) -> tuple:
@@ -152,14 +152,15 @@ class Twin:
     pooled: Any
     direct: Any
     trace: list[str] = field(default_factory=list)  # shared by all twins of one open_twins
+    timeout: float = STEP_TIMEOUT
 
     async def _observe(self, conn: Any, step: Step) -> Any:
         try:
             if isinstance(step, str):
-                return await asyncio.wait_for(_RUN[self.driver](conn, step), STEP_TIMEOUT)
-            return normalise_value(await asyncio.wait_for(step(conn), STEP_TIMEOUT))
+                return await asyncio.wait_for(_RUN[self.driver](conn, step), self.timeout)
+            return normalise_value(await asyncio.wait_for(step(conn), self.timeout))
         except asyncio.TimeoutError:
-            return ("timeout", STEP_TIMEOUT)
+            return ("timeout", self.timeout)
         except Exception as exc:
             return observe_error(exc)
 
@@ -176,6 +177,9 @@ class Twin:
         assert pooled == direct, self.diff(label or label_of(step), pooled, direct)
         return pooled
 
+    def __repr__(self) -> str:   # short: Hypothesis prints the twins it drew
+        return f"Twin({self.name})"
+
     def diff(self, label: str, pooled: Any, direct: Any) -> str:
         history = "\n  ".join(self.trace[-30:])
         return (f"client {self.name} ({self.driver}), step {label!r}:\n"
@@ -191,28 +195,41 @@ def direct_dsn(postgres: Any, user: str = "app", dbname: str = "app") -> str:
     return postgres.dsn(user=user, password=ROLES[user], dbname=dbname)
 
 
+def create_twin_database(postgres: Any, name: str = "app_direct", owner: str = "app") -> str:
+    """An empty database for direct sides that must not share database-wide state with pooled ones."""
+    if postgres.run_sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
+        postgres.run_sql(f"CREATE DATABASE {name} OWNER {owner}")
+    return name
+
+
 async def open_twin(proc: Any, postgres: Any, *, name: str, driver: str = "asyncpg", user: str = "app",
-                    dbname: str = "app", trace: list[str] | None = None, **connect_kw: Any) -> Twin:
-    """One twin; connect_kw (e.g. server_settings={...}) go to both sides unchanged."""
+                    dbname: str = "app", direct_dbname: str | None = None, trace: list[str] | None = None,
+                    timeout: float = STEP_TIMEOUT, **connect_kw: Any) -> Twin:
+    """One twin; connect_kw (e.g. server_settings={...}) go to both sides unchanged.
+
+    direct_dbname: a twin database for the direct side, for steps whose effects are shared
+    database-wide (advisory lock keys): there, the two sides would otherwise wait for each other."""
     pooled = await _connect(driver, proc.dsn(user=user, dbname=dbname), dict(connect_kw))
     try:
-        direct = await _connect(driver, direct_dsn(postgres, user, dbname), dict(connect_kw))
+        direct = await _connect(driver, direct_dsn(postgres, user, direct_dbname or dbname), dict(connect_kw))
     except BaseException:
         await _close(pooled)
         raise
-    return Twin(name, driver, pooled, direct, trace if trace is not None else [])
+    return Twin(name, driver, pooled, direct, trace if trace is not None else [], timeout)
 
 
 @contextlib.asynccontextmanager
 async def open_twins(proc: Any, postgres: Any, n: int = 2, driver: str = "asyncpg",
-                     **connect_kw: Any) -> AsyncIterator[list[Twin]]:
-    """n twins named A, B, C... sharing one trace; all closed on exit."""
+                     kw_for: Callable[[int], dict] | None = None, **connect_kw: Any) -> AsyncIterator[list[Twin]]:
+    """n twins named A, B, C... sharing one trace; all closed on exit. Keywords as open_twin's;
+    kw_for(i) adds connect arguments for the i-th twin only (e.g. its own server_settings)."""
     trace: list[str] = []
     twins: list[Twin] = []
     try:
         for i in range(n):
+            own = kw_for(i) if kw_for is not None else {}
             twins.append(await open_twin(proc, postgres, name=chr(ord("A") + i), driver=driver,
-                                         trace=trace, **connect_kw))
+                                         trace=trace, **{**connect_kw, **own}))
         yield twins
     finally:
         for twin in twins:

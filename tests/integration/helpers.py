@@ -7,6 +7,7 @@ import struct
 
 import asyncpg
 
+from pgpool.auth import md5_response
 from pgpool.protocol import messages as m
 from pgpool.protocol.errors import parse_error_fields
 
@@ -31,7 +32,6 @@ async def sessions_in_state(postgres, state: str, user: str = "app") -> int:
 
 
 def connect(proc, user: str = "app", password: str | None = None, dbname: str = "app", **kw):
-    kw.setdefault("statement_cache_size", 0)
     return asyncpg.connect(proc.dsn(user=user, password=password, dbname=dbname), **kw)
 
 
@@ -72,15 +72,17 @@ class RawClient:
             if t == b"E":
                 return parse_error_fields(body)
 
-    async def login_md5(self, user: str, password: str, database: str = "app") -> None:
-        from pgpool.auth import md5_response
-        self.send(m.startup_message({"user": user, "database": database}))
+    async def login_md5(self, user: str, password: str, database: str = "app",
+                        **startup: str) -> tuple[int, int] | None:
+        """Log in (extra startup parameters as keywords); the BackendKeyData (pid, key) if sent."""
+        self.send(m.startup_message({"user": user, "database": database, **startup}))
         t, body = await self.read_message()
         assert t == b"R", (t, body)
         code, salt = m.parse_authentication(body)
         assert code == 5, code
         self.send(m.password_message(md5_response(password, user, salt)))
-        await self.read_until(b"Z")
+        replies = await self.read_until(b"Z")
+        return next((m.parse_backend_key_data(body) for t, body in replies if t == b"K"), None)
 
     async def at_eof(self, timeout: float = 10.0) -> bool:
         try:

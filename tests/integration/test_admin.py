@@ -47,9 +47,7 @@ async def pool_row(conn, database: str = "app", user: str = "app") -> dict | Non
 
 
 async def connect_app(proc, **kw) -> asyncpg.Connection:
-    # Unnamed statements only: these tests swap servers under clients on purpose, and named
-    # prepared statements across servers are another module's concern.
-    return await asyncpg.connect(proc.dsn("app"), statement_cache_size=0, **kw)
+    return await asyncpg.connect(proc.dsn("app"), **kw)
 
 
 # ---- SHOW tables ---------------------------------------------------------------------------------

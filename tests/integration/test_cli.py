@@ -78,8 +78,7 @@ async def test_unchanged_pgbouncer_ini_serves_clients(tmp_path, postgres):
         conn = None
         for _ in range(100):
             try:
-                conn = await asyncpg.connect(f"postgresql://md5user:md5pass@127.0.0.1:{port}/app",
-                                             statement_cache_size=0)
+                conn = await asyncpg.connect(f"postgresql://md5user:md5pass@127.0.0.1:{port}/app")
                 break
             except OSError:
                 await asyncio.sleep(0.1)   # bounded: 100 tries while pgpool starts

@@ -68,7 +68,7 @@ async def test_asyncpg_defaults_simple_and_extended(pgpool_proc):
 
 def test_psycopg_pipeline_and_errors(pgpool_proc):
     proc = pgpool_proc({"default_pool_size": 1})
-    with psycopg.connect(proc.dsn(), prepare_threshold=None) as conn:
+    with psycopg.connect(proc.dsn()) as conn:
         with conn.pipeline():
             cursors = [conn.execute("SELECT %s::int * 2", (i,)) for i in range(50)]
         assert [c.fetchone()[0] for c in cursors] == [i * 2 for i in range(50)]

@@ -72,7 +72,7 @@ async def test_set_inside_rolled_back_transaction_is_not_kept(pgpool_proc):
 CLIENT_THAT_DIES = textwrap.dedent("""
     import asyncio, asyncpg, os, sys
     async def main():
-        conn = await asyncpg.connect(sys.argv[1], statement_cache_size=0)
+        conn = await asyncpg.connect(sys.argv[1])
         await conn.execute("BEGIN")
         await conn.execute("INSERT INTO abandoned VALUES (1)")
         if sys.argv[2] == "query":

@@ -35,8 +35,7 @@ async def app_pool(admin) -> dict:
 
 
 async def connect_app(proc, user: str = "app") -> asyncpg.Connection:
-    # Unnamed statements only: servers are replaced under clients here on purpose.
-    return await asyncpg.connect(proc.dsn(user), statement_cache_size=0)
+    return await asyncpg.connect(proc.dsn(user))
 
 
 async def close_quietly(conn: asyncpg.Connection) -> None:
@@ -220,7 +219,7 @@ async def test_pause_one_database_leaves_the_others_running(pgpool_proc, postgre
     backend = f"host={postgres.host} port={postgres.port}"
     proc = pgpool_proc(ADMIN, databases={"app": f"{backend} dbname=app", "other": f"{backend} dbname=app"})
     admin = await console(proc)
-    other = await asyncpg.connect(proc.dsn("app", dbname="other"), statement_cache_size=0)
+    other = await asyncpg.connect(proc.dsn("app", dbname="other"))
     try:
         await admin.execute("PAUSE app")
         databases = {r["name"]: r["paused"] for r in await show(admin, "DATABASES")}

@@ -67,7 +67,7 @@ async def wait_http(port: int) -> None:
 
 
 async def connect_app(proc, **kw) -> asyncpg.Connection:
-    return await asyncpg.connect(proc.dsn("app"), statement_cache_size=0, **kw)
+    return await asyncpg.connect(proc.dsn("app"), **kw)
 
 
 async def test_metric_families_follow_prometheus_conventions(pgpool_proc):

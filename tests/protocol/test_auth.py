@@ -1,5 +1,7 @@
 """auth_file parsing, md5, method choice, password checks, and no user enumeration."""
 
+import base64
+import collections
 import hashlib
 import secrets
 
@@ -223,6 +225,8 @@ def test_scram_login_with_md5_secret_fails_like_a_wrong_password():
 
 SCRAM_USERS = {"carol": POSTGRES_SCRAM_PENCIL, "erin": build_verifier("x"), "bob": POSTGRES_MD5_PENCIL}
 MD5_USERS = {"m_user": POSTGRES_MD5_PENCIL, "alice": "pencil", "carol": POSTGRES_SCRAM_PENCIL}
+ONLY_SCRAM = {"carol": POSTGRES_SCRAM_PENCIL, "erin": build_verifier("x")}
+NO_SCRAM = {"m_user": POSTGRES_MD5_PENCIL, "alice": "pencil"}
 
 
 def test_lookup_known_user():
@@ -230,21 +234,45 @@ def test_lookup_known_user():
     assert lookup_credentials(MD5_USERS, "alice") == PLAIN
 
 
-@pytest.mark.parametrize("users, known_user, auth_type", [
-    (SCRAM_USERS, "carol", "md5"),
-    (SCRAM_USERS, "carol", "scram-sha-256"),
-    (MD5_USERS, "m_user", "md5"),
-    (MD5_USERS, "alice", "scram-sha-256"),
-])
-def test_unknown_user_gets_the_same_method_as_known_users(users, known_user, auth_type):
-    fake = lookup_credentials(users, "mallory")
-    assert not fake.known
-    assert choose_client_method(auth_type, fake) == choose_client_method(
-        auth_type, lookup_credentials(users, known_user))
+def what_a_client_is_asked(auth_type: str, creds: Credentials) -> tuple:
+    """Everything a client sees before it answers: the method, and for SCRAM the salt length and iterations."""
+    method = choose_client_method(auth_type, creds)
+    if method != "scram-sha-256":
+        return (method,)
+    first = dict(part.split("=", 1) for part in
+                 ScramServer(scram_verifier_for(creds)).handle_client_first(b"n,,n=,r=abc").decode().split(","))
+    return (method, len(base64.b64decode(first["s"])), int(first["i"]))
+
+
+MIXES = {
+    "md5 only": {"a": POSTGRES_MD5_PENCIL, "b": md5_secret("b", "x")},
+    "scram only": {"a": POSTGRES_SCRAM_PENCIL, "b": build_verifier("x")},
+    "plain only": {"a": "pencil", "b": "x"},
+    "md5 and scram": {"a": POSTGRES_MD5_PENCIL, "b": POSTGRES_SCRAM_PENCIL, "c": build_verifier("x")},
+    "all kinds, odd iterations": {"a": POSTGRES_MD5_PENCIL, "b": build_verifier("x", iterations=8192),
+                                  "c": "pencil", "d": build_verifier("y"), "e": md5_secret("e", "z")},
+}
+
+
+@pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256", "plain", "any"])
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_unknown_users_are_asked_what_known_users_are_asked_in_the_same_proportions(mix, auth_type):
+    # Issue 8 case 11: with a mixed auth_file under md5, SCRAM users were asked for SASL and unknown
+    # users for md5, which listed the SCRAM users. Now the answer for a name says nothing about it.
+    users = MIXES[mix]
+    known = collections.Counter(what_a_client_is_asked(auth_type, lookup_credentials(users, u)) for u in users)
+    names = [f"nobody{i}" for i in range(2000)]
+    unknown = collections.Counter(what_a_client_is_asked(auth_type, lookup_credentials(users, n)) for n in names)
+    assert set(unknown) == set(known)
+    for shape, count in known.items():
+        assert abs(unknown[shape] / len(names) - count / len(users)) < 0.06, (shape, unknown, known)
+    # And the same answer on every attempt: retrying a name does not tell either.
+    assert all(what_a_client_is_asked(auth_type, lookup_credentials(users, n)) ==
+               what_a_client_is_asked(auth_type, lookup_credentials(users, n)) for n in names[:50])
 
 
 def test_unknown_user_scram_login_fails_like_wrong_password_with_stable_salt():
-    fake = lookup_credentials(SCRAM_USERS, "mallory")
+    fake = lookup_credentials(ONLY_SCRAM, "mallory")
     assert fake.kind is SecretKind.SCRAM
     with pytest.raises(ScramError) as unknown:
         scram_login(fake, "anything")
@@ -255,7 +283,7 @@ def test_unknown_user_scram_login_fails_like_wrong_password_with_stable_salt():
     # Same salt and iteration count on every attempt, shaped like a real verifier.
     attempts = set()
     for _ in range(3):
-        server = ScramServer(scram_verifier_for(lookup_credentials(SCRAM_USERS, "mallory")))
+        server = ScramServer(scram_verifier_for(lookup_credentials(ONLY_SCRAM, "mallory")))
         attempts.add(salt_and_iterations(server.handle_client_first(b"n,,n=,r=abc")))
     assert len(attempts) == 1
     fake_salt_and_iterations = attempts.pop()
@@ -263,7 +291,7 @@ def test_unknown_user_scram_login_fails_like_wrong_password_with_stable_salt():
     assert len(fake_salt_and_iterations) == len(salt_and_iterations(real_first))
     assert fake_salt_and_iterations.endswith(",i=4096")
     # Another unknown user gets another salt, so the salt does not mark "unknown".
-    other = ScramServer(scram_verifier_for(lookup_credentials(SCRAM_USERS, "trudy")))
+    other = ScramServer(scram_verifier_for(lookup_credentials(ONLY_SCRAM, "trudy")))
     assert salt_and_iterations(other.handle_client_first(b"n,,n=,r=abc")) != fake_salt_and_iterations
 
 
@@ -285,13 +313,13 @@ def test_unknown_user_md5_and_plain_checks_fail():
         assert not check_md5(fake, salt, md5_response(fake.secret, "mallory", salt))
         assert not check_plain(fake, "anything")
         assert not check_plain(fake, fake.secret)
-    fake = lookup_credentials(MD5_USERS, "mallory")
+    fake = lookup_credentials(NO_SCRAM, "mallory")
     assert fake.kind is SecretKind.MD5
     assert secret_kind(fake.secret) is SecretKind.MD5
 
 
 def test_fake_scram_secret_rejects_even_its_own_keys():
-    fake = lookup_credentials(SCRAM_USERS, "mallory")
+    fake = lookup_credentials(ONLY_SCRAM, "mallory")
     verifier = parse_verifier(fake.secret)
     assert verifier is not None
     server = ScramServer(verifier)

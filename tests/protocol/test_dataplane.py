@@ -348,13 +348,21 @@ def test_set_that_failed_is_not_recorded(split):
     assert server.params.statements == {}
 
 
-def test_set_local_and_multi_statement_sets_are_not_recorded():
+def test_set_local_is_not_recorded():
     plane = Plane()
     client = plane.add_client()
-    for sql in ("SET LOCAL search_path TO app", "SET search_path TO app; SELECT 1"):
-        client.data_received(query(sql))
-        server_of(client).data_received(complete("SET") + ready())
+    client.data_received(query("SET LOCAL search_path TO app"))
+    server_of(client).data_received(complete("SET") + ready())
     assert client.params.statements == {}
+
+
+def test_a_set_inside_a_statement_list_is_recorded_with_its_own_text():
+    """Issue 8: `SET statement_timeout=1; SELECT 1` used to leak to the next client untracked."""
+    plane = Plane()
+    client = plane.add_client()
+    client.data_received(query("SET search_path TO app; SELECT 1"))
+    server_of(client).data_received(complete("SET") + select_reply(b"1"))
+    assert client.params.statements == {"search_path": "SET search_path TO app"}
 
 
 def test_set_inside_a_committed_transaction_is_recorded_and_a_rolled_back_one_is_not():

@@ -10,13 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgpool.params import SessionChange, SessionParams, classify_query, parse_options, sync_sql
+from pgpool.params import SessionChange, SessionParams, parse_options, search_path_key, sync_sql
+from pgpool.session import classify as classify_text
 
 REPORTED = frozenset({"client_encoding", "DateStyle", "TimeZone", "application_name", "server_version"})
 
 
+def classify_query(buf: bytes, start: int, end: int) -> SessionChange | None:
+    """The one SET / RESET a Query body (NUL-terminated) makes, as session.py classifies it."""
+    changes = classify_text(buf, start, end - 1).changes
+    return changes[0] if len(changes) == 1 else None
+
+
 def classify(sql: str) -> SessionChange | None:
-    """classify_query on a whole Query message, as the client data plane calls it."""
     body = sql.encode("utf-8") + b"\x00"
     raw = b"Q" + struct.pack("!I", 4 + len(body)) + body
     return classify_query(raw, 5, len(raw))
@@ -39,14 +45,13 @@ def statements_of(sql: str) -> list[str]:
     ("SET search_path TO app, public", "search_path"),
     ("SET SESSION statement_timeout = '5s'", "statement_timeout"),
     ("SET myapp.tenant = '42'", "myapp.tenant"),
-    ("SET statement_timeout TO DEFAULT", "statement_timeout"),
     ('SET "search_path" TO app', "search_path"),
-], ids=["equals", "to", "list", "session", "custom-dotted", "default", "quoted-name"])
+], ids=["equals", "to", "list", "session", "custom-dotted", "quoted-name"])
 def test_set_is_tracked_with_its_statement(sql, name):
     assert as_tuple(classify(sql)) == ("set", name, sql)
 
 
-@pytest.mark.parametrize("sql", ["SET TIME ZONE 'UTC'", "SET SESSION TIME ZONE 'Europe/Paris'", "set time zone local"])
+@pytest.mark.parametrize("sql", ["SET TIME ZONE 'UTC'", "SET SESSION TIME ZONE 'Europe/Paris'"])
 def test_set_time_zone_is_timezone(sql):
     assert as_tuple(classify(sql)) == ("set", "TimeZone", sql)
 
@@ -102,10 +107,19 @@ def test_set_synonyms_are_tracked_under_the_parameter_they_set_or_not_at_all(sql
     assert change is None or change.name == guc
 
 
+@pytest.mark.parametrize("sql, name", [
+    ("SET x = 1; SELECT 1", "x"),
+    ("SELECT 1; SET x = 1", "x"),
+    ("DISCARD ALL; SELECT 1", ""),
+], ids=["set-select", "select-set", "discard-select"])
+def test_a_set_or_reset_inside_a_statement_list_is_tracked(sql, name):
+    """Issue 8, case 5: `SET statement_timeout=1; SELECT 1` leaked to the next client."""
+    change = classify(sql)
+    assert change is not None and change.name == name
+
+
 @pytest.mark.parametrize("sql", [
-    "SET x = 1; SELECT 1",
     "SET x = 1; SET y = 2",
-    "SELECT 1; SET x = 1",
     "SET search_path TO app; RESET ALL",
     "SELECT set_config('search_path', 'app', false)",
     "SHOW search_path",
@@ -113,8 +127,8 @@ def test_set_synonyms_are_tracked_under_the_parameter_they_set_or_not_at_all(sql
     "",
     "   ",
     "settle",
-], ids=["set-select", "set-set", "select-set", "set-reset", "set-config", "show", "select", "empty", "blank", "word"])
-def test_statement_lists_and_other_statements_are_not_tracked(sql):
+], ids=["set-set", "set-reset", "set-config", "show", "select", "empty", "blank", "word"])
+def test_statements_without_exactly_one_set_or_reset(sql):
     assert classify(sql) is None
 
 
@@ -123,6 +137,8 @@ def test_statement_lists_and_other_statements_are_not_tracked(sql):
     ("reset Statement_Timeout;", "statement_timeout"),
     ("RESET timezone", "TimeZone"),
     ("RESET myapp.tenant", "myapp.tenant"),
+    ("SET statement_timeout TO DEFAULT", "statement_timeout"),   # SET TO DEFAULT is RESET (startup value)
+    ("set time zone local", "TimeZone"),
 ])
 def test_reset_one_parameter(sql, name):
     change = classify(sql)
@@ -135,7 +151,7 @@ def test_reset_all_and_discard_all(sql):
     assert change is not None and change.kind == "reset_all"
 
 
-@pytest.mark.parametrize("sql", ["DISCARD PLANS", "DISCARD TEMP", "DISCARD SEQUENCES", "DISCARD ALL; SELECT 1"])
+@pytest.mark.parametrize("sql", ["DISCARD PLANS", "DISCARD TEMP", "DISCARD SEQUENCES"])
 def test_other_discards_are_not_tracked(sql):
     assert classify(sql) is None
 
@@ -263,3 +279,51 @@ def test_a_trailing_comment_in_a_tracked_set_does_not_hide_the_statements_after_
         "value-with-equals", "empty-value", "empty", "c-alone", "no-equals", "other-switch"])
 def test_parse_options(options, expected):
     assert parse_options(options) == expected
+
+
+# ---- RESET goes back to the client's startup values (issue 8, case 1) --------------------------
+
+def startup_session() -> SessionParams:
+    params = SessionParams({**BASE, "application_name": "tenant-app"},
+                           {"search_path": "SELECT pg_catalog.set_config('search_path', 'tenant_b', false)"})
+    params.remember_startup()
+    return params
+
+
+def test_reset_all_goes_back_to_the_startup_values_not_to_the_servers():
+    params = startup_session()
+    params.apply(classify("SET search_path TO other"), REPORTED)
+    params.apply(classify("SET work_mem = '1MB'"), REPORTED)
+    params.reported["application_name"] = ""      # the server reported its own default after RESET ALL
+    params.apply(classify("RESET ALL"), REPORTED)
+    assert params.statements == {"search_path": "SELECT pg_catalog.set_config('search_path', 'tenant_b', false)"}
+    assert params.reported["application_name"] == "tenant-app"
+
+
+def test_reset_one_goes_back_to_its_startup_value_or_to_nothing():
+    params = startup_session()
+    params.apply(classify("SET search_path TO other"), REPORTED)
+    params.apply(classify("SET work_mem = '1MB'"), REPORTED)
+    params.apply(classify("RESET search_path"), REPORTED)
+    params.apply(classify("RESET work_mem"), REPORTED)
+    assert params.statements == startup_session().statements
+    params.reported["application_name"] = ""
+    params.apply(classify("RESET application_name"), REPORTED)
+    assert params.reported["application_name"] == "tenant-app"
+
+
+def test_a_servers_reset_all_forgets_every_statement():
+    server = SessionParams(BASE, {"search_path": "SET search_path TO x"})
+    server.apply(classify("RESET ALL"), REPORTED)
+    assert server.statements == {}
+
+
+def test_search_path_key_is_equal_exactly_when_the_tracked_search_path_is():
+    a, b = SessionParams(BASE), SessionParams(BASE)
+    assert search_path_key(a) == search_path_key(b) == b""
+    a.apply(classify("SET search_path TO tenant_a"), REPORTED)
+    assert search_path_key(a) != search_path_key(b)
+    b.apply(classify("SET search_path TO tenant_a"), REPORTED)
+    assert search_path_key(a) == search_path_key(b)
+    a.apply(classify("SET work_mem = '1MB'"), REPORTED)
+    assert search_path_key(a) == search_path_key(b)
