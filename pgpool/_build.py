@@ -145,6 +145,8 @@ def describe_build() -> str:
         return f"compiled (Cython {cython})"
     reasons = sorted({choose_build(name)[1] for name in present if name not in compiled})
     if not compiled:
+        if pure_python_requested():
+            return f"pure Python ({PURE_PYTHON_ENV}=1)"
         return "pure Python" if reasons in ([], ["not compiled"]) else f"pure Python ({'; '.join(reasons)})"
     pure = ", ".join(name for name in present if name not in compiled)
     return (f"partly compiled (Cython {cython}: {len(compiled)} of {len(present)} modules; "
