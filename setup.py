@@ -41,7 +41,8 @@ def compiled_extensions() -> list[Extension]:
     except ImportError:
         warn("Cython is not installed: pure Python install")
         return []
-    return [Extension(name, [str(_build.source_path(name, Path("pgpool")))])
+    # optional: setuptools copies an in-place build only for the modules that did compile.
+    return [Extension(name, [str(_build.source_path(name, Path("pgpool")))], optional=True)
             for name in _build.COMPILED_MODULES if _build.source_path(name, ROOT / "pgpool").is_file()]
 
 
@@ -62,12 +63,16 @@ class OptionalBuildExt(build_ext):
             from Cython.Build import cythonize
 
             self.cython_version = Cython.__version__
-            (generated,) = cythonize([Extension(ext.name, list(ext.sources))], compiler_directives=DIRECTIVES,
-                                     quiet=True, force=True, build_dir=str(Path(self.build_temp) / "cython"))
+            (generated,) = cythonize([Extension(ext.name, list(ext.sources), optional=True)],
+                                     compiler_directives=DIRECTIVES, quiet=True, force=True,
+                                     build_dir=str(Path(self.build_temp) / "cython"))
             ext.sources = generated.sources   # the .c file; ext stays setuptools' own Extension
             super().build_extension(ext)
         except Exception as error:   # no compiler, no headers, a construct Cython rejects: run the .py
             warn(f"{ext.name} not compiled ({type(error).__name__}: {error}); it runs as pure Python")
+            return
+        if _build.hash_source(source) != digest:   # edited while it compiled: no record, so the .py runs
+            warn(f"{ext.name} changed during the build; it runs as pure Python until the next build")
             return
         self.built[ext.name] = digest
 
