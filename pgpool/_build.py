@@ -85,8 +85,8 @@ def choose_build(name: str, package_dir: Path = PACKAGE_DIR, manifest: dict | No
     if pure_python_requested(environ):
         return None, f"{PURE_PYTHON_ENV}=1"
     source = source_path(name, package_dir)
-    if not source.is_file():   # an install that ships only the extension: nothing to be stale against
-        return extension, "compiled"
+    if not source.is_file():   # every install ships the .py: an extension without one is left over
+        return None, "stale: its .py is gone"
     built_from = (read_manifest(package_dir) if manifest is None else manifest).get("modules", {}).get(name)
     if built_from is None:
         return None, "stale: no build record for the compiled module"
@@ -96,14 +96,19 @@ def choose_build(name: str, package_dir: Path = PACKAGE_DIR, manifest: dict | No
 
 
 class BuildFinder(importlib.abc.MetaPathFinder):
-    """Loads each module of COMPILED_MODULES from the file choose_build picks; the rest is not its business."""
+    """Every pgpool module that has an extension file beside it loads from the file choose_build picks.
+
+    Not only COMPILED_MODULES: an extension left over from an earlier build (a module taken off
+    the list, a .py deleted) would otherwise be found by Python's own finder, which prefers
+    extensions to .py files.
+    """
 
     def __init__(self) -> None:
         self.choices: dict[str, str] = {}   # module -> why it runs the way it does
 
     def find_spec(self, fullname: str, path=None, target=None):
-        if fullname not in COMPILED_MODULES:
-            return None
+        if not fullname.startswith("pgpool.") or find_extension(fullname) is None:
+            return None   # nothing compiled to choose from: Python's own import
         source = source_path(fullname)
         extension, why = choose_build(fullname)
         self.choices[fullname] = why
@@ -111,7 +116,8 @@ class BuildFinder(importlib.abc.MetaPathFinder):
             loader = importlib.machinery.ExtensionFileLoader(fullname, str(extension))
             return importlib.util.spec_from_file_location(fullname, extension, loader=loader)
         if not source.is_file():
-            return None   # not part of this tree (a module not written yet): the normal "no module" error
+            raise ModuleNotFoundError(f"No module named {fullname!r} (a compiled copy is left over from an "
+                                      f"earlier build; its .py is gone)", name=fullname)
         if why.startswith("stale"):
             warnings.warn(f"{fullname}: compiled module ignored ({why}); running {source}. "
                           "Rebuild with scripts/install.sh (or pip install .) to run compiled again.",
@@ -138,7 +144,7 @@ def is_compiled(name: str) -> bool:
 
 def describe_build() -> str:
     """"compiled (Cython 3.0.10)", "pure Python", or "partly compiled (...)" with the reasons."""
-    present = [name for name in COMPILED_MODULES if source_path(name).is_file() or find_extension(name)]
+    present = [name for name in COMPILED_MODULES if source_path(name).is_file()]
     compiled = [name for name in present if is_compiled(name)]
     cython = read_manifest().get("cython", "?")
     if present and len(compiled) == len(present):

@@ -70,6 +70,20 @@ def test_extension_without_a_build_record_is_not_used(package_copy):
     assert "no build record" in result.stderr
 
 
+def test_extension_whose_source_was_removed_is_not_imported(package_copy):
+    (package_copy / "pgpool" / "stats.py").unlink()
+    result = run_python("import pgpool.stats", package_copy)
+    assert result.returncode != 0 and "No module named 'pgpool.stats'" in result.stderr, result.stderr
+
+
+def test_left_over_extension_of_a_module_off_the_list_is_not_used(package_copy):
+    assert "pgpool.cli" not in _build.COMPILED_MODULES
+    (package_copy / "pgpool" / f"cli{EXTENSION_SUFFIX}").write_bytes(b"not an extension module")
+    result = run_python("import pgpool.cli as c; print(c.__file__)", package_copy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(package_copy / "pgpool" / "cli.py")
+
+
 def test_pure_python_switch_skips_a_matching_extension(package_copy):
     result = run_python("import pgpool, pgpool.stats as s; print(s.__file__); print(pgpool.describe_build())",
                         package_copy, PGPOOL_PURE_PYTHON="1")
