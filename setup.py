@@ -70,11 +70,23 @@ class OptionalBuildExt(build_ext):
             super().build_extension(ext)
         except Exception as error:   # no compiler, no headers, a construct Cython rejects: run the .py
             warn(f"{ext.name} not compiled ({type(error).__name__}: {error}); it runs as pure Python")
+            self.remove_old_build(ext.name)
             return
         if _build.hash_source(source) != digest:   # edited while it compiled: no record, so the .py runs
             warn(f"{ext.name} changed during the build; it runs as pure Python until the next build")
             return
         self.built[ext.name] = digest
+
+    def remove_old_build(self, name: str) -> None:
+        """An extension of an earlier build must not ship (build/lib) or linger (in place) beside the .py.
+
+        The import hook would ignore it anyway (no record in the manifest); this keeps it out of wheels.
+        """
+        old = [Path(self.get_ext_fullpath(name))]
+        if self.inplace or getattr(self, "editable_mode", False):
+            old.append(_build.find_extension(name, ROOT / "pgpool") or old[0])
+        for path in old:
+            path.unlink(missing_ok=True)
 
     def write_manifest(self) -> None:
         # Next to the extension files: in build_lib for a wheel, in the source tree for an
