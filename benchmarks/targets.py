@@ -299,6 +299,7 @@ class PostgresCluster:
             self._write_owned(
                 self.data_dir / "pg_hba.conf",
                 "local all all trust\n"
+                "local replication all trust\n"   # pg_basebackup for a standby (start_standby)
                 + cert_line +
                 f"{host} all md5user {LOOPBACK}/32 md5\n"
                 f"{host} all plainuser {LOOPBACK}/32 password\n"
@@ -344,6 +345,73 @@ class PostgresCluster:
         self.base_dir = None
         atexit.unregister(self.stop)
 
+    # ---- faults: restart the server under its clients (tests/integration/test_faults.py) ----
+
+    def restart(self, mode: str = "fast") -> float:
+        """`pg_ctl restart -m mode`, waiting until it accepts connections again; returns the seconds it took."""
+        started = time.monotonic()
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-m", mode, "-w", "-t", "60",
+                       "restart")
+        return time.monotonic() - started
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the postmaster but keep the cluster (start_server brings it back)."""
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop")
+
+    def start_server(self) -> None:
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start")
+
+    def start_standby(self, host: str = "127.0.0.2") -> "PostgresCluster":
+        """A streaming standby of this (running) cluster: pg_basebackup -R into a throwaway dir,
+        listening on another loopback address with the same port, so that a host list
+        (host=127.0.0.1,127.0.0.2, one port, as PgBouncer's) reaches both. stop() removes it;
+        promote() makes it a primary."""
+        standby = PostgresCluster(port=self.port, max_connections=self.max_connections, settings=self.settings)
+        standby.host = host
+        standby.base_dir = Path(tempfile.mkdtemp(prefix="pgpool-standby-"))
+        _give_to(standby.base_dir, standby._user)
+        atexit.register(standby.stop)
+        try:
+            standby._run_tool("pg_basebackup", "-D", str(standby.data_dir), "-h", str(self.socket_dir),
+                              "-p", str(self.port), "-U", self.superuser, "-R", "-X", "stream", "-c", "fast",
+                              "--no-sync")
+            with (standby.data_dir / "postgresql.conf").open("a") as f:
+                f.write(f"\n# standby of {self.host}:{self.port}\nlisten_addresses = {_sql_literal(host)}\n"
+                        f"unix_socket_directories = {_sql_literal(str(standby.socket_dir))}\n")
+            with (standby.data_dir / "pg_hba.conf").open("a") as f:
+                f.write("host all all 127.0.0.0/8 scram-sha-256\n")
+            standby._run_tool("pg_ctl", "-D", str(standby.data_dir), "-l", str(standby.log_path), "-w", "-t", "60",
+                              "start")
+            standby._running = True
+        except BaseException:
+            standby.stop()
+            raise
+        return standby
+
+    def turn_read_only(self, timeout: float = 20.0) -> str:
+        """The old primary of a failover: default_transaction_read_only on, then wait until every
+        transaction begun before that has ended (one begun read-write may still commit). Returns the
+        WAL position after which nothing more is written."""
+        self.run_sql("ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf();")
+        deadline = time.monotonic() + timeout
+        while self.run_sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                           "AND xact_start <= pg_conf_load_time()").strip() != "0":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"transactions begun before read-only still open after {timeout}s")
+            time.sleep(0.02)
+        return self.run_sql("SELECT pg_current_wal_lsn()").strip()
+
+    def wait_replayed(self, lsn: str, timeout: float = 20.0) -> None:
+        """A standby: wait until it replayed up to `lsn`."""
+        deadline = time.monotonic() + timeout
+        while not self.run_sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn").strip().endswith("t"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"standby did not replay up to {lsn} within {timeout}s")
+            time.sleep(0.02)
+
+    def promote(self) -> None:
+        self._run_tool("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "promote")
+
     def __enter__(self) -> "PostgresCluster":
         return self.start()
 
@@ -360,6 +428,19 @@ class PostgresCluster:
             "-U", self.superuser, "-d", dbname,
         ]
         return _run_psql(args, sql, _clean_env())
+
+
+def start_primary_and_standby(standby_host: str = "127.0.0.2",
+                              settings: dict[str, str] | None = None) -> tuple[PostgresCluster, PostgresCluster]:
+    """A primary on 127.0.0.1 (synchronous_commit on: a crash must not lose acknowledged commits) and
+    its streaming standby on `standby_host`, same port: `host=127.0.0.1,127.0.0.2` reaches both.
+    The caller stops both (standby first)."""
+    primary = PostgresCluster(max_connections=100, settings={"synchronous_commit": "on", **(settings or {})}).start()
+    try:
+        return primary, primary.start_standby(standby_host)
+    except BaseException:
+        primary.stop()
+        raise
 
 
 class ExternalPostgres:

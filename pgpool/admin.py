@@ -509,7 +509,7 @@ def show_servers(app: "App") -> Table:
             app_name = ""
             if client is not None and getattr(client, "params", None) is not None:
                 app_name = client.params.reported.get("application_name", "")
-            rows.append(("S", pool.server_user, pool.db.name, "none", state, pool.db.host, pool.db.port,
+            rows.append(("S", pool.server_user, pool.db.name, "none", state, server.host, pool.db.port,
                          local_addr, local_port, _wall(server.created_at, now), _wall(server.last_used, now),
                          0, 0, int(bool(server.close_needed)), _ptr(server), _ptr(client), server.backend_pid, "",
                          app_name, _prepared_count(server), server.id))

@@ -240,7 +240,7 @@ class App(Controls):
         if server is not None and (client.pending_rfq or client.open_extended or client.copy_in) and server.backend_pid:
             # Until Postgres has handled it, the server is not lent to anyone else (see release_server).
             server.cancels_in_flight += 1
-            self.cancel.send(server.pool.db.host, server.pool.db.port, server.backend_pid, server.backend_key,
+            self.cancel.send(server.address, server.pool.db.port, server.backend_pid, server.backend_key,
                              done=server.on_cancel_done)
 
     def send_cancel(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import logging
 import os
-import socket
 import ssl
 import time
 from asyncio import sslproto
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import auth, tls
 from .config import PoolMode
 from .loginstream import LoginStream
+from .netopts import apply_tcp_options
 from .prepared import ClientStatements
 from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, \
     set_config_sql, sync_sql
@@ -161,9 +161,7 @@ class ClientConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         elif isinstance(transport.get_extra_info("sockname"), str):
             self.peer = "unix"
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        apply_tcp_options(transport.get_extra_info("socket"), self.app.settings)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self.log_prefix = f"C-{self.id} {self.peer}"
         self.app.on_client_connected(self)
@@ -186,8 +184,10 @@ class ClientConnection(asyncio.Protocol):
                 if data == m.TERMINATE:
                     self.disconnect("client close request")
                     return
-                if data[:1] == b"P" and self.mode != PoolMode.SESSION and self.app.settings.max_prepared_statements \
-                        and _parse_is_stateless(data) \
+                # Answered here only while the client reads what pgpool writes; otherwise it queues for a
+                # server like any request, and PENDING_LIMIT bounds what pgpool holds for it.
+                if data[:1] == b"P" and not self.write_paused and self.mode != PoolMode.SESSION \
+                        and self.app.settings.max_prepared_statements and _parse_is_stateless(data) \
                         and self.statements.parse_without_server(pool.statement_registry, data):
                     pool.stats.client_parse_count += 1  # type: ignore[union-attr]
                     self.transport.write(PARSE_COMPLETE_READY)

@@ -67,8 +67,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "client_tls_ecdhcurve": "auto",
     "conffile": None,
     "disable_pqexec": "0",
-    "dns_max_ttl": "15",
-    "dns_nxdomain_ttl": "15",
     "dns_zone_check_period": "0",
     "job_name": "pgbouncer",
     "listen_backlog": "128",
@@ -90,12 +88,7 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "syslog_facility": "daemon",
     "syslog_ident": "pgbouncer",
     "tcp_defer_accept": "1",
-    "tcp_keepalive": "1",
-    "tcp_keepcnt": "0",
-    "tcp_keepidle": "0",
-    "tcp_keepintvl": "0",
     "tcp_socket_buffer": "0",
-    "tcp_user_timeout": "0",
     "transaction_timeout": "0",
     "user": None,
 }
@@ -105,7 +98,6 @@ PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
 PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS = frozenset(
     {
         "application_name",
-        "load_balance_hosts",
         "max_db_client_connections",
         "query_wait_timeout",
         "server_lifetime",
@@ -158,7 +150,21 @@ class DatabaseEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Database name clients ask for; '*' is the fallback entry.")
-    host: str = Field("127.0.0.1", description="Server host name or IP address.")
+    host: str = Field(
+        "127.0.0.1", description="Server host name or IP address, or a comma-separated list of them "
+        "(PgBouncer's host=a,b,c): a new server connection tries them in turn (see load_balance_hosts); "
+        "an unresolvable or unreachable host is skipped.")
+    load_balance_hosts: Literal["round-robin", "disable"] = Field(
+        "round-robin", description="With several hosts: round-robin = each new server connection starts "
+        "at the next host; disable = always try them in the listed order, first that works. PgBouncer's "
+        "names and default.")
+    target_session_attrs: Literal["any", "read-write", "primary", "read-only", "standby",
+                                  "prefer-standby"] = Field(
+        "any", description="pgpool: which servers this database's pools accept, with libpq's names: "
+        "read-write / primary never get a read-only server (learned from in_hot_standby and "
+        "default_transaction_read_only, PostgreSQL 14+, else one query at login); a 25006 read-only "
+        "error from a server that reports read-only retires that host's servers and re-resolves its "
+        "name. read-only / standby / prefer-standby (standbys first, else any) as libpq.")
     port: int = Field(5432, ge=1, le=65535, description="Server port.")
     dbname: str | None = Field(
         None, description="Database name on the server; defaults to the entry's name "
@@ -188,7 +194,7 @@ class DatabaseEntry(BaseModel):
         None, description="Overrides auth_dbname for this database: run auth_query in this "
         "database instead.")
 
-    @field_validator("pool_mode", mode="before")
+    @field_validator("pool_mode", "load_balance_hosts", "target_session_attrs", mode="before")
     @classmethod
     def _lower_pool_mode(cls, value: Any) -> Any:
         return _lower(value)
@@ -325,6 +331,30 @@ class Settings(BaseSettings):
     server_tls13_ciphers: str = _setting(
         "", "TLS 1.3 cipher suites to servers, colon-separated ('' = OpenSSL's default).")
 
+    # TCP options of every client and server socket, as PgBouncer (new connections pick up a RELOAD)
+    tcp_keepalive: bool = _setting(
+        True, "Turn on TCP keepalive (SO_KEEPALIVE) on client and server sockets, so a peer that "
+        "vanished without a FIN (a dead host, a dropped NAT entry) is found. PgBouncer's default: 1.")
+    tcp_keepidle: int = _setting(
+        0, "Seconds a connection is idle before the first keepalive probe (TCP_KEEPIDLE; 0 = the "
+        "OS default, 7200 s on Linux).", ge=0)
+    tcp_keepintvl: int = _setting(
+        0, "Seconds between keepalive probes (TCP_KEEPINTVL; 0 = the OS default, 75 s on Linux).", ge=0)
+    tcp_keepcnt: int = _setting(
+        0, "Unanswered keepalive probes before the connection is dropped (TCP_KEEPCNT; 0 = the OS "
+        "default, 9 on Linux).", ge=0)
+    dns_max_ttl: float = _setting(
+        15.0, "Seconds a resolved host name is trusted before DNS is asked again (PgBouncer's "
+        "dns_max_ttl; 0 = ask at every new server connection). A 25006 in a read-write pool forgets "
+        "the name at once, so a failover that moves a DNS name is followed.", ge=0)
+    dns_nxdomain_ttl: float = _setting(
+        15.0, "Seconds a host name that did not resolve is not asked again (PgBouncer's "
+        "dns_nxdomain_ttl).", ge=0)
+    tcp_user_timeout: int = _setting(
+        0, "Milliseconds sent data may stay unacknowledged before the connection is dropped "
+        "(TCP_USER_TIMEOUT, Linux; 0 = the OS default). Bounds how long a server that stopped "
+        "answering mid-query (blackholed network) holds its client.", ge=0)
+
     # Authentication and console access
     auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "cert"] = _setting(
         "md5", "How clients authenticate: trust, plain, md5 (SCRAM for users whose secret is "
@@ -402,8 +432,11 @@ class Settings(BaseSettings):
     server_connect_timeout: float = _setting(
         15.0, "Seconds a server connection and login may take.", ge=0)
     server_login_retry: float = _setting(
-        15.0, "Seconds to wait after a failed server login before trying again; clients get "
-        "the error meanwhile.", ge=0)
+        15.0, "Seconds to wait after a server login failed for a permanent cause (wrong password "
+        "28P01, no such database 3D000, TLS verification) before trying again; clients get the "
+        "error meanwhile. Transient causes (57P03 starting up / shutting down, 53300, refused, reset, "
+        "server_connect_timeout) are retried on a short jittered backoff (0.05 s growing to at most "
+        "min(0.5 s, this value)) while waiting clients keep waiting up to query_wait_timeout.", ge=0)
 
     # Client timeouts
     client_login_timeout: float = _setting(

@@ -276,7 +276,7 @@ def describe_client_state(client: ClientConnection) -> str:
 def _server_side(entry: "DatabaseEntry") -> tuple:
     """The fields of a [databases] entry that shape a server connection."""
     return (entry.host, entry.port, entry.dbname, entry.user, entry.password, entry.connect_query,
-            entry.server_parameters())
+            entry.server_parameters(), entry.load_balance_hosts, entry.target_session_attrs)
 
 
 def _describe_change(name: str, old: Settings, new: Settings) -> str:

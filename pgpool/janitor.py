@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .config import PoolMode
 from .pool import ServerState
 from .protocol.errors import (
-    IDLE_IN_TRANSACTION_SESSION_TIMEOUT, IDLE_SESSION_TIMEOUT, PROTOCOL_VIOLATION, QUERY_CANCELED, ProtocolError,
+    IDLE_IN_TRANSACTION_SESSION_TIMEOUT, IDLE_SESSION_TIMEOUT, QUERY_CANCELED, ProtocolError,
 )
 from .protocol.constants import TX_IDLE
 
@@ -46,12 +46,7 @@ def check_pool(app: "App", pool: "Pool", now: float) -> None:
     if wait_limit:
         while pool.waiting and now - pool.waiting[0].wait_start >= wait_limit:
             waiter = pool.waiting[0]
-            waiter.fail(ProtocolError(
-                PROTOCOL_VIOLATION,
-                f"query_wait_timeout: pool {pool.name} had no free server connection for "
-                f"{now - waiter.wait_start:.1f}s (pool_size {pool.conf.pool_size}, reserve_pool_size "
-                f"{pool.conf.reserve_pool_size}, {len(pool.active)} in use, {len(pool.connecting)} connecting, "
-                f"{len(pool.waiting)} waiting)"))
+            waiter.fail(pool.wait_timeout_error(now - waiter.wait_start))
             pool.stats.count_error("query_wait_timeout")
     # Linked clients: idle in transaction, or a query running too long.
     for client in list(pool.active_clients):

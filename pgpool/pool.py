@@ -13,14 +13,19 @@ import asyncio
 import collections
 import enum
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
+from .hosts import ROLE_QUERY, DnsCache, HostPlan, Role, accepts
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
 from .prepared import StatementRegistry, drops_all_statements
 from .session import classify
 from .protocol.constants import TX_IDLE
-from .protocol.errors import CONNECTION_FAILURE, ProtocolError
+from .protocol.errors import (
+    ADMIN_SHUTDOWN, CANNOT_CONNECT_NOW, CONNECTION_FAILURE, CRASH_SHUTDOWN, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS,
+    ProtocolError,
+)
 from .stats import PoolStats
 
 if TYPE_CHECKING:
@@ -29,6 +34,30 @@ if TYPE_CHECKING:
     from .server import ServerConnection
 
 log = logging.getLogger("pgpool.pool")
+
+DNS = DnsCache()   # one per process, as PgBouncer's; bounded by dns_max_ttl / dns_nxdomain_ttl
+
+# Server login failures that heal by themselves: Postgres starting up / shutting down / restarting,
+# out of connection slots. Unreachable, refused, reset and timed-out connects are flagged transient
+# where they are raised (server.py). Everything else (28P01, 28000, 3D000, TLS verification) is permanent.
+TRANSIENT_LOGIN_SQLSTATES = frozenset({CANNOT_CONNECT_NOW, TOO_MANY_CONNECTIONS, ADMIN_SHUTDOWN, CRASH_SHUTDOWN})
+# Retry schedule after a transient failure: attempt n+1 waits min(cap, FIRST * GROWTH**(n-1)) scaled
+# by a random factor in [0.5, 1] (jitter: pools and processes do not retry in step), cap =
+# min(LAST, server_login_retry), never below FIRST. One connect at a time while failing, so a pool
+# makes at most 1/(LAST/2) = 4 attempts a second however many clients wait (docs/faults.md).
+LOGIN_RETRY_FIRST = 0.05
+LOGIN_RETRY_GROWTH = 1.5
+LOGIN_RETRY_LAST = 0.5
+
+
+def is_transient(error: ProtocolError) -> bool:
+    return error.transient or error.sqlstate in TRANSIENT_LOGIN_SQLSTATES
+
+
+def login_retry_delay(failures: int, server_login_retry: float, rand: float) -> float:
+    """Seconds before the next login attempt after `failures` transient failures in a row."""
+    cap = max(LOGIN_RETRY_FIRST, min(LOGIN_RETRY_LAST, server_login_retry))
+    return min(cap, LOGIN_RETRY_FIRST * LOGIN_RETRY_GROWTH ** min(failures - 1, 30)) * (0.5 + 0.5 * rand)
 
 
 class ServerState(enum.IntEnum):
@@ -78,11 +107,17 @@ class Pool:
         # (name, raw startup value) -> value as the server reports it, learned once per pool.
         self.normalized: dict[tuple[str, str], str] = {}
         self._normalizing: dict[tuple[str, str], asyncio.Future] = {}
+        # The last server login failure, while no login succeeded since: what waiters are told.
         self.login_error: ProtocolError | None = None
         self.login_error_at = 0.0
+        self.login_failures = 0            # failed logins in a row
+        self.login_failing_since = 0.0     # when the first of them failed
+        self.next_login_at = 0.0           # no new login attempt before this (monotonic)
+        self._login_retry_timer: asyncio.TimerHandle | None = None
         self.paused = False
         self.disabled = False
         self._reserve_timer: asyncio.TimerHandle | None = None
+        self.hosts = HostPlan()            # which host of db.host the next server connection tries first
 
     # ---- state moves ---------------------------------------------------------------------------
 
@@ -154,7 +189,8 @@ class Pool:
                 return
         self.set_client_state(client, ClientState.WAITING)
         self.dispatch()
-        if client.state == ClientState.WAITING and self.server_count() == 0 and self._login_failing():
+        if client.state == ClientState.WAITING and self.server_count() == 0 and self._login_failing() \
+                and not self._rides_through():
             self._fail_waiters(self._cached_login_error())
 
     def dispatch(self) -> None:
@@ -201,6 +237,8 @@ class Pool:
         settings = self.app.settings
         if len(self.connecting) >= settings.server_connect_concurrency:
             return False
+        if self.login_error is not None and self.connecting:
+            return False   # still failing: one probe login at a time, never a connect storm
         limit = self.conf.pool_size
         if self.waiting and self.conf.reserve_pool_size and self.max_wait() >= settings.reserve_pool_timeout:
             limit += self.conf.reserve_pool_size
@@ -209,37 +247,65 @@ class Pool:
         return self.app.may_open_server(self)
 
     def _login_failing(self) -> bool:
-        return (self.login_error is not None
-                and time.monotonic() - self.login_error_at < self.app.settings.server_login_retry)
+        """True while the last login failed and the next attempt is not due yet."""
+        return self.login_error is not None and time.monotonic() < self.next_login_at
+
+    def _rides_through(self) -> bool:
+        """Waiters keep waiting (up to query_wait_timeout) instead of getting the error now.
+
+        Only for a transient failure of a pool that has served before: a restart or failover
+        in progress. A pool that never logged in is misconfigured until proven otherwise.
+        """
+        error = self.login_error
+        return error is not None and self.server_params is not None and is_transient(error)
 
     def _cached_login_error(self) -> ProtocolError:
         error = self.login_error
         assert error is not None
-        retry = self.app.settings.server_login_retry - (time.monotonic() - self.login_error_at)
+        retry = self.next_login_at - time.monotonic()
         return ProtocolError(error.sqlstate,
                              f"server login has been failing, try again later (server_login_retry): "
                              f"pool {self.name}: {error.message}",
                              detail=f"next attempt in {max(retry, 0):.1f}s")
 
+    def wait_timeout_error(self, waited: float) -> ProtocolError:
+        """What a client whose query_wait_timeout ran out is told: the server's error when logins fail."""
+        error = self.login_error
+        if error is not None:
+            return ProtocolError(error.sqlstate,
+                                 f"query_wait_timeout: pool {self.name} waited {waited:.1f}s while server login "
+                                 f"has been failing ({self.login_failures} attempts): {error.message}",
+                                 detail=error.detail)
+        return ProtocolError(
+            PROTOCOL_VIOLATION,
+            f"query_wait_timeout: pool {self.name} had no free server connection for "
+            f"{waited:.1f}s (pool_size {self.conf.pool_size}, reserve_pool_size "
+            f"{self.conf.reserve_pool_size}, {len(self.active)} in use, {len(self.connecting)} connecting, "
+            f"{len(self.waiting)} waiting)")
+
     def launch_server(self) -> None:
+        asyncio.get_running_loop().create_task(self._connect(self._new_server()))
+
+    def _new_server(self) -> "ServerConnection":
         from .server import ServerConnection   # server.py imports this module
         server = ServerConnection(self)
         self.set_server_state(server, ServerState.CONNECTING)
-        asyncio.get_running_loop().create_task(self._connect(server))
+        return server
+
+    def _drop_attempt(self, server: "ServerConnection") -> None:
+        server.close_transport()
+        if server.state != ServerState.CLOSED:
+            self.set_server_state(server, ServerState.CLOSED)
 
     async def _connect(self, server: "ServerConnection") -> None:
         started = time.monotonic()
         try:
-            await server.connect_and_login()
+            server = await self._login_some_host(server)
         except ProtocolError as error:
-            server.close_transport()
-            self.set_server_state(server, ServerState.CLOSED)
             self._on_login_failed(error)
             return
         except Exception as error:   # a bug in login must not leak a CONNECTING slot
             log.exception("pool %s: unexpected error in server login", self.name)
-            server.close_transport()
-            self.set_server_state(server, ServerState.CLOSED)
             self._on_login_failed(ProtocolError(CONNECTION_FAILURE, f"server login failed for pool {self.name}: {error!r}"))
             return
         if server.closed_reason is not None:   # lost right after login: never hand it out
@@ -249,23 +315,133 @@ class Pool:
         elapsed = time.monotonic() - started
         self.stats.server_connects += 1
         self.stats.connect_hist.observe(elapsed)
-        self.login_error = None
+        recovering = self.login_error is not None
+        self._on_login_succeeded()
         if self.server_params is None:
             self.server_params = dict(server.params.reported)
             self.reported_names = frozenset(self.server_params) - REPORTED_FIXED
         if server.state == ServerState.CONNECTING:
             self.server_available(server)
+        if recovering:
+            self.dispatch()   # open the rest of what the queue needs, not one server per janitor tick
+
+    async def _login_some_host(self, server: "ServerConnection") -> "ServerConnection":
+        """Log `server` (or its replacements) into the first host of the plan that works and has the
+        role target_session_attrs asks for. Unresolvable, unreachable and wrong-role hosts are skipped
+        (transient); a permanent failure (wrong password) ends the walk at once, as in libpq.
+        Failed attempts are closed here; the returned server is logged in."""
+        db = self.db
+        attrs = db.target_session_attrs
+        settings = self.app.settings
+        last_error: ProtocolError | None = None
+        attempt: ServerConnection | None = server
+        for second_pass in range(HostPlan.passes(db)):
+            for host in self.hosts.order(db):
+                try:
+                    # A directory is a Unix socket (PgBouncer's host=/var/run/postgresql): no DNS.
+                    addresses = [host] if host.startswith("/") else await DNS.resolve(host, db.port, settings)
+                except OSError as error:
+                    last_error = ProtocolError(CONNECTION_FAILURE, f"could not resolve host \"{host}\" for pool "
+                                               f"{self.name}: {error.strerror or error}", transient=True)
+                    continue
+                if attempt is None:
+                    attempt = self._new_server()
+                attempt.set_target(host, addresses[0])
+                try:
+                    await attempt.connect_and_login()
+                    role = await self._learn_role(attempt) if attrs != "any" else None
+                except ProtocolError as error:
+                    self._drop_attempt(attempt)
+                    attempt = None
+                    if not is_transient(error):
+                        raise
+                    last_error = error
+                    continue
+                except BaseException:
+                    self._drop_attempt(attempt)
+                    raise
+                if role is None or accepts(attrs, role, second_pass=bool(second_pass)):
+                    return attempt
+                what = "in hot standby" if role.standby else "read-only"
+                last_error = ProtocolError(CONNECTION_FAILURE, f"server {host}:{db.port} is {what}; pool {self.name} "
+                                           f"needs target_session_attrs={attrs}", transient=True)
+                attempt.close(f"{what}, not what target_session_attrs={attrs} asks for")
+                self._drop_attempt(attempt)
+                attempt = None
+        if attempt is not None:
+            self._drop_attempt(attempt)
+        assert last_error is not None
+        raise last_error
+
+    async def _learn_role(self, server: "ServerConnection") -> Role:
+        role = Role.from_reported(server.params.reported)
+        if role is not None:
+            return role
+        error, _ = await server.run_query(ROLE_QUERY)   # PostgreSQL < 14 reports neither parameter
+        if error is not None:
+            raise error
+        return Role.from_query(server.injected_rows[0] if server.injected_rows else None)
+
+    def on_read_only_error(self, server: "ServerConnection") -> None:
+        """A server of a read-write pool answered 25006: if it reports being read-only (a failover
+        turned it into a standby, or the old primary was made read-only), retire every server of this
+        pool on that host and forget the host's DNS answer, so new connections find the new writer.
+        A 25006 from a server that reports read-write came from the client's own READ ONLY transaction."""
+        role = Role.from_reported(server.params.reported)
+        if role is not None and accepts(self.db.target_session_attrs, role):
+            return
+        host = server.host
+        reason = f"server {host} answered 25006 (read-only) in pool {self.name} (target_session_attrs=" \
+                 f"{self.db.target_session_attrs})"
+        log.warning("pool %s: %s: closing its servers on that host and re-resolving it", self.name, reason)
+        DNS.forget(host)
+        for other in list(self.active) + list(self.maintenance):
+            if other.host == host:
+                other.close_needed = reason
+        for other in list(self.idle):
+            if other.host == host:
+                other.close(reason)
 
     def _on_login_failed(self, error: ProtocolError) -> None:
         self.stats.server_login_failures += 1
         self.stats.count_error("server_login")
+        settings = self.app.settings
+        now = time.monotonic()
         self.login_error = error
-        self.login_error_at = time.monotonic()
-        log.warning("pool %s: server login failed: %s (%s); next attempt in %.1fs (server_login_retry)",
-                    self.name, error.message, error.sqlstate, self.app.settings.server_login_retry)
-        if self.server_count() == 0:
+        self.login_error_at = now
+        if not self.login_failures:
+            self.login_failing_since = now
+        self.login_failures += 1
+        transient = is_transient(error)
+        if transient:
+            delay = login_retry_delay(self.login_failures, settings.server_login_retry, random.random())
+        else:
+            delay = settings.server_login_retry
+        self.next_login_at = now + delay
+        rides = self._rides_through()
+        if self.login_failures == 1 or not transient or log.isEnabledFor(logging.DEBUG):
+            log.warning("pool %s: server login failed: %s (%s); %s; next attempt in %.2fs%s", self.name,
+                        error.message, error.sqlstate, "transient" if transient else "permanent", delay,
+                        f", {len(self.waiting)} waiting client(s) keep waiting (query_wait_timeout)" if rides
+                        else " (server_login_retry)")
+        if not rides and (not transient or self.server_count() == 0):
+            # Permanent (wrong password, no such database): every waiter learns it now, none hangs.
             self._fail_waiters(error)
-        asyncio.get_running_loop().call_later(self.app.settings.server_login_retry, self.dispatch)
+        if self._login_retry_timer is not None:
+            self._login_retry_timer.cancel()
+        self._login_retry_timer = asyncio.get_running_loop().call_later(delay, self._on_login_retry_due)
+
+    def _on_login_retry_due(self) -> None:
+        self._login_retry_timer = None
+        self.dispatch()
+
+    def _on_login_succeeded(self) -> None:
+        if self.login_error is not None:
+            log.info("pool %s: server login works again after %d failed attempt(s) over %.1fs", self.name,
+                     self.login_failures, time.monotonic() - self.login_failing_since)
+        self.login_error = None
+        self.login_failures = 0
+        self.next_login_at = 0.0
 
     def _fail_waiters(self, error: ProtocolError) -> None:
         while self.waiting:
@@ -314,6 +490,9 @@ class Pool:
         self.server_available(server)
 
     def server_available(self, server: "ServerConnection") -> None:
+        if server.close_needed:   # retired (RELOAD, failover) while it was being cleaned or checked
+            server.close(server.close_needed)
+            return
         server.needs_reset = False
         server.last_used = time.monotonic()
         self.set_server_state(server, ServerState.IDLE)

@@ -314,6 +314,57 @@ def classify_deallocate(sql: bytes) -> tuple[str, bytes] | None:
     return scan_deallocations(sql, 0, len(sql))[1]
 
 
+def is_session_bound(content: bytes) -> bool:
+    """True for a Parse content whose result columns come from this session's own objects.
+
+    Postgres fixes a statement's RowDescription at Parse: for `EXECUTE p` from the session's
+    PREPAREd p, for `FETCH` from its cursor. Shared with another client, it would describe
+    that client's p (or none) instead. Leading white space and comments are skipped in one pass.
+    """
+    pos, end = 0, len(content)
+    while pos < end:
+        if content[pos] in b" \t\r\n\f":
+            pos += 1
+        elif content.startswith(b"--", pos):
+            newline = content.find(b"\n", pos)
+            pos = end if newline < 0 else newline + 1
+        elif content.startswith(b"/*", pos):
+            pos = _skip_block_comment(content, pos)
+        else:
+            break
+    word = content[pos:pos + 8].lower()
+    return (word.startswith(b"execute") and not _is_word_char(word[7:8])) or \
+        (word.startswith(b"fetch") and not _is_word_char(word[5:6]))
+
+
+def _skip_block_comment(content: bytes, pos: int) -> int:
+    """The position after the /* ... */ comment at `pos`; Postgres block comments nest.
+
+    The next opening and closing marks are searched once each and reused until passed: linear.
+    """
+    depth, pos, end = 1, pos + 2, len(content)
+    opening = content.find(b"/*", pos)
+    closing = content.find(b"*/", pos)
+    while depth:
+        if closing < 0:
+            return end
+        if 0 <= opening < closing:
+            depth, pos = depth + 1, opening + 2
+            opening = content.find(b"/*", pos)
+            if closing < pos:
+                closing = content.find(b"*/", pos)
+        else:
+            depth, pos = depth - 1, closing + 2
+            closing = content.find(b"*/", pos)
+            if 0 <= opening < pos:
+                opening = content.find(b"/*", pos)
+    return pos
+
+
+def _is_word_char(ch: bytes) -> bool:
+    return ch.isalnum() or ch in (b"_", b"$")
+
+
 class Statement:
     """One Parse content (query text + parameter type OIDs) under one search_path, shared by every client
     of the pool that prepares it there."""
@@ -370,12 +421,20 @@ class ClientStatements:
     `path_key` stands for the client's search_path (params.search_path_key): equal bytes for
     the same search_path. It is part of the sharing key, as the same SQL names other tables
     under another search_path; the connection layer updates it when the search_path changes.
+    A statement whose result shape Postgres takes from the session itself (SQL-level EXECUTE
+    of the session's own PREPAREd statement, FETCH from its own cursor) is never shared: its key
+    also names this client.
     """
-    __slots__ = ("names", "path_key")
+    __slots__ = ("names", "path_key", "own_key")
 
     def __init__(self, path_key: bytes = b"") -> None:
         self.names: dict[bytes, Statement] = {}
         self.path_key = path_key
+        self.own_key = b"\x00client " + str(next(_ids)).encode()
+
+    def key_for(self, content: bytes) -> bytes:
+        """The sharing key of a Parse content for this client (see the class docstring)."""
+        return self.path_key + self.own_key if is_session_bound(content) else self.path_key
 
     def parse_without_server(self, registry: StatementRegistry, data: bytes) -> bool:
         """Take `data` = one named Parse + Sync from a client holding no server, if no server is needed.
@@ -396,7 +455,8 @@ class ClientStatements:
         name = data[5:name_end]
         if name in self.names:
             return False   # Postgres answers 42P05: let the server say it
-        stmt = registry.intern(data[name_end + 1:1 + length], self.path_key)
+        content = data[name_end + 1:1 + length]
+        stmt = registry.intern(content, self.key_for(content))
         if not stmt.parsed_ok:
             return False
         self.names[name] = stmt
@@ -587,7 +647,7 @@ class ServerStatements:
             return None
         cname = buf[start:name_end]
         content = buf[name_end + 1:end]
-        stmt = self.registry.intern(content, self._client.path_key)
+        stmt = self.registry.intern(content, self._client.key_for(content))
         self.stats.client_parse_count += 1
         existing = names.get(cname)
         if existing is not None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Callable
 
 from . import auth, tls
+from .hosts import needs_writer, unfit
 from .loginstream import LoginStream
+from .netopts import apply_tcp_options
 from .params import SessionParams
 from .config import PoolMode
 from .pool import ServerState
@@ -30,7 +31,8 @@ from .protocol.constants import (
     B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
 )
 from .protocol.errors import (
-    CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, ProtocolError,
+    CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, READ_ONLY_SQL_TRANSACTION,
+    ProtocolError,
     parse_error_fields,
 )
 from .protocol.framing import MessageScanner, watch_table
@@ -75,7 +77,7 @@ class ServerConnection(asyncio.Protocol):
                  "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
                  "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
                  "parked",
-                 "watch_normal", "watch_tags")
+                 "watch_normal", "watch_tags", "host", "address")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
@@ -114,15 +116,21 @@ class ServerConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closed_reason: str | None = None
+        self.host = pool.db.host        # the host name of the entry's list this connection went to
+        self.address = pool.db.host     # what it resolved to (cancel requests go there)
         self.log_prefix = f"S-{self.id} {pool.name}@{pool.db.host}:{pool.db.port}"
+
+    def set_target(self, host: str, address: str) -> None:
+        """Which host of the database entry (and which of its addresses) connect_and_login dials."""
+        self.host = host
+        self.address = address
+        self.log_prefix = f"S-{self.id} {self.pool.name}@{host}:{self.pool.db.port}"
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        apply_tcp_options(transport.get_extra_info("socket"), self.app.settings)
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
@@ -187,7 +195,7 @@ class ServerConnection(asyncio.Protocol):
         db = pool.db
         settings = self.app.settings
         self._login = LoginStream(settings.max_packet_size, "server")
-        where = f"{db.host}:{db.port}" if not db.host.startswith("/") else unix_socket_path(db.host, db.port)
+        where = f"{self.host}:{db.port}" if not self.host.startswith("/") else unix_socket_path(self.host, db.port)
         try:
             async with asyncio.timeout(settings.server_connect_timeout):
                 await self._open(where)
@@ -198,10 +206,10 @@ class ServerConnection(asyncio.Protocol):
         except TimeoutError:
             raise ProtocolError(CONNECTION_FAILURE,
                                 f"server_connect_timeout: no login to {where} for pool {pool.name} "
-                                f"within {settings.server_connect_timeout:g}s") from None
+                                f"within {settings.server_connect_timeout:g}s", transient=True) from None
         except ConnectionResetError as error:
             raise ProtocolError(CONNECTION_FAILURE, f"server {where} closed the connection during "
-                                                    f"login for pool {pool.name}: {error}") from None
+                                                    f"login for pool {pool.name}: {error}", transient=True) from None
         self._login = None
         self.last_used = time.monotonic()
         if settings.log_connections:
@@ -213,21 +221,21 @@ class ServerConnection(asyncio.Protocol):
         db = self.pool.db
         loop = asyncio.get_running_loop()
         try:
-            if db.host.startswith("/"):
+            if self.host.startswith("/"):
                 await loop.create_unix_connection(lambda: self, where)
             else:
-                await loop.create_connection(lambda: self, db.host, db.port)
+                await loop.create_connection(lambda: self, self.address, db.port)
         except OSError as error:
             raise ProtocolError(CONNECTION_FAILURE,
                                 f"could not connect to server {where} for pool {self.pool.name}: "
-                                f"{error.strerror or error}") from None
+                                f"{error.strerror or error}", transient=True) from None
 
     async def _negotiate_tls(self, where: str) -> None:
         """SSLRequest, then TLS on this connection if the server says 'S' (never silently without under
         require/verify-*). Unix sockets stay in clear, as with libpq."""
         contexts = self.app.tls
         ctx = contexts.server
-        if ctx is None or self.pool.db.host.startswith("/"):
+        if ctx is None or self.host.startswith("/"):
             return
         assert self.transport is not None and self._login is not None
         what = f"server {where} for pool {self.pool.name}"
@@ -238,7 +246,7 @@ class ServerConnection(asyncio.Protocol):
         if self._login.buffer:
             # Bytes sent before the handshake could be spliced into the session (CVE-2021-23222).
             raise ProtocolError(PROTOCOL_VIOLATION, f"server sent unencrypted data after SSL response: {what}")
-        host = self.pool.db.host
+        host = self.host   # the name from the host list (SNI, verify-full), not the address it resolved to
         try:
             self.transport = await asyncio.get_running_loop().start_tls(
                 self.transport, self, ctx, server_hostname=host)
@@ -285,7 +293,7 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == B_ERROR_RESPONSE:
                 fields = parse_error_fields(body)
                 raise ProtocolError(fields.get("C", CONNECTION_FAILURE), fields.get("M", "server login failed"),
-                                    detail=f"pgpool pool {pool.name} could not log into server {db.host}:{db.port}")
+                                    detail=f"pgpool pool {pool.name} could not log into server {self.host}:{db.port}")
             elif msg_type == B_PARAMETER_STATUS:
                 name, value = m.parse_parameter_status(body)
                 self.params.reported[name] = value
@@ -372,6 +380,8 @@ class ServerConnection(asyncio.Protocol):
                 client.params.reported[name] = value
         elif msg_type == B_ERROR_RESPONSE:
             fields = parse_error_fields(buf[start:end])
+            if fields.get("C") == READ_ONLY_SQL_TRANSACTION and needs_writer(self.pool.db.target_session_attrs):
+                self.pool.on_read_only_error(self)
             if client is not None:
                 client.on_server_error(fields)
             else:
@@ -467,6 +477,9 @@ class ServerConnection(asyncio.Protocol):
     def close_reason_on_release(self) -> str | None:
         if self.close_needed:
             return self.close_needed
+        attrs = self.pool.db.target_session_attrs
+        if attrs != "any" and unfit(attrs, self.params.reported):   # a ParameterStatus said its role changed
+            return f"server role changed: no longer fits target_session_attrs={attrs}"
         lifetime = self.app.settings.server_lifetime
         if time.monotonic() - self.created_at > lifetime:   # 0: use once, as in PgBouncer
             return f"server_lifetime ({lifetime:g}s) reached"
@@ -481,7 +494,7 @@ class ServerConnection(asyncio.Protocol):
 
     def cancel_and_close(self, reason: str) -> None:
         """Stop whatever the server runs for a client that left, then drop the connection."""
-        self.app.send_cancel(self.pool.db.host, self.pool.db.port, self.backend_pid, self.backend_key)
+        self.app.send_cancel(self.address, self.pool.db.port, self.backend_pid, self.backend_key)
         self.close(reason)
 
     def close(self, reason: str) -> None:

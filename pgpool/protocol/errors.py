@@ -19,10 +19,12 @@ TOO_MANY_CONNECTIONS = "53300"
 PROGRAM_LIMIT_EXCEEDED = "54000"
 QUERY_CANCELED = "57014"
 ADMIN_SHUTDOWN = "57P01"
+CRASH_SHUTDOWN = "57P02"
 CANNOT_CONNECT_NOW = "57P03"
 IDLE_SESSION_TIMEOUT = "57P05"
 IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
 FEATURE_NOT_SUPPORTED = "0A000"
+READ_ONLY_SQL_TRANSACTION = "25006"
 OBJECT_NOT_IN_PREREQUISITE_STATE = "55000"
 INTERNAL_ERROR = "XX000"
 SYNTAX_ERROR = "42601"
@@ -35,8 +37,10 @@ class ProtocolError(Exception):
     """An error to report to one peer as an ErrorResponse, then usually close it."""
 
     def __init__(self, sqlstate: str, message: str, *, detail: str | None = None,
-                 hint: str | None = None, severity: str = "FATAL"):
+                 hint: str | None = None, severity: str = "FATAL", transient: bool = False):
         super().__init__(message)
+        # A server login failure that may heal by itself (unreachable, reset): retried soon.
+        self.transient = transient
         self.sqlstate = sqlstate
         self.message = message
         self.detail = detail

@@ -262,3 +262,26 @@ async def test_ten_clients_resetting_on_a_pool_of_two_never_lose_each_others_sta
     assert direct == []
     assert pooled.count("26000") == 0, pooled
     assert pooled == direct
+
+
+# ---- statements whose result shape comes from the session itself -------------------------------
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg-prepare0"])
+async def test_sql_execute_and_fetch_describe_the_clients_own_objects(pgpool_proc, postgres, driver):
+    # Postgres fixes the RowDescription of `EXECUTE p` / `FETCH` at Parse from the session's own
+    # PREPAREd statement or cursor: shared between clients, B would get A's shape (or none).
+    proc = pgpool_proc({"default_pool_size": 1})
+    async with twins(proc, postgres, ("A", driver, {}), ("B", driver, {})) as (a, b):
+        seen = await a.same("EXECUTE p_1")
+        assert seen[:2] == ("error", "26000")
+        await b.same("PREPARE p_1 AS SELECT 1 AS one, 'x' AS two")
+        assert await b.same("EXECUTE p_1") == ("rows", ((1, "x"),))
+        await b.same("DEALLOCATE p_1")
+        await a.same("PREPARE p_1 AS SELECT 2")
+        await a.same("EXECUTE p_1")   # whatever A's own cached statement gives on a direct connection
+        await a.same("DEALLOCATE p_1")
+        for twin, columns in ((a, "1 AS a"), (b, "1 AS a, 2 AS b, 3 AS c")):
+            await twin.same("BEGIN")
+            await twin.same(f"DECLARE c CURSOR FOR SELECT {columns}")
+            await twin.same("FETCH 1 FROM c")
+            await twin.same("COMMIT")

@@ -314,20 +314,20 @@ def test_unknown_database_parameter_is_an_error_with_a_suggestion():
 
 
 def test_unimplemented_pgbouncer_setting_warns_and_is_ignored(tmp_path):
-    path = write(tmp_path, "p.ini", "[pgbouncer]\ntcp_keepidle = 30\n"
+    path = write(tmp_path, "p.ini", "[pgbouncer]\ntcp_defer_accept = 0\n"
                  "client_tls_ecdhcurve = auto\npkt_buf = 4096\nresolv_conf = /etc/x.conf\n")
     loaded = load_settings(path, environ=NO_ENV)
     assert len(loaded.warnings) == 2
-    assert "setting tcp_keepidle is read but not implemented by pgpool; ignored" in (
+    assert "setting tcp_defer_accept is read but not implemented by pgpool; ignored" in (
         loaded.warnings[0])
     assert "resolv_conf" in loaded.warnings[1]
 
 
 def test_unimplemented_pgbouncer_database_and_user_keys_warn():
-    loaded = load_settings(None, {"databases.appdb": "host=h load_balance_hosts=disable",
+    loaded = load_settings(None, {"databases.appdb": "host=h server_lifetime=5",
                                   "users.bob": "query_timeout=5"}, environ=NO_ENV)
     assert len(loaded.warnings) == 2
-    assert "load_balance_hosts" in loaded.warnings[0] and "query_timeout" in loaded.warnings[1]
+    assert "server_lifetime" in loaded.warnings[0] and "query_timeout" in loaded.warnings[1]
     assert loaded.settings.databases["appdb"].host == "h"
 
 

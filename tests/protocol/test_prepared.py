@@ -23,7 +23,7 @@ from pgpool import prepared
 from pgpool.params import SessionParams, search_path_key
 from pgpool.prepared import (
     CLIENT_TYPES, SERVER_TYPES, WATCH_CLIENT, WATCH_SERVER, ClientStatements, ServerStatements,
-    StatementRegistry, classify_deallocate, drops_all_statements, scan_deallocations,
+    StatementRegistry, classify_deallocate, drops_all_statements, is_session_bound, scan_deallocations,
 )
 from pgpool.protocol.errors import ProtocolError, error_response, parse_error_fields
 from pgpool.protocol.framing import MessageScanner
@@ -1118,3 +1118,32 @@ def test_big_statement_lists_are_split_not_parsed_and_huge_ones_are_followed_by_
     seen = assert_same([a, b], order=[0, 1, 1, 0, 1, 0])
     assert show(seen[1])[-2] == 'E 26000 prepared statement "t" does not exist'
     assert "E" not in "".join(x[0] for x in show(seen[0]))
+
+
+@pytest.mark.parametrize("content, bound", [
+    (b"EXECUTE p_1\x00\x00\x00", True),
+    (b"  execute p(1)\x00\x00\x00", True),
+    (b"-- why\nFETCH 10 FROM c\x00\x00\x00", True),
+    (b"/* a /* nested */ still */ EXECUTE p\x00\x00\x00", True),
+    (b"/* a /* unclosed */ EXECUTE p\x00\x00\x00", False),   # still inside the outer comment
+    (b"SELECT 1\x00\x00\x00", False),
+    (b"executed\x00\x00\x00", False),
+    (b"fetch_rows()\x00\x00\x00", False),
+    (b"SELECT 'EXECUTE p'\x00\x00\x00", False),
+])
+def test_session_bound_statements_are_recognised(content, bound):
+    assert is_session_bound(content) is bound
+
+
+def test_session_bound_statements_are_never_shared_between_clients():
+    registry = StatementRegistry()
+    a, b = ClientStatements(), ClientStatements()
+    execute = b"EXECUTE p_1\x00\x00\x00"
+    assert registry.intern(execute, a.key_for(execute)) is not registry.intern(execute, b.key_for(execute))
+    select = b"SELECT 1\x00\x00\x00"
+    assert registry.intern(select, a.key_for(select)) is registry.intern(select, b.key_for(select))
+
+
+@given(st.binary(max_size=64).map(lambda junk: b"/*" * 200 + junk))
+def test_session_bound_scan_never_fails_on_comment_soup(content):
+    assert is_session_bound(content) in (True, False)
