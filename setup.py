@@ -24,8 +24,9 @@ _build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_build)
 
 # Directives that keep Python semantics: annotations are documentation here, not C types (a
-# `bytes` parameter must keep accepting a memoryview), and tracebacks keep their line numbers.
-DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True, "embedsignature": False}
+# `bytes` parameter must keep accepting a memoryview), and functions stay introspectable,
+# bindable Python functions (binding).
+DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True}
 
 
 def warn(message: str) -> None:

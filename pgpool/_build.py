@@ -103,15 +103,11 @@ class BuildFinder(importlib.abc.MetaPathFinder):
     extensions to .py files.
     """
 
-    def __init__(self) -> None:
-        self.choices: dict[str, str] = {}   # module -> why it runs the way it does
-
     def find_spec(self, fullname: str, path=None, target=None):
         if not fullname.startswith("pgpool.") or find_extension(fullname) is None:
             return None   # nothing compiled to choose from: Python's own import
         source = source_path(fullname)
         extension, why = choose_build(fullname)
-        self.choices[fullname] = why
         if extension is not None:
             loader = importlib.machinery.ExtensionFileLoader(fullname, str(extension))
             return importlib.util.spec_from_file_location(fullname, extension, loader=loader)
