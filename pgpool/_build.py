@@ -1,7 +1,7 @@
 """Which build of the data plane runs: Cython extension modules compiled from the .py files, or the .py files.
 
 Owns the list of modules setup.py compiles, the manifest it writes beside them (the SHA-256 of
-each source file as compiled), the import hook that picks, per module, the extension or the .py,
+each source as compiled: the .py and its augmenting .pxd, if any), the import hook that picks, per module, the extension or the .py,
 and the one-line description `pgpool --version` and the startup log print. An extension is used
 only when the .py beside it still has the hash it was built from: a developer who edits a .py
 gets that .py, with a StaleBuildWarning, never the old compiled code. PGPOOL_PURE_PYTHON=1 turns
@@ -50,7 +50,12 @@ def source_path(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
 
 
 def hash_source(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of what a module is compiled from: its .py and, if there is one, the .pxd that types it."""
+    digest = hashlib.sha256(path.read_bytes())
+    declarations = path.with_suffix(".pxd")
+    if declarations.is_file():
+        digest.update(b"\0pxd\0" + declarations.read_bytes())
+    return digest.hexdigest()
 
 
 def find_extension(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:

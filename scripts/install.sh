@@ -91,7 +91,8 @@ fi
 # again here, once per change of the sources (a module Cython or the compiler rejects is not
 # retried on every run), unless PGPOOL_PURE_PYTHON=1 says pure Python is wanted anyway.
 build_stamp="${venv}/.pgpool-build-stamp"
-sources_hash="$(cd "${repo_root}" && cat setup.py pgpool/_build.py pgpool/*.py pgpool/protocol/*.py | sha256sum | cut -d' ' -f1)"
+sources_hash="$(cd "${repo_root}" && find setup.py pgpool -name '*.py' -o -name '*.pxd' | sort | xargs cat | sha256sum \
+    | cut -d' ' -f1)"
 if [[ -z "${PGPOOL_PURE_PYTHON:-}" && "$(cat "${build_stamp}" 2>/dev/null)" != "${sources_hash}" ]]; then
     build="$(cd "${repo_root}" && "${venv}/bin/python" -c 'import pgpool; print(pgpool.describe_build())')"
     if [[ "${build}" != compiled* ]]; then

@@ -62,6 +62,13 @@ def test_edited_source_runs_instead_of_the_stale_extension(package_copy):
     assert "stale: the .py changed since the build" in result.stdout
 
 
+def test_edited_pxd_makes_the_extension_stale(package_copy):
+    (package_copy / "pgpool" / "stats.pxd").write_text("cdef class Histogram:\n    pass\n")
+    result = run_python("import pgpool.stats as s; print(s.__file__)", package_copy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("stats.py") and "StaleBuildWarning" in result.stderr
+
+
 def test_extension_without_a_build_record_is_not_used(package_copy):
     (package_copy / "pgpool" / _build.MANIFEST_NAME).unlink()
     result = run_python("import pgpool.stats as s; print(s.__file__)", package_copy)
