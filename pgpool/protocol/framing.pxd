@@ -1,8 +1,8 @@
 # Cython's C types for framing.py (an augmenting .pxd: the .py stays plain Python and the source).
 # MessageScanner becomes an extension type with C integer fields, and the header walk in feed()
 # runs on C integers: about 2.5x faster than the untyped compile (docs/benchmarks.md). A field
-# added to MessageScanner in the .py must be declared here too, or the compiled build of this
-# module fails (setup.py skips it; .ci/run requires the full compiled build and says so).
+# added to MessageScanner's __slots__ must be declared here too: the compiled class has only the
+# fields declared here (tests/protocol/test_build.py compares the two).
 import cython
 
 cdef class MessageScanner:

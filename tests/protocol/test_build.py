@@ -8,8 +8,10 @@ sets PGPOOL_EXPECT_BUILD (compiled for the suite, pure for the protocol tests' s
 
 from __future__ import annotations
 
+import ast
 import importlib.machinery
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -150,3 +152,35 @@ def test_modules_run_as_the_build_says():
         assert not compiled, f"{build}: {loaded}"
     else:
         assert expected is None, f"PGPOOL_EXPECT_BUILD must be compiled or pure, not {expected!r}"
+
+
+def pxd_classes(text: str) -> dict[str, set[str]]:
+    """{class: attribute names} of the `cdef class` blocks of an augmenting .pxd."""
+    classes: dict[str, set[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if match := re.match(r"cdef class (\w+)", line):
+            current = classes.setdefault(match.group(1), set())
+        elif current is not None and (match := re.match(r"\s+cdef (?:public |readonly )?[\w.]+ (\w+)\s*$", line)):
+            current.add(match.group(1))
+        elif line and not line[0].isspace():
+            current = None
+    return classes
+
+
+@pytest.mark.parametrize("pxd", sorted((REPO / "pgpool").rglob("*.pxd")), ids=lambda p: p.name)
+def test_pxd_declares_exactly_the_slots_of_each_class(pxd):
+    """A compiled extension type has only the fields its .pxd declares: a slot added to the .py alone
+    would raise AttributeError in the compiled build only."""
+    tree = ast.parse(pxd.with_suffix(".py").read_text())
+    slots = {node.name: set(ast.literal_eval(stmt.value))
+             for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+             for stmt in node.body
+             if isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == "__slots__" for t in stmt.targets)}
+    declared = pxd_classes(pxd.read_text())
+    assert declared, f"{pxd.name} declares no cdef class"
+    for name, fields in declared.items():
+        assert name in slots, f"{pxd.name}: class {name} has no __slots__ in the .py"
+        assert fields == slots[name], (f"{pxd.name} vs {pxd.with_suffix('.py').name} {name}.__slots__: "
+                                       f"only in .pxd {sorted(fields - slots[name])}, "
+                                       f"only in .py {sorted(slots[name] - fields)}")
