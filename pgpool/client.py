@@ -560,7 +560,9 @@ class ClientConnection(asyncio.Protocol):
         elif msg_type == F_FUNCTION_CALL:
             self.pending_rfq += 1
         elif msg_type == F_FLUSH:
-            pass
+            if end != start:
+                # Postgres fails a Flush with a body and skips to the next Sync: a reply is owed.
+                self.open_extended = True
         elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
             self.copy_in = False
             self.copy_end_seen = True

@@ -864,6 +864,9 @@ class ServerStatements:
         """A whole server message; returns None (forward), b"" (drop) or replacement bytes."""
         if not WATCH_SERVER[msg_type]:
             return None         # ParameterStatus, NoticeResponse, ...: not ours to look at
+        if msg_type == B_READY_FOR_QUERY and buf is not None and end - start != 1:
+            raise ProtocolError(PROTOCOL_VIOLATION, f"malformed ReadyForQuery from server: {end - start} bytes "
+                                                    f"instead of the status byte")
         queue = self._queue
         if not queue:
             if msg_type == B_ERROR_RESPONSE:

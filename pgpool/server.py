@@ -76,7 +76,7 @@ class ServerConnection(asyncio.Protocol):
                  "backend_key", "created_at", "last_used", "tx_status", "injected", "_on_injected_done",
                  "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
                  "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
-                 "parked",
+                 "parked", "fatal_cause",
                  "watch_normal", "watch_tags", "host", "address")
 
     def __init__(self, pool: "Pool"):
@@ -116,6 +116,7 @@ class ServerConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closed_reason: str | None = None
+        self.fatal_cause: str | None = None     # a FATAL the server sent its client before closing
         self.host = pool.db.host        # the host name of the entry's list this connection went to
         self.address = pool.db.host     # what it resolved to (cancel requests go there)
         self.log_prefix = f"S-{self.id} {pool.name}@{pool.db.host}:{pool.db.port}"
@@ -154,6 +155,8 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed_reason is None:
             self.closed_reason = f"server closed the connection ({exc})" if exc else "server closed the connection"
+            if self.fatal_cause:
+                self.closed_reason = f"server closed the connection after FATAL: {self.fatal_cause}"
             if self.state != ServerState.CONNECTING and self.app.settings.log_disconnections:
                 log.info("%s: closed: %s", self.log_prefix, self.closed_reason)
         if self._login is not None:
@@ -354,6 +357,9 @@ class ServerConnection(asyncio.Protocol):
     # ---- data plane ----------------------------------------------------------------------------
 
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        if msg_type == B_READY_FOR_QUERY and buf is not None and end - start != 1:
+            # Its status byte is read at buf[start]: never take the next message's byte for it.
+            raise ProtocolError(PROTOCOL_VIOLATION, f"malformed ReadyForQuery: {end - start} bytes instead of 1")
         if self.injected:
             return self._on_injected_message(msg_type, buf, start, end)
         out = None
@@ -384,6 +390,11 @@ class ServerConnection(asyncio.Protocol):
                 self.pool.on_read_only_error(self)
             if client is not None:
                 client.on_server_error(fields)
+                if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+                    # The server is closing: its client gets one error, pgpool's 08006 naming this cause,
+                    # when it does (two ErrorResponses make libpq report two results for one command).
+                    self.fatal_cause = f"{fields.get('M', '')} ({fields.get('C', '')})"
+                    return b""
             else:
                 log.warning("%s: error while idle: %s (%s)", self.log_prefix, fields.get("M"), fields.get("C"))
         elif msg_type == B_COPY_IN_RESPONSE:
