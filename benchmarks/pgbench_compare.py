@@ -51,13 +51,13 @@ from benchmarks.targets import (
     find_pgbouncer,
 )
 
-TARGETS = ("direct", "pgpool", "pgbouncer", "pgpool-pure", "pgpool-tls", "pgbouncer-tls")
-DEFAULT_TARGETS = ("direct", "pgpool", "pgbouncer")
+TARGETS = ("direct", "pgpool", "pgbouncer", "pgpool-tls", "pgbouncer-tls", "pgpool-w2", "pgpool-pure")
 TLS_TARGETS = ("pgpool-tls", "pgbouncer-tls")
 MODES = ("simple", "extended", "prepared")
-RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"), ("pgpool", "pgpool-pure"),
-          ("pgpool-pure", "pgbouncer"), ("pgpool-tls", "pgbouncer-tls"),
-          ("pgpool-tls", "pgpool"))
+RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"), ("pgpool-tls", "pgbouncer-tls"),
+          ("pgpool-tls", "pgpool"), ("pgpool-w2", "pgpool"), ("pgpool", "pgpool-pure"), ("pgpool-pure", "pgbouncer"))
+# pgpool-w2 and pgpool-pure only when asked for.
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t not in ("pgpool-w2", "pgpool-pure"))
 USER = "app"
 
 # pgbench 13+ says "without initial connection time"; older ones "excluding connections establishing".
@@ -171,9 +171,17 @@ def run_pgbench(pgbench: str, host: str, port: int, extra: list[str], timeout: f
 
 
 def read_cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from /proc/PID/stat (fields 14 and 15, after the comm in parentheses)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """utime + stime of a process and its live children (`--workers`), from /proc/PID/stat
+    (fields 14 and 15, after the comm in parentheses; field 4 is the parent)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def measure_tps(pgbench: str, target: Target, mode: str, args: argparse.Namespace,
@@ -237,10 +245,13 @@ def start_target(name: str, pg: PostgresCluster | ExternalPostgres, args: argpar
         if name.startswith("pgbouncer") and find_pgbouncer() is None:
             raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
         if name.startswith("pgpool"):
+            # pgpool-w2: `pgpool --workers 2` (two peered processes on one port, each with its pools).
             # pgpool-pure: the same tree with its compiled modules switched off (pgpool/_build.py).
             env = {**args.pgpool_env, **({"PGPOOL_PURE_PYTHON": "1"} if name == "pgpool-pure" else {})}
+            extra_args = ["--workers", "2"] if name == "pgpool-w2" else []
             proc: PgpoolProcess | PgBouncerProcess = PgpoolProcess(
-                backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings, env=env)
+                backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings, env=env,
+                extra_args=extra_args)
         else:
             proc = PgBouncerProcess(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings)
         target.proc = proc
