@@ -188,6 +188,6 @@ def test_listen_backlog_bounds_the_connections_the_kernel_queues_for_pgpool(pgpo
             for sock in sockets:
                 sock.close()
 
-    small, large = queued_while_stopped(2), queued_while_stopped(5)
-    assert small in (2, 3)
-    assert large - small == 3
+    # Each count is the setting's (a default backlog of 4096 would let every connect through).
+    assert queued_while_stopped(2) in (2, 3)
+    assert queued_while_stopped(5) in (5, 6)
