@@ -1,0 +1,64 @@
+"""Imports run one way: the import-linter contracts in pyproject.toml hold for this tree, and they
+are not vacuous (an upward import added to a copy of the package breaks them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# lint-imports, run by the interpreter running the tests; --no-cache: nothing written into the tree.
+LINT_IMPORTS = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
+                "sys.exit(lint_imports_command())", "--no-cache"]
+
+
+def run_lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """lint-imports over the `pgpool` package found in `root`, with `root`'s pyproject.toml."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(LINT_IMPORTS, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_import_contracts_hold() -> None:
+    result = run_lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout, result.stdout
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "pgpool", tmp_path / "pgpool", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def add_line(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + "\n" + line + "\n")
+
+
+def test_an_upward_import_breaks_the_layers(tmp_path: Path) -> None:
+    # Inside a function and under TYPE_CHECKING both count: neither can dodge the contract.
+    root = copy_tree(tmp_path)
+    add_line(root / "pgpool" / "pool.py", "def _dodge():\n    from .server import ServerConnection")
+    add_line(root / "pgpool" / "client.py", "if TYPE_CHECKING:\n    from .app import App")
+    result = run_lint_imports(root)
+    assert result.returncode != 0
+    assert "pgpool.pool is not allowed to import pgpool.server" in result.stdout, result.stdout
+    assert "pgpool.client is not allowed to import pgpool.app" in result.stdout, result.stdout
+
+
+def test_sans_io_code_may_not_import_asyncio(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    add_line(root / "pgpool" / "protocol" / "framing.py", "import asyncio")
+    result = run_lint_imports(root)
+    assert result.returncode != 0
+    assert "pgpool.protocol.framing -> asyncio" in result.stdout, result.stdout
+
+
+def test_every_module_has_a_layer(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    (root / "pgpool" / "unplaced.py").write_text('"""A module nobody gave a layer."""\n')
+    result = run_lint_imports(root)
+    assert result.returncode != 0
+    assert "pgpool.unplaced" in result.stdout, result.stdout
