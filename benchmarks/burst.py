@@ -380,6 +380,9 @@ def _summarize_pools(t: float, rows: list[dict]) -> dict:
         "sv_idle": sum(num(r, "sv_idle") for r in pools),
         "sv_used": sum(num(r, "sv_used") for r in pools),
         "maxwait_s": round(maxwait, 6),
+        # pgpool's counter of session-state audits; PgBouncer has no such column.
+        "session_audits": sum(num(r, "session_audits") for r in pools)
+        if any("session_audits" in r for r in pools) else None,
     }
 
 

@@ -41,8 +41,9 @@ started (negative: the client connect phase before it). Latencies are in ms.
         errors: {total, kinds: [{sqlstate, message, origin: "server"|"client", count, ops: {op: n}}]}
         server_connections: {source: "pg_stat_activity", sampled, max_connections, peak, peak_active,
                              samples: [{t, total, active, idle, idle_in_transaction}]}
-        pool: {source: "SHOW POOLS", sampled, peak_cl_waiting, max_wait_s,
-               samples: [{t, cl_active, cl_waiting, sv_active, sv_idle, sv_used, maxwait_s}]}
+        pool: {source: "SHOW POOLS", sampled, peak_cl_waiting, max_wait_s, session_audits,
+               samples: [{t, cl_active, cl_waiting, sv_active, sv_idle, sv_used, maxwait_s, session_audits}]}
+               (session_audits: pgpool's audits of session state so far; None for PgBouncer)
         notes: [str]
       ]
 
@@ -92,8 +93,9 @@ TARGET_FIELDS = {
         "samples": [dict.fromkeys(("t", "total", "active", "idle", "idle_in_transaction"))],
     },
     "pool": {
-        **dict.fromkeys(("source", "sampled", "peak_cl_waiting", "max_wait_s")),
-        "samples": [dict.fromkeys(("t", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait_s"))],
+        **dict.fromkeys(("source", "sampled", "peak_cl_waiting", "max_wait_s", "session_audits")),
+        "samples": [dict.fromkeys(("t", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait_s",
+                                   "session_audits"))],
     },
     "notes": None,
 }
@@ -220,6 +222,7 @@ def build_target_result(*, name, dsn, admin_dsn, monitor_dsn, status, statement_
             "sampled": bool(pool),
             "peak_cl_waiting": max((s["cl_waiting"] for s in pool), default=None),
             "max_wait_s": max((s["maxwait_s"] for s in pool), default=None),
+            "session_audits": pool[-1].get("session_audits") if pool else None,
             "samples": pool,
         },
         "notes": list(notes),
@@ -299,6 +302,8 @@ def _footnotes(report: dict, max_errors: int = 3) -> list[str]:
         extra = len(t["errors"]["kinds"]) - max_errors
         if max_errors and extra > 0:
             lines.append(f"{t['name']}: ... {extra} more kinds of errors in the report")
+        if t["pool"]["session_audits"] is not None:
+            lines.append(f"{t['name']}: {t['pool']['session_audits']} session-state audits (ordinary traffic needs none)")
         for note in t["notes"]:
             lines.append(f"{t['name']}: {note}")
     for check in report["checks"]:

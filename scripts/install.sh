@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what a fresh Debian/Ubuntu machine lacks to test and benchmark pgpool: the PostgreSQL
-# server binaries (initdb, pg_ctl, psql, pgbench), PgBouncer, the distribution's Python with its
+# server binaries (initdb, pg_ctl, psql, pgbench), PgBouncer, tmux, the distribution's Python with its
 # venv module, and a project virtual environment `.venv` (made with /usr/bin/python3) holding
 # pgpool with its dev extras. Safe to re-run: it only installs what is missing, and pip runs
 # again only when pyproject.toml changed.
@@ -30,6 +30,7 @@ have_venv_module() {
 missing=()
 have_pg_server || missing+=(postgresql)
 have_pgbouncer || missing+=(pgbouncer)
+command -v tmux >/dev/null || missing+=(tmux)   # tests drive `pgpool top` in a real terminal
 if [[ ! -x "${venv}/bin/python" ]] && ! have_venv_module; then
     if [[ -n "${PGPOOL_BASE_PYTHON:-}" ]]; then
         echo "install.sh: ${base_python} cannot create a virtual environment (python -m venv)." >&2

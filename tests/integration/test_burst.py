@@ -78,7 +78,7 @@ def test_cli_reports_postgres_and_counts_a_closed_port_as_errors(postgres, tmp_p
     assert direct["server_connections"]["peak"] >= 4  # the four clients, at least
     assert direct["server_connections"]["max_connections"] > 0
     assert direct["pool"] == {"source": "SHOW POOLS", "sampled": False, "peak_cl_waiting": None,
-                              "max_wait_s": None, "samples": []}
+                              "max_wait_s": None, "session_audits": None, "samples": []}
     assert "***" in direct["dsn"] and ":app@" not in direct["dsn"]
 
     assert closed_t["status"] == "unreachable"
