@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pgpool.client import ClientHost
+from pgpool.pool import PooledServer, PoolHost
+from pgpool.server import LinkedClient
+from tests.protocol.fakes import Plane
+
 REPO = Path(__file__).resolve().parents[2]
 # lint-imports, run by the interpreter running the tests; --no-cache: nothing written into the tree.
 LINT_IMPORTS = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
@@ -62,3 +67,22 @@ def test_every_module_has_a_layer(tmp_path: Path) -> None:
     result = run_lint_imports(root)
     assert result.returncode != 0
     assert "pgpool.unplaced" in result.stdout, result.stdout
+
+
+def protocol_members(protocol: type) -> set[str]:
+    """Attributes and methods a typing.Protocol declares (its own, not object's or Protocol's)."""
+    names = set(getattr(protocol, "__annotations__", {}))
+    names.update(name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_"))
+    return names
+
+
+def test_the_real_objects_have_what_the_protocols_ask() -> None:
+    # The protocols that replace calls back up are only right while the objects above match them.
+    plane = Plane()
+    client = plane.add_client()
+    server = plane.link(client)
+    for obj, protocol in ((plane.app, ClientHost), (plane.app, PoolHost), (server, PooledServer),
+                          (client, LinkedClient)):
+        missing = sorted(name for name in protocol_members(protocol) if not hasattr(obj, name))
+        assert not missing, f"{type(obj).__name__} lacks {missing} of {protocol.__name__}"
+        assert protocol_members(protocol), protocol
