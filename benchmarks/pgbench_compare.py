@@ -51,11 +51,12 @@ from benchmarks.targets import (
     find_pgbouncer,
 )
 
-TARGETS = ("direct", "pgpool", "pgbouncer", "pgpool-tls", "pgbouncer-tls")
+TARGETS = ("direct", "pgpool", "pgbouncer", "pgpool-tls", "pgbouncer-tls", "pgpool-w2")
 TLS_TARGETS = ("pgpool-tls", "pgbouncer-tls")
 MODES = ("simple", "extended", "prepared")
 RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"), ("pgpool-tls", "pgbouncer-tls"),
-          ("pgpool-tls", "pgpool"))
+          ("pgpool-tls", "pgpool"), ("pgpool-w2", "pgpool"))
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t != "pgpool-w2")   # pgpool-w2 only when asked for
 USER = "app"
 
 # pgbench 13+ says "without initial connection time"; older ones "excluding connections establishing".
@@ -102,7 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of direct pgbench before round 1 (not counted)")
     parser.add_argument("--mode", default=",".join(MODES), help="comma-separated pgbench -M modes")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--idle-clients", type=int, default=0, help="also open N idle clients per pooler, report RSS/client")
     parser.add_argument("--json", type=Path, help="write all results to this file")
     parser.add_argument("--tls", action="store_true",
@@ -161,9 +163,17 @@ def run_pgbench(pgbench: str, host: str, port: int, extra: list[str], timeout: f
 
 
 def read_cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from /proc/PID/stat (fields 14 and 15, after the comm in parentheses)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """utime + stime of a process and its live children (`--workers`), from /proc/PID/stat
+    (fields 14 and 15, after the comm in parentheses; field 4 is the parent)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def measure_tps(pgbench: str, target: Target, mode: str, args: argparse.Namespace,
@@ -226,8 +236,10 @@ def start_target(name: str, pg: PostgresCluster | ExternalPostgres, args: argpar
     try:
         if name.startswith("pgbouncer") and find_pgbouncer() is None:
             raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
+        # pgpool-w2: `pgpool --workers 2` (two peered processes on one port, each with its pools).
+        extra = {"extra_args": ["--workers", "2"]} if name == "pgpool-w2" else {}
         cls = PgpoolProcess if name.startswith("pgpool") else PgBouncerProcess
-        proc = cls(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings)
+        proc = cls(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings, **extra)
         target.proc = proc
         proc.start()
         target.host, target.port = proc.host, proc.port

@@ -212,9 +212,13 @@ class PostgresCluster:
         port: int | None = None,
         max_connections: int = 100,
         settings: dict[str, str] | None = None,
+        replication: bool = False,
         tls: "TlsFiles | None" = None,
     ) -> None:
         self.bin_dir = find_pg_bindir()
+        # replication=True: wal_level=logical and a pg_hba line for physical replication
+        # connections, for pg_receivewal / pg_recvlogical through a pooler.
+        self.replication = replication
         self.port = port or free_port()
         self.max_connections = max_connections
         self.settings = dict(settings or {})
@@ -284,6 +288,8 @@ class PostgresCluster:
                 "fsync": "off",
                 "synchronous_commit": "off",
                 "full_page_writes": "off",
+                **({"wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10"}
+                   if self.replication else {}),
                 **self.settings,
             }
             if self.tls is not None:
@@ -303,7 +309,8 @@ class PostgresCluster:
                 + cert_line +
                 f"{host} all md5user {LOOPBACK}/32 md5\n"
                 f"{host} all plainuser {LOOPBACK}/32 password\n"
-                f"{host} all all {LOOPBACK}/32 scram-sha-256\n",
+                f"{host} all all {LOOPBACK}/32 scram-sha-256\n"
+                + (f"{host} replication all {LOOPBACK}/32 scram-sha-256\n" if self.replication else ""),
             )
             self._run_tool(
                 "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start"
@@ -547,8 +554,10 @@ class _ProxyProcess:
         settings: dict[str, object] | None = None,
         databases: dict[str, object] | None = None,
         port: int | None = None,
+        user_entries: dict[str, str] | None = None,
     ) -> None:
         self.backend_host = backend_host
+        self.user_entries = dict(user_entries or {})   # the [users] section: name -> "key=value ..."
         self.backend_port = backend_port
         self.users = dict(users)
         self.settings = dict(settings or {})
@@ -733,6 +742,7 @@ class PgpoolProcess(_ProxyProcess):
         port: int | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        user_entries: dict[str, str] | None = None,
     ) -> None:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
@@ -743,6 +753,7 @@ class PgpoolProcess(_ProxyProcess):
             settings=settings,
             databases=databases,
             port=port,
+            user_entries=user_entries,
         )
 
     def _config_file(self) -> Path:
@@ -759,6 +770,9 @@ class PgpoolProcess(_ProxyProcess):
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self._merged_settings().items()]
         lines += ["", "[databases]"]
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self.databases.items()]
+        if self.user_entries:
+            lines += ["", "[users]"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self.user_entries.items()]
         return "\n".join(lines) + "\n"
 
     def _command(self) -> list[str]:
@@ -810,6 +824,9 @@ class PgBouncerProcess(_ProxyProcess):
         lines += [f"{name} = {conn}" for name, conn in self.databases.items()]
         lines += ["", "[pgbouncer]"]
         lines += [f"{key} = {_ini_value(value)}" for key, value in settings.items()]
+        if self.user_entries:
+            lines += ["", "[users]"]
+            lines += [f"{name} = {entry}" for name, entry in self.user_entries.items()]
         return "\n".join(lines) + "\n"
 
     def _command(self) -> list[str]:

@@ -47,7 +47,14 @@ MAX_QUERY = 64 * 1024       # a console query is one short command
 READ_AHEAD = 64 * 1024      # console bytes received and not yet run before reading from the client pauses
 _COMMAND = re.compile(r'(\w+)(.*)', re.ASCII | re.DOTALL)
 _ARGUMENT = re.compile(r'\s*("(?:[^"]|"")*"|[^\s"]+)?\s*', re.ASCII)
-_SET = re.compile(r"set\s", re.IGNORECASE)
+# PgBouncer's grammar (src/admin.c): SET key = value | SET key TO value, the value a word or a
+# quoted string ('it''s', or "a ""b""").
+_SET = re.compile(r"set\s+(\w+)\s*(?:=|\s[tT][oO]\s)\s*(?:'((?:[^']|'')*)'|\"((?:[^\"]|\"\")*)\"|([^\s'\"]+))\s*",
+                  re.IGNORECASE | re.DOTALL)
+_SET_START = re.compile(r"set\s", re.IGNORECASE)
+# Session parameters drivers set on connect: PgBouncer answers "SET ignored" instead of failing.
+_FAKE_SET = frozenset({"client_encoding", "default_transaction_isolation", "standard_conforming_strings",
+                       "datestyle", "timezone"})
 
 
 def columns(types: str, *names: str) -> Columns:
@@ -174,7 +181,7 @@ class AdminConsole:
     async def execute(self, sql: str) -> bytes | None:
         """Run every ';'-separated command; stop at the first error. None: send nothing back."""
         out: list[bytes] = []
-        commands = [part.strip() for part in sql.split(";") if part.strip()]
+        commands = [part.strip() for part in _split_commands(sql) if part.strip()]
         if not commands:
             return m.empty_query_response()
         for text in commands:
@@ -190,8 +197,8 @@ class AdminConsole:
         return b"".join(out)
 
     async def run_command(self, text: str) -> bytes | None:
-        if _SET.match(text):
-            raise AdminError("SET is not supported on the pgpool console: change the config file and run RELOAD")
+        if _SET_START.match(text):
+            return self.run_set(text)
         match = _COMMAND.fullmatch(text)
         command = COMMANDS.get(match.group(1).lower()) if match else None
         if command is None:
@@ -211,6 +218,43 @@ class AdminConsole:
         if asyncio.iscoroutine(result):
             result = await result
         return result
+
+
+    def run_set(self, text: str) -> bytes:
+        """SET key = value: change one setting as a RELOAD that read this value would."""
+        match = _SET.fullmatch(text)
+        if match is None:
+            raise AdminError(f"invalid command {text!r}, use SHOW HELP; (SET key = value, or SET key TO value)")
+        key = match.group(1)
+        single, double, word = match.group(2), match.group(3), match.group(4)
+        value = (single.replace("''", "'") if single is not None
+                 else double.replace('""', '"') if double is not None else word)
+        if key.lower() in _FAKE_SET:
+            return m.notice_response("SET ignored") + m.command_complete("SET")
+        if not self.may_change:
+            raise AdminError("admin access needed", "42501")
+        log.info("admin console %s: SET %s = %r", self.client.user, key, value)
+        ok, message = self.app.change_setting(key, value)
+        if not ok:
+            raise AdminError(f"SET failed: {message}")
+        return m.command_complete(f"SET {key}={value}")
+
+
+def _split_commands(sql: str) -> list[str]:
+    """Split on ';' outside quotes, so a SET value may hold one."""
+    parts: list[str] = []
+    start, quote = 0, ""
+    for i, char in enumerate(sql):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == ";":
+            parts.append(sql[start:i])
+            start = i + 1
+    parts.append(sql[start:])
+    return parts
 
 
 def _unquote(arg: str) -> str:
@@ -264,6 +308,9 @@ def cmd_resume(console: AdminConsole, arg: str) -> bytes:
     database = _database_arg(console, arg, "RESUME")
     if app.shutting_down:
         raise AdminError("pgpool is shutting down")
+    if database is None and app.suspended:
+        app.resume_suspended()
+        return m.command_complete("RESUME")
     if database is None and not (app.paused_all or app.paused_dbs):
         raise AdminError("pgpool is not paused")
     if database is not None and database not in app.paused_dbs:
@@ -333,9 +380,16 @@ def cmd_shutdown(console: AdminConsole, arg: str) -> bytes | None:
     return m.command_complete("SHUTDOWN")
 
 
-def cmd_suspend(console: AdminConsole, arg: str) -> bytes:
-    raise AdminError("SUSPEND is not supported by pgpool (it exists for PgBouncer's online restart); "
-                     "roll pgpool with SIGTERM, which drains clients at transaction boundaries")
+async def cmd_suspend(console: AdminConsole, arg: str) -> bytes:
+    app = console.app
+    if arg:
+        raise AdminError("SUSPEND takes no argument")
+    if app.shutting_down:
+        raise AdminError("pgpool is shutting down")
+    if app.suspended:
+        raise AdminError("already suspended")
+    await app.suspend(keep=console.client)
+    return m.command_complete("SUSPEND")
 
 
 COMMANDS: dict[str, Command] = {
@@ -355,10 +409,13 @@ COMMANDS: dict[str, Command] = {
 
 HELP_TEXT = """Console usage
 \tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|LISTS|MEM|STATE
+\tSHOW PEERS|PEER_POOLS|SOCKETS|ACTIVE_SOCKETS|DNS_HOSTS|DNS_ZONES
 \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS
+\tSET key = arg
 \tSHOW HISTOGRAMS|ERRORS (pgpool's own)
 \tRELOAD
 \tPAUSE [<db>]
+\tSUSPEND
 \tRESUME [<db>]
 \tDISABLE <db>
 \tENABLE <db>
@@ -474,33 +531,43 @@ _CLIENT_STATES = {ClientState.ACTIVE: "active", ClientState.IDLE: "idle", Client
 
 
 def show_clients(app: "App") -> Table:
-    rows = []
     now = time.monotonic()
+    return _SOCKET_COLUMNS, [row for _, row in _client_rows(app, now, logging_in=False)]
+
+
+def _client_rows(app: "App", now: float, *, logging_in: bool) -> list[tuple[Any, Sequence[object]]]:
+    rows = []
     for client in sorted(app.clients, key=lambda c: c.id):
         if client.admin is not None:
             state, database = "active", client.database
         elif client.state in _CLIENT_STATES and client.pool is not None:
             state, database = _CLIENT_STATES[client.state], client.pool.db.name
+        elif logging_in:
+            state, database = "login", client.database or "(nodb)"
         else:
             continue    # still logging in: PgBouncer lists these only in SHOW SOCKETS
         addr, port = _split_peer(client.peer)
         local_addr, local_port = _sockname(client.transport)
         wait_us = int((now - client.wait_start) * 1_000_000) if client.state == ClientState.WAITING else 0
         params = client.params
-        rows.append(("C", client.user, database, "none", state, addr, port, local_addr, local_port,
-                     _wall(client.connected_at, now), _wall(client.last_activity, now),
-                     wait_us // 1_000_000, wait_us % 1_000_000, 0, _ptr(client), _ptr(client.server), 0, "",
-                     params.reported.get("application_name", "") if params is not None else "",
-                     _prepared_count(client), client.id))
-    return _SOCKET_COLUMNS, rows
+        rows.append((client, ("C", client.user or "(nouser)", database, getattr(client, "replication", None) or "none",
+                              state, addr, port, local_addr, local_port,
+                              _wall(client.connected_at, now), _wall(client.last_activity, now),
+                              wait_us // 1_000_000, wait_us % 1_000_000, 0, _ptr(client), _ptr(client.server), 0, "",
+                              params.reported.get("application_name", "") if params is not None else "",
+                              _prepared_count(client), client.id)))
+    return rows
 
 
 _SERVER_STATES = {ServerState.ACTIVE: "active", ServerState.MAINTENANCE: "tested", ServerState.CONNECTING: "new"}
 
 
 def show_servers(app: "App") -> Table:
+    return _SOCKET_COLUMNS, [row for _, row in _server_rows(app, time.monotonic())]
+
+
+def _server_rows(app: "App", now: float) -> list[tuple[Any, Sequence[object]]]:
     rows = []
-    now = time.monotonic()
     for pool in app.pools.values():
         servers = [*pool.active, *pool.idle, *pool.maintenance, *pool.connecting]
         for server in sorted(servers, key=lambda s: s.id):
@@ -510,11 +577,69 @@ def show_servers(app: "App") -> Table:
             app_name = ""
             if client is not None and getattr(client, "params", None) is not None:
                 app_name = client.params.reported.get("application_name", "")
-            rows.append(("S", pool.server_user, pool.db.name, "none", state, server.host, pool.db.port,
-                         local_addr, local_port, _wall(server.created_at, now), _wall(server.last_used, now),
-                         0, 0, int(bool(server.close_needed)), _ptr(server), _ptr(client), server.backend_pid, "",
-                         app_name, _prepared_count(server), server.id))
-    return _SOCKET_COLUMNS, rows
+            rows.append((server, ("S", pool.server_user, pool.db.name, pool.replication or "none", state,
+                                  server.host, pool.db.port,
+                                  local_addr, local_port, _wall(server.created_at, now), _wall(server.last_used, now),
+                                  0, 0, int(bool(server.close_needed)), _ptr(server), _ptr(client), server.backend_pid,
+                                  "", app_name, _prepared_count(server), server.id)))
+    return rows
+
+
+# SHOW SOCKETS: PgBouncer's list names for the state column, and its buffer columns. pgpool has no
+# fixed packet buffer: recv_pos/pkt_* are the bytes a client queued while it waited for a server,
+# send_remain what the transport still has to write.
+_DEBUG_COLUMNS = columns("iiiiiii", "recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_remain", "pkt_avail",
+                         "send_avail")
+_SOCKET_LISTS = {"active": "cl_active", "idle": "cl_active", "waiting": "cl_waiting", "login": "cl_login"}
+_SERVER_LISTS = {"active": "sv_active", "idle": "sv_idle", "used": "sv_used", "tested": "sv_tested", "new": "sv_login"}
+
+
+def _socket_table(app: "App", only_busy: bool) -> Table:
+    now = time.monotonic()
+    rows: list[Sequence[object]] = []
+    for kind, found, names in (("C", _client_rows(app, now, logging_in=True), _SOCKET_LISTS),
+                               ("S", _server_rows(app, now), _SERVER_LISTS)):
+        for conn, row in found:
+            transport = conn.transport
+            queued = int(getattr(conn, "pending_size", 0) or 0)
+            unsent = transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
+            if only_busy and not (queued or unsent):
+                continue
+            state = names.get(str(row[4]), str(row[4]))
+            rows.append((*row[:4], state, *row[5:], queued, 0, queued, 0, unsent, queued, unsent))
+    return _SOCKET_COLUMNS + _DEBUG_COLUMNS, rows
+
+
+def show_sockets(app: "App") -> Table:
+    return _socket_table(app, only_busy=False)
+
+
+def show_active_sockets(app: "App") -> Table:
+    """Sockets with bytes waiting in either direction (PgBouncer: non-empty buffers)."""
+    return _socket_table(app, only_busy=True)
+
+
+def show_peers(app: "App") -> Table:
+    settings = app.settings
+    rows = [(int(entry.name), entry.host, entry.port, entry.pool_size or settings.default_pool_size)
+            for entry in sorted(settings.peers.values(), key=lambda e: int(e.name))]
+    return columns("isii", "peer_id", "host", "port", "pool_size"), rows
+
+
+def show_peer_pools(app: "App") -> Table:
+    rows = [(p.peer_id, p.in_flight, p.waiting, p.in_flight, p.connecting)
+            for p in sorted(app.peer_forwarder.pools.values(), key=lambda p: p.peer_id)]
+    return columns("iiiii", "peer_id", "cl_active_cancel_req", "cl_waiting_cancel_req", "sv_active_cancel",
+                   "sv_login"), rows
+
+
+def show_dns_hosts(app: "App") -> Table:
+    # pgpool's name cache (dns_max_ttl) is not listed here: the table keeps PgBouncer's columns, empty.
+    return columns("sqs", "hostname", "ttl", "addrs"), []
+
+
+def show_dns_zones(app: "App") -> Table:
+    return columns("sqi", "zonename", "serial", "count"), []
 
 
 # SHOW STATS* figures: totals since start, averages over the last stats_period (statslog.py).
@@ -582,8 +707,9 @@ def _values(figures: Any) -> list[int]:
 def show_lists(app: "App") -> Table:
     servers = sum(pool.server_count() for pool in app.pools.values())
     logging_in = sum(1 for c in app.clients if c.login is not None)
-    rows = [("databases", len(show_databases(app)[1])), ("users", len(show_users(app)[1])), ("peers", 0),
-            ("pools", len(app.pools)), ("peer_pools", 0), ("free_clients", 0),
+    rows = [("databases", len(show_databases(app)[1])), ("users", len(show_users(app)[1])),
+            ("peers", len(app.settings.peers)), ("pools", len(app.pools)),
+            ("peer_pools", len(app.peer_forwarder.pools)), ("free_clients", 0),
             ("used_clients", len(app.clients)), ("login_clients", logging_in), ("free_servers", 0),
             ("used_servers", servers), ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0), ("dns_pending", 0)]
     return columns("si", "list", "items"), rows
@@ -626,12 +752,13 @@ def show_mem(app: "App") -> Table:
 
 
 def show_version(app: "App") -> Table:
-    return columns("s", "version"), [(f"pgpool {__version__} (PgBouncer-compatible console)",)]
+    return columns("s", "version"), [(f"pgpool {__version__}",)]   # what `pgpool --version` prints
 
 
 def show_state(app: "App") -> Table:
     paused = app.paused_all
-    rows = [("active", "no" if paused else "yes"), ("paused", "yes" if paused else "no"), ("suspended", "no"),
+    rows = [("active", "no" if paused else "yes"), ("paused", "yes" if paused else "no"),
+            ("suspended", "yes" if app.suspended else "no"),
             ("shutting_down", "yes" if app.shutting_down else "no")]
     return columns("ss", "key", "value"), rows
 
@@ -651,6 +778,12 @@ SHOW_TABLES: dict[str, Callable[["App"], Table]] = {
     "mem": show_mem,
     "version": show_version,
     "state": show_state,
+    "sockets": show_sockets,
+    "active_sockets": show_active_sockets,
+    "peers": show_peers,
+    "peer_pools": show_peer_pools,
+    "dns_hosts": show_dns_hosts,
+    "dns_zones": show_dns_zones,
     "histograms": show_histograms,
     "errors": show_errors,
 }

@@ -12,27 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import grp
+import itertools
 import logging
 import os
+import pwd
 import resource
+import signal
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 
-from . import auth, tls
+from . import auth, hba, peers, tls
 from .authquery import AuthQuery
 from .cancel import CancelRegistry
 from .control import Controls
 from .client import ADMIN_DATABASES, ClientConnection
-from .config import LoadedConfig, Settings
-from .pool import ClientState, Pool
+from .config import LoadedConfig, PoolMode, Settings
+from .params import SessionParams
+from .pool import ClientState, Pool, ServerState
 from .server import ServerConnection
 from .protocol import messages as m
 from .protocol.errors import (
-    CANNOT_CONNECT_NOW, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS,
-    ProtocolError,
+    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION_SPECIFICATION,
+    INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS, ProtocolError,
 )
 
 if TYPE_CHECKING:
@@ -71,14 +77,20 @@ class App(Controls):
         self.config_warnings = loaded.warnings
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.auth_users: dict[str, str] = self._load_auth_users(self.settings)
+        self.hba: hba.HbaConfig | None = self._load_hba(self.settings)
         self.tls: tls.TlsContexts = tls.build_contexts(self.settings)   # replaced whole by RELOAD
         self.unix_socket: str | None = None
         self.auth_query = AuthQuery(self.get_pool)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel = CancelRegistry()
+        self.peer_forwarder = peers.PeerForwarder()
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
+        # Logged-in clients per database name and per client user (max_*_client_connections).
+        self._replication_ids = itertools.count(1)
+        self.db_clients: collections.Counter[str] = collections.Counter()
+        self.user_clients: collections.Counter[str] = collections.Counter()
         self.listeners: list[asyncio.AbstractServer] = []
         self.started_at = time.time()
         self.shutting_down = False
@@ -86,9 +98,13 @@ class App(Controls):
         self.janitor_task: asyncio.Task | None = None
         self.http: Closeable | None = None
         self.bound_port = 0
+        self.unix_listener: asyncio.AbstractServer | None = None
+        self._unix_socket_inode = 0
         self.stats_log: Any = None   # statslog.StatsLog: admin's SHOW STATS reads its averages
         # Operations state (admin console, signals): see the "operations" section below.
         self.paused_all = False
+        self.suspended = False                      # SUSPEND: sockets not read until RESUME
+        self.suspended_transports: list[Any] = []
         self.paused_dbs: set[str] = set()
         self.disabled_dbs: set[str] = set()
         self.client_login_failures = 0       # logins that named a user and did not complete
@@ -96,11 +112,18 @@ class App(Controls):
         self.reload_failures = 0
         self.last_reload_ok = True
         self.drain_task: asyncio.Task | None = None
+        self.pause_task: asyncio.Task | None = None     # SIGUSR1's PAUSE, finishing in the background
         self._clients_gone = asyncio.Event()
 
     @staticmethod
     def _load_auth_users(settings: Settings) -> dict[str, str]:
         return auth.load_auth_file(settings.auth_file) if settings.auth_file else {}
+
+    @staticmethod
+    def _load_hba(settings: Settings) -> hba.HbaConfig | None:
+        if settings.auth_type != "hba" or settings.auth_hba_file is None:
+            return None
+        return hba.load_hba(settings.auth_hba_file, settings.auth_ident_file)
 
     # ---- start and stop ------------------------------------------------------------------------
 
@@ -116,7 +139,7 @@ class App(Controls):
             try:
                 server = await self.loop.create_server(
                     lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
-                    reuse_address=True, backlog=4096)
+                    reuse_address=True, reuse_port=settings.so_reuseport or None, backlog=4096)
             except OSError as error:
                 self.close_listeners()
                 raise StartupError(f"cannot listen for clients on {host}:{settings.listen_port} "
@@ -126,7 +149,12 @@ class App(Controls):
                 self.bound_port = sock.getsockname()[1]
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
         if settings.unix_socket_dir:
-            await self._listen_unix(settings.unix_socket_dir, self.bound_port or settings.listen_port)
+            try:
+                await self._listen_unix(settings.unix_socket_dir, self.bound_port or settings.listen_port)
+            except OSError as error:
+                self.close_listeners()
+                raise StartupError(f"cannot listen on a Unix socket in {settings.unix_socket_dir} (unix_socket_dir): "
+                                   f"{error.strerror or error}") from error
         surfaces = self.surfaces
         if settings.metrics_port and surfaces.start_http is not None:
             try:
@@ -137,10 +165,41 @@ class App(Controls):
                     f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} (metrics_addr, "
                     f"metrics_port): {error.strerror or error}; choose a free metrics_port, or "
                     f"metrics_port = 0 to turn the endpoint off") from error
+        self.open_forced_pools()
         if surfaces.run_janitor is not None:
             self.janitor_task = self.loop.create_task(surfaces.run_janitor(self))
         if surfaces.start_stats_log is not None:
             self.stats_log = surfaces.start_stats_log(self)
+
+    def install_signal_handlers(self) -> None:
+        """Signals as PgBouncer's, except where pgpool's drain deliberately differs:
+        SIGTERM drains at transaction boundaries (a second one: shut down at once), SIGINT shuts
+        down at once (safe: open transactions roll back), SIGHUP reloads, SIGUSR1 pauses every
+        database as PAUSE does, SIGUSR2 resumes them as RESUME does."""
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGINT, self.shutdown_now, "SIGINT")
+        loop.add_signal_handler(signal.SIGTERM, self.begin_drain, "SIGTERM")
+        loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        loop.add_signal_handler(signal.SIGUSR1, self.on_sigusr1)
+        loop.add_signal_handler(signal.SIGUSR2, self.on_sigusr2)
+
+    def on_sigusr1(self) -> None:
+        if self.shutting_down or self.paused_all:
+            log.info("got SIGUSR1, but already paused or shutting down")
+            return
+        log.info("got SIGUSR1, pausing all activity")
+        self.pause(None)
+        # As the PAUSE command: idle servers close now, busy ones when their clients release them.
+        self.pause_task = self.loop.create_task(self.wait_paused(None))
+
+    def on_sigusr2(self) -> None:
+        if self.shutting_down:
+            log.info("got SIGUSR2 while shutting down, ignoring")
+        elif not (self.paused_all or self.paused_dbs):
+            log.info("got SIGUSR2, but not paused")
+        else:
+            log.info("got SIGUSR2, continuing from PAUSE")
+            self.resume(None)
 
     async def _listen_unix(self, directory: str, port: int) -> None:
         """<unix_socket_dir>/.s.PGSQL.<port>, with unix_socket_mode and unix_socket_group, as PgBouncer."""
@@ -148,7 +207,9 @@ class App(Controls):
         remove_stale_socket(path)
         server = await self.loop.create_unix_server(lambda: ClientConnection(self), path, backlog=4096)
         self.listeners.append(server)
+        self.unix_listener = server
         self.unix_socket = path
+        self._unix_socket_inode = os.stat(path).st_ino
         os.chmod(path, int(self.settings.unix_socket_mode, 8))
         if self.settings.unix_socket_group:
             try:
@@ -162,16 +223,25 @@ class App(Controls):
         assert self.stopped is not None
         await self.stopped
 
-    def close_listeners(self) -> None:
-        for server in self.listeners:
+    def close_listeners(self, keep_unix: bool = False) -> None:
+        """Stop accepting. keep_unix (the drain): the Unix socket stays open, as PgBouncer's does on
+        SIGTERM, so peers can still forward cancel requests for the clients still draining;
+        new logins on it are refused while shutting down."""
+        for server in list(self.listeners):
+            if keep_unix and server is self.unix_listener:
+                continue
             server.close()
-        self.listeners.clear()
-        if self.unix_socket is not None:
-            try:
-                os.unlink(self.unix_socket)
-            except OSError:
-                pass
-            self.unix_socket = None
+            self.listeners.remove(server)
+        if keep_unix:
+            return
+        self.unix_listener = None
+        path, self.unix_socket = self.unix_socket, None
+        try:
+            # Only our own socket file: a successor may already have put its own at this path.
+            if path is not None and os.stat(path).st_ino == self._unix_socket_inode:
+                os.unlink(path)
+        except OSError:
+            pass
 
     def shutdown_now(self, reason: str = "shutdown") -> None:
         """Immediate safe shutdown: every client and server closed; open transactions roll back."""
@@ -207,6 +277,10 @@ class App(Controls):
         self.clients.add(client)
 
     def on_client_logged_in(self, client: ClientConnection) -> None:
+        if self.settings.login_notify_message:
+            client.transport.write(m.notice_response(self.settings.login_notify_message))
+        if self.suspended:
+            self._suspend_transport(client.transport)   # a database client logged in: read from RESUME on
         if self.shutting_down:
             # Logged in while draining: it holds no transaction, so it may go at once.
             client.drain = True
@@ -214,6 +288,11 @@ class App(Controls):
 
     def on_client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
+        if client.pool is not None:
+            self.db_clients[client.pool.db.name] -= 1
+            self.user_clients[client.user] -= 1
+            if client.pool.replication:
+                self._free_replication_pool(client.pool)
         self.cancel.unregister(client.cancel_key)
         if client.login is not None and client.user:
             self.client_login_failures += 1
@@ -229,10 +308,80 @@ class App(Controls):
                                 f"no more connections allowed (max_client_conn): {limit} clients already connected",
                                 hint="raise max_client_conn, or lower the number of client connections")
 
+    def client_auth_method(self, client: ClientConnection, creds: auth.Credentials) -> str:
+        """The method a client must pass: auth_type's, or with auth_type = hba the first matching
+        auth_hba_file line's ("trust" once a certificate login succeeded)."""
+        settings = self.settings
+        if settings.auth_type != "hba" or self.hba is None:
+            return auth.choose_client_method(settings.auth_type, creds)
+        transport = client.transport
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else None
+        is_tls = transport.get_extra_info("ssl_object") is not None
+        replication = getattr(client, "replication", None)
+        rule = self.hba.find_rule(address=address, is_tls=is_tls, database=client.database, user=client.user,
+                                  replication=replication)
+        encryption = "SSL encryption" if is_tls else "no encryption"
+        if rule is None:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'no authentication method is found: no {self.hba.source} entry for host '
+                                f'"{address or "local"}", user "{client.user}", database "{client.database}", '
+                                f'{encryption}')
+        where = rule.describe(self.hba.source)
+        if rule.method == "reject":
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'login rejected: {where} rejects host "{address}", user "{client.user}", '
+                                f'database "{client.database}", {encryption}')
+        if rule.method == "cert":
+            self._check_certificate(client, rule, is_tls, where)
+            return "trust"
+        if rule.method == "peer":
+            self._check_peer(client, rule, where)
+            return "trust"
+        return auth.choose_client_method("plain" if rule.method == "password" else rule.method, creds)
+
+    def _check_peer(self, client: ClientConnection, rule: hba.HbaRule, where: str) -> None:
+        """peer (local lines): the Unix user at the other end of the socket is the user, or maps to it."""
+        failed = f'peer authentication failed for user "{client.user}" ({where})'
+        sock = client.transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: not a Unix socket connection")
+        uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        try:
+            system_user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: no user name for uid {uid}") from None
+        allowed = (self.hba.ident_allows(rule.ident_map, system_user, client.user)  # type: ignore[union-attr]
+                   if rule.ident_map else system_user == client.user)
+        if not allowed:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'{failed}: the socket belongs to Unix user "{system_user}"')
+
+    def _check_certificate(self, client: ClientConnection, rule: hba.HbaRule, is_tls: bool, where: str) -> None:
+        """cert: the TLS client certificate's common name is the user, or maps to it (map=)."""
+        failed = f'certificate authentication failed for user "{client.user}" ({where})'
+        if not is_tls:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: the connection is not TLS")
+        common_name = tls.certificate_user(client.transport.get_extra_info("peercert"))
+        if common_name is None:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: no client certificate")
+        allowed = (self.hba.ident_allows(rule.ident_map, common_name, client.user)  # type: ignore[union-attr]
+                   if rule.ident_map else common_name == client.user)
+        if not allowed:
+            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'{failed}: certificate common name "{common_name}" may not log in as this user')
+
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        return self.cancel.register(client)
+        return self.cancel.register(client, self.settings.peer_id)
 
     def forward_cancel(self, pid: int, key: int) -> None:
+        peer_id = self.settings.peer_id
+        if peer_id:
+            owner = peers.peer_of(pid)
+            if owner != peer_id:
+                self._forward_to_peer(owner, pid, key)
+                return
+            key |= peers.TTL_MASK     # our keys are issued with TTL 3; a forwarded copy has less
         client = self.cancel.find(pid, key)
         if client is None:
             return
@@ -253,13 +402,32 @@ class App(Controls):
             self.cancel.send(server.address, server.pool.db.port, server.backend_pid, server.backend_key,
                              done=server.on_cancel_done)
 
+    def _forward_to_peer(self, owner: int, pid: int, key: int) -> None:
+        """As PgBouncer: a cancel for another peer goes there, at most three hops."""
+        entry = self.settings.peers.get(str(owner))
+        if entry is None:
+            log.warning("cancel request for peer %d, which is not in [peers]: dropped", owner)
+        elif not peers.ttl_of(key):
+            log.warning("cancel request for peer %d: forwarded too often (TTL exhausted), dropped", owner)
+        else:
+            self.peer_forwarder.forward(entry, entry.pool_size or self.settings.default_pool_size, pid, key)
+
     def send_cancel(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
         if backend_pid:
             self.cancel.send(host, port, backend_pid, backend_key)
 
     # ---- admin console hooks -------------------------------------------------------------------
 
+    def _free_replication_pool(self, pool: Pool) -> None:
+        for server in list(pool.idle) + list(pool.maintenance) + list(pool.connecting):
+            server.close("replication client left")
+        for key, candidate in list(self.pools.items()):
+            if candidate is pool:
+                del self.pools[key]
+
     def open_admin_console(self, client: ClientConnection, creds: auth.Credentials) -> Any:
+        if client.replication:
+            raise ProtocolError(FEATURE_NOT_SUPPORTED, "replication connections to the admin console are not supported")
         if self.surfaces.open_console is None:
             raise ProtocolError(INVALID_CATALOG_NAME, "the admin console is not available in this build")
         return self.surfaces.open_console(self, client, creds)
@@ -281,32 +449,115 @@ class App(Controls):
             return self.settings.databases.get(name)
         return self.settings.find_database(name)
 
-    def get_pool(self, database: str, user: str, creds: auth.Credentials | None) -> Pool:
+    def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
+                 replication: str | None = None) -> Pool:
         entry = self.settings.find_database(database)
         if entry is None:
-            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: "{database}" (not in [databases], '
+            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: {database} (not in [databases], '
                                                       f'and no "*" fallback entry)')
         if entry.name in self.disabled_dbs:
             raise ProtocolError(OBJECT_NOT_IN_PREREQUISITE_STATE,
                                 f'database does not allow connections: "{entry.name}" (DISABLE on the admin '
                                 f'console; ENABLE {entry.name} lifts it)')
-        server_user = entry.user or user
-        key = (entry.name, server_user)
-        pool = self.pools.get(key)
+        self.check_client_limits(entry, user)
+        if replication:
+            pool = self._create_replication_pool(entry, user, creds, replication)
+        else:
+            pool = self.pools.get((entry.name, entry.user or user))
         if pool is None:
-            password = entry.password if entry.user else auth.server_password_for(creds, entry.password)
-            pool = Pool(self, entry, server_user, self.settings.pool_settings(entry, user), server_user, password)
-            pool.paused = self.is_paused(entry.name)
-            self.pools[key] = pool
-            log.info("pool %s: created (pool_mode=%s pool_size=%d reserve=%d -> %s:%s/%s)", pool.name,
-                     pool.conf.pool_mode.value, pool.conf.pool_size, pool.conf.reserve_pool_size,
-                     entry.host, entry.port, entry.dbname)
+            pool = self._create_pool(entry, user, creds)
         elif pool.server_password is None and not entry.user:
             pool.server_password = auth.server_password_for(creds, entry.password)
+        # Counted from here; on_client_closed uncounts once the client holds this pool.
+        self.db_clients[entry.name] += 1
+        self.user_clients[user] += 1
         return pool
 
     def new_server(self, pool: Pool) -> ServerConnection:
         return ServerConnection(pool)
+
+    def _create_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None) -> Pool:
+        server_user = entry.user or user
+        pool = Pool(self, entry, server_user, self.settings.pool_settings(entry, user), server_user,
+                    self.server_password(entry, creds))
+        pool.paused = self.is_paused(entry.name)
+        self.pools[(entry.name, server_user)] = pool
+        log.info("pool %s: created (pool_mode=%s pool_size=%d reserve=%d -> %s:%s/%s)", pool.name,
+                 pool.conf.pool_mode.value, pool.conf.pool_size, pool.conf.reserve_pool_size,
+                 entry.host, entry.port, entry.dbname)
+        return pool
+
+    # ---- replication: passed through in session mode, never pooled (PgBouncer 1.23+) ---------------
+
+    def _create_replication_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None,
+                                 kind: str) -> Pool:
+        """One pool per replication client, holding exactly its own server connection."""
+        server_user = entry.user or user
+        conf = dataclasses.replace(self.settings.pool_settings(entry, user), pool_mode=PoolMode.SESSION, pool_size=1,
+                                   min_pool_size=0, reserve_pool_size=0, query_timeout=0.0,
+                                   transaction_timeout=0.0, idle_transaction_timeout=0.0,
+                                   server_lifetime=0.0)   # used once: never pooled
+        pool = Pool(self, entry, server_user, conf, server_user, self.server_password(entry, creds))
+        pool.replication = kind
+        pool.disabled = True    # its one server is opened with the client's parameters, never by dispatch
+        self.pools[(entry.name, server_user, f"replication {next(self._replication_ids)}")] = pool
+        return pool
+
+    async def open_replication_server(self, client: ClientConnection, pool: Pool,
+                                      startup: Mapping[str, str]) -> SessionParams:
+        """Log in to the server with the client's own startup parameters (replication included)
+        and hand that server to this client alone; the welcome is the server's own."""
+        server = ServerConnection(pool)
+        server.extra_startup = {k: v for k, v in startup.items() if k not in ("user", "database")}
+        # A host list: the first host (replication wants the primary, which lists put first).
+        first = pool.db.host.split(",")[0].strip()
+        server.set_target(first, first)
+        pool.set_server_state(server, ServerState.CONNECTING)
+        try:
+            await server.connect_and_login()
+        except BaseException:
+            server.close_transport()
+            pool.set_server_state(server, ServerState.CLOSED)
+            raise
+        if server.closed_reason is not None:
+            pool.set_server_state(server, ServerState.CLOSED)
+            raise ProtocolError(CONNECTION_FAILURE, f"server closed the replication connection for pool {pool.name} "
+                                                    f"right after login: {server.closed_reason}")
+        pool.server_available(server)   # idle for this client alone; server_lifetime 0 closes it at release
+        log.info("%s: %s replication connection passed through to server (backend pid %d)", client.log_prefix,
+                 pool.replication, server.backend_pid)
+        return SessionParams(dict(server.params.reported))
+
+    def server_password(self, entry: "DatabaseEntry", creds: auth.Credentials | None) -> str | None:
+        """A forced user (user= without password=) takes its password from the auth_file, as in
+        PgBouncer; otherwise the client's own secret."""
+        if entry.user:
+            if entry.password:
+                return entry.password
+            return auth.server_password_for(auth.lookup_credentials(self.auth_users, entry.user), None) \
+                if entry.user in self.auth_users else None
+        return auth.server_password_for(creds, entry.password)
+
+    def open_forced_pools(self) -> None:
+        """Pools of forced-user databases exist from the start, so min_pool_size is kept before any
+        client comes (PgBouncer enforces min_pool_size for them without clients)."""
+        for entry in self.settings.databases.values():
+            if entry.user and entry.name != "*" and (entry.name, entry.user) not in self.pools \
+                    and self.settings.pool_settings(entry, entry.user).min_pool_size:
+                self._create_pool(entry, entry.user, None)
+
+    def check_client_limits(self, entry: "DatabaseEntry", user: str) -> None:
+        limits = self.settings.client_limits(entry, user)
+        if limits.max_db_client_connections and self.db_clients[entry.name] >= limits.max_db_client_connections:
+            raise ProtocolError(TOO_MANY_CONNECTIONS,
+                                f"client connections exceeded (max_db_client_connections): database "
+                                f"\"{entry.name}\" has {self.db_clients[entry.name]} clients, the limit is "
+                                f"{limits.max_db_client_connections}")
+        if limits.max_user_client_connections and self.user_clients[user] >= limits.max_user_client_connections:
+            raise ProtocolError(TOO_MANY_CONNECTIONS,
+                                f"client connections exceeded (max_user_client_connections): user "
+                                f"\"{user}\" has {self.user_clients[user]} clients, the limit is "
+                                f"{limits.max_user_client_connections}")
 
     def count_server(self, pool: Pool, delta: int) -> None:
         self.db_servers[pool.db.name] += delta

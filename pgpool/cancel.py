@@ -12,6 +12,7 @@ import logging
 import secrets
 from typing import Any, Callable
 
+from .peers import shape_key
 from .protocol import messages as m
 
 log = logging.getLogger("pgpool.cancel")
@@ -22,9 +23,12 @@ class CancelRegistry:
         self._clients: dict[tuple[int, int], Any] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    def register(self, client: Any) -> tuple[int, int]:
+    def register(self, client: Any, peer_id: int = 0) -> tuple[int, int]:
+        """A fresh key; with peer_id set, shaped as PgBouncer's peering expects (see peers.py)."""
         while True:
             key = (secrets.randbits(31) or 1, secrets.randbits(32))
+            if peer_id:
+                key = shape_key(*key, peer_id)
             if key not in self._clients:
                 self._clients[key] = client
                 return key

@@ -8,15 +8,16 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 from . import __version__, admin, http, janitor, statslog, top
 from .app import App, Surfaces
 from .auth import AuthFileError
+from .hba import HbaError
 from .config import ConfigError, load_settings
 from .log import setup_logging
 from .tls import build_contexts
+from .workers import run_workers
 
 log = logging.getLogger("pgpool")
 
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a setting (repeatable); wins over the file and PGPOOL_* variables")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run N pgpool processes on one port (so_reuseport), peered for cancel requests")
     parser.add_argument("--version", action="version", version=f"pgpool {__version__}")
     return parser.parse_args(argv)
 
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {warning}")
         print("configuration ok")
         return 0
+    if args.workers > 1:
+        return run_workers(args.config, overrides, settings, args.workers, args.verbose)
     try:
         import uvloop
         runner = uvloop.run
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         app = App(loaded, overrides, OPERATOR_SURFACES)
     except AuthFileError as error:
         print(f"pgpool: invalid auth_file: {error}", file=sys.stderr)
+        return 2
+    except HbaError as error:
+        print(f"pgpool: invalid auth_hba_file/auth_ident_file: {error}", file=sys.stderr)
         return 2
     except ConfigError as error:   # TLS files that cannot be used
         print(f"pgpool: invalid configuration: {error}", file=sys.stderr)
@@ -96,11 +104,7 @@ async def _serve(app) -> int:
     except OSError as error:
         log.error("pgpool cannot start: %s", error)
         return 1
-    loop = asyncio.get_running_loop()
-    # SIGTERM: graceful drain (a second one: at once); SIGINT: immediate safe shutdown; SIGHUP: reload.
-    loop.add_signal_handler(signal.SIGINT, app.shutdown_now, "SIGINT")
-    loop.add_signal_handler(signal.SIGTERM, app.begin_drain, "SIGTERM")
-    loop.add_signal_handler(signal.SIGHUP, app.reload, "SIGHUP")
+    app.install_signal_handlers()
     if app.settings.pidfile:
         with open(app.settings.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")

@@ -46,6 +46,8 @@ except ImportError:
     UvLoop = UvSSLProtocol = None
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .authquery import AuthQuery
     from .config import DatabaseEntry, Settings
     from .params import SessionParams
@@ -72,7 +74,11 @@ class ClientHost(Protocol):
     def register_cancel_key(self, client: "ClientConnection") -> tuple[int, int]: ...
     def forward_cancel(self, pid: int, key: int) -> None: ...
     def find_database(self, name: str) -> "DatabaseEntry | None": ...
-    def get_pool(self, database: str, user: str, creds: auth.Credentials | None) -> "Pool": ...
+    def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
+                 replication: str | None = None) -> "Pool": ...
+    def client_auth_method(self, client: "ClientConnection", creds: auth.Credentials) -> str: ...
+    async def open_replication_server(self, client: "ClientConnection", pool: "Pool",
+                                      startup: "Mapping[str, str]") -> "SessionParams": ...
     def open_admin_console(self, client: "ClientConnection", creds: auth.Credentials) -> Any: ...
     def admin_welcome(self, database: str) -> bytes: ...
 
@@ -97,6 +103,21 @@ QUERY_CANCELED_READY = ProtocolError(QUERY_CANCELED, "canceling statement due to
 _ids = itertools.count(1)
 
 
+def replication_kind(value: str | None) -> str | None:
+    """The startup parameter `replication` as PostgreSQL reads it: physical, logical or none."""
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered == "database":
+        return "logical"
+    if lowered in ("true", "on", "yes", "1"):
+        return "physical"
+    if lowered in ("false", "off", "no", "0"):
+        return None
+    raise ProtocolError(PROTOCOL_VIOLATION, f'invalid value for parameter "replication": "{value}"',
+                        hint="valid values are: \"false\", 0, \"true\", 1, \"database\"")
+
+
 def _parse_is_stateless(data: bytes) -> bool:
     """A Parse pgpool may answer itself must be proven stateless: its verdict is recorded on the way."""
     name_end = data.find(b"\x00", 5)
@@ -115,7 +136,7 @@ class ClientConnection(asyncio.Protocol):
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
                  "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
-                 "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred")
+                 "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred", "replication")
 
     def __init__(self, app: ClientHost):
         self.app = app
@@ -174,6 +195,7 @@ class ClientConnection(asyncio.Protocol):
         # verdict belongs to the statement and counts at every Execute, in whatever transaction.
         self.stmt_verdicts: dict[bytes, Verdict] = {}
         self.portal_verdicts: dict[bytes, Verdict] = {}
+        self.replication: str | None = None      # "physical" / "logical": passed through, never pooled
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -347,8 +369,7 @@ class ClientConnection(asyncio.Protocol):
         self.app.check_client_limit(self)
         if not unix and not self.encrypted():
             tls.check_clear_text_client(contexts, self.user, self.database, self.peer)
-        if startup.get("replication") not in (None, "false", "0", "off", "no"):
-            raise ProtocolError(FEATURE_NOT_SUPPORTED, "replication connections are not supported by pgpool")
+        self.replication = replication_kind(startup.get("replication"))
 
         creds = auth.lookup_credentials(self.app.auth_users, self.user)
         is_admin = self.database in ADMIN_DATABASES and self.app.find_database(self.database) is None
@@ -361,13 +382,16 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(m.AUTHENTICATION_OK + self.app.admin_welcome(self.database))
             self._end_login(admin=True)
             return
-        pool = self.app.get_pool(self.database, self.user, creds)
+        pool = self.app.get_pool(self.database, self.user, creds, self.replication)
         self.pool = pool
         self.mode = pool.conf.pool_mode
         if scram_keys is not None and pool.server_password is None:
             pool.scram_keys = scram_keys
         self.transport.write(m.AUTHENTICATION_OK)
-        session = await pool.client_session(self._session_startup_params(startup))
+        if self.replication:
+            session = await self.app.open_replication_server(self, pool, startup)
+        else:
+            session = await pool.client_session(self._session_startup_params(startup))
         session.remember_startup()
         self.params = session
         self.cancel_key = self.app.register_cancel_key(self)
@@ -466,7 +490,7 @@ class ClientConnection(asyncio.Protocol):
                                     detail=None if cert_user is None else f'the certificate is for "{cert_user}"')
             return None
         try:
-            method = auth.choose_client_method(self.app.settings.auth_type, creds)
+            method = self.app.client_auth_method(self, creds)
         except ValueError as error:
             raise ProtocolError(FEATURE_NOT_SUPPORTED, str(error)) from None
         failed = ProtocolError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
@@ -925,7 +949,7 @@ class ClientConnection(asyncio.Protocol):
             server.client = None
         pool_name = self.pool.name if self.pool else "?"
         self.disconnect(f"server connection lost: {reason}", ProtocolError(
-            CONNECTION_FAILURE, f"server connection lost for pool {pool_name}: {reason}"))
+            CONNECTION_FAILURE, f"server conn crashed? server connection lost for pool {pool_name}: {reason}"))
 
     def cancel_while_waiting(self) -> bool:
         """A CancelRequest for a client still queued for a server: answer as Postgres would.

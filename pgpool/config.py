@@ -53,66 +53,47 @@ class ConfigError(Exception):
     """A configuration problem; str(error) is written for the person who edits the file."""
 
 
-# Settings PgBouncer documents (doc/config.md, src/main.c) that pgpool reads but does not
-# implement, with PgBouncer's default as PgBouncer spells it (None = not set). A value equal to
-# the default changes nothing, so it is accepted silently; anything else earns a warning.
+# Settings PgBouncer documents (doc/config.md, src/main.c) that pgpool does not implement, with
+# PgBouncer's default as PgBouncer spells it (None = not set). A value equal to the default
+# changes nothing, so it is accepted silently; anything else refuses the configuration.
 PGBOUNCER_UNIMPLEMENTED: dict[str, str | None] = {
     "application_name_add_host": "0",
-    "auth_hba_file": "",
-    "auth_ident_file": None,
     "auth_ldap_options": None,
-    "autodb_idle_timeout": "3600",
     "cancel_wait_timeout": "10",
     "client_tls_dheparams": "auto",
     "client_tls_ecdhcurve": "auto",
     "conffile": None,
     "disable_pqexec": "0",
-    "dns_zone_check_period": "0",
-    "job_name": "pgbouncer",
-    "listen_backlog": "128",
-    "login_notify_message": "",
-    "max_db_client_connections": "0",
-    "max_user_client_connections": "0",
-    "peer_id": "0",
-    "pkt_buf": "4096",
-    "pool_idle_timeout": "0",
-    "query_wait_notify": "5",
     "resolv_conf": "",
-    "sbuf_loopcnt": "5",
     "scram_iterations": "4096",
-    "server_fast_close": "0",
-    "service_name": "pgbouncer",
-    "so_reuseport": "0",
-    "suspend_timeout": "10",
     "syslog": "0",
-    "syslog_facility": "daemon",
-    "syslog_ident": "pgbouncer",
-    "tcp_defer_accept": "1",
     "tcp_socket_buffer": "0",
-    "transaction_timeout": "0",
     "user": None,
 }
 
+# PgBouncer settings pgpool accepts with any value and that change nothing, each with the reason
+# (docs/moving-from-pgbouncer.md lists them). Everything in PGBOUNCER_UNIMPLEMENTED set to
+# anything but PgBouncer's default refuses to start instead: pgpool would not do what it says.
+PGBOUNCER_NO_EFFECT: dict[str, str] = {
+    "pkt_buf": "pgpool forwards whatever each read returns; there is no fixed packet buffer",
+    "sbuf_loopcnt": "pgpool hands every read to the protocol at once; there is no loop count",
+    "tcp_defer_accept": "a Linux accept() latency tweak pgpool does without",
+    "listen_backlog": "pgpool listens with a backlog of 4096",
+    "service_name": "names a Windows service",
+    "job_name": "names a Windows service",
+    "syslog_ident": "used only with syslog = 1, which pgpool refuses",
+    "syslog_facility": "used only with syslog = 1, which pgpool refuses",
+    "dns_zone_check_period": "pgpool asks the system resolver at every server connect, so a "
+                             "changed zone is seen at the next connect",
+}
 
 # Connection-string keys PgBouncer accepts in [databases] / [users] that pgpool ignores.
 PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS = frozenset(
     {
         "application_name",
-        "max_db_client_connections",
-        "query_wait_timeout",
-        "server_lifetime",
     }
 )
-PGBOUNCER_UNIMPLEMENTED_USER_KEYS = frozenset(
-    {
-        "client_idle_timeout",
-        "idle_transaction_timeout",
-        "max_user_client_connections",
-        "query_timeout",
-        "query_wait_timeout",
-        "transaction_timeout",
-    }
-)
+PGBOUNCER_UNIMPLEMENTED_USER_KEYS: frozenset[str] = frozenset()
 
 _BOOL_ALLOWED = "a boolean: 1/0, yes/no, true/false, on/off"
 _LIST_ALLOWED = "a comma-separated list of names (or a TOML array)"
@@ -181,6 +162,14 @@ class DatabaseEntry(BaseModel):
     pool_mode: PoolMode | None = Field(None, description="Overrides pool_mode.")
     max_db_connections: int | None = Field(
         None, ge=0, description="Overrides max_db_connections (0 = use the global value).")
+    max_db_client_connections: int | None = Field(
+        None, ge=0, description="Overrides max_db_client_connections (0 = use the global value).")
+    query_wait_timeout: float | None = Field(
+        None, description="Overrides query_wait_timeout for this database (-1 = not set; a "
+        "[users] value wins).")
+    server_lifetime: float | None = Field(
+        None, ge=0, description="Overrides server_lifetime for this database (0 = use the global "
+        "value, as in PgBouncer).")
     connect_query: str | None = Field(
         None, description="Query run once on every new server connection before first use.")
     client_encoding: str | None = Field(None, description="client_encoding asked of the server.")
@@ -198,6 +187,11 @@ class DatabaseEntry(BaseModel):
     @classmethod
     def _lower_pool_mode(cls, value: Any) -> Any:
         return _lower(value)
+
+    @field_validator("query_wait_timeout", mode="after")
+    @classmethod
+    def _unset_negative(cls, value: float | None) -> float | None:
+        return None if value is not None and value < 0 else value   # PgBouncer: -1 = not set
 
     @model_validator(mode="after")
     def _default_dbname(self) -> DatabaseEntry:
@@ -225,11 +219,53 @@ class UserEntry(BaseModel):
     pool_size: int | None = Field(None, ge=0, description="Overrides the pool size for this user.")
     reserve_pool_size: int | None = Field(
         None, ge=0, description="Overrides reserve_pool_size for this user.")
+    max_user_client_connections: int | None = Field(
+        None, ge=0, description="Overrides max_user_client_connections (0 = use the global value).")
+    query_timeout: float | None = Field(
+        None, ge=0, description="Overrides query_timeout for pools logging in as this user (0 = "
+        "use the global value).")
+    query_wait_timeout: float | None = Field(
+        None, description="Overrides query_wait_timeout for this user's clients (-1 = not set; "
+        "wins over the database value).")
+    idle_transaction_timeout: float | None = Field(
+        None, ge=0, description="Overrides idle_transaction_timeout (0 = use the global value).")
+    transaction_timeout: float | None = Field(
+        None, ge=0, description="Overrides transaction_timeout (0 = use the global value).")
+    client_idle_timeout: float | None = Field(
+        None, ge=0, description="Overrides client_idle_timeout for this user's clients (0 = use "
+        "the global value).")
 
     @field_validator("pool_mode", mode="before")
     @classmethod
     def _lower_pool_mode(cls, value: Any) -> Any:
         return _lower(value)
+
+    @field_validator("query_wait_timeout", mode="after")
+    @classmethod
+    def _unset_negative(cls, value: float | None) -> float | None:
+        return None if value is not None and value < 0 else value   # PgBouncer: -1 = not set
+
+
+class PeerEntry(BaseModel):
+    """One `[peers]` entry: where to forward a CancelRequest whose key names peer `peer_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The peer_id (1-16383), as the entry's key.",
+                      json_schema_extra={"allowed": "a peer_id from 1 to 16383"})
+    host: str = Field(description="Host name, IP address, or a Unix socket directory (starts "
+                                  "with /) of that pgpool or PgBouncer process.")
+    port: int = Field(6432, ge=1, le=65535, description="Its port.")
+    pool_size: int | None = Field(
+        None, ge=1, description="Cancel requests in flight to this peer at once (default: "
+        "default_pool_size).")
+
+    @field_validator("name")
+    @classmethod
+    def _peer_id(cls, value: str) -> str:
+        if not value.strip().isdigit() or not 1 <= int(value) <= 16383:
+            raise ValueError("a [peers] key is a peer_id from 1 to 16383")
+        return str(int(value))
 
 
 @dataclass(frozen=True)
@@ -242,6 +278,21 @@ class EffectivePoolSettings:
     pool_mode: PoolMode
     max_db_connections: int
     max_user_connections: int
+    # Timeouts of the pool's login user ([users] entry, else global), as PgBouncer's janitor.
+    query_timeout: float = 0.0
+    idle_transaction_timeout: float = 0.0
+    transaction_timeout: float = 0.0
+    server_lifetime: float = 3600.0
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Limits that follow a client's own login user (not the pool's forced user)."""
+
+    client_idle_timeout: float
+    query_wait_timeout: float
+    max_db_client_connections: int
+    max_user_client_connections: int
 
 
 # load_settings layers the environment itself (with provenance for error messages), so it
@@ -289,6 +340,15 @@ class Settings(BaseSettings):
         allowed="an octal file mode such as 0777", pattern=r"^0?[0-7]{3,4}$")
     unix_socket_group: str = _setting(
         "", "Group owning the Unix socket ('' = the process's group).", restart=True)
+
+    so_reuseport: bool = _setting(
+        False, "Set SO_REUSEPORT on the listening sockets so several pgpool processes share one "
+        "port (pair with peer_id and [peers] so cancel requests reach the right process).",
+        restart=True)
+    peer_id: int = _setting(
+        0, "This process's id among peers (1-16383), encoded in every client's cancel key so "
+        "that a peer receiving its CancelRequest forwards it here (0 = peering off).",
+        restart=True, ge=0, le=16383)
 
     # TLS between clients and pgpool (PgBouncer's client_tls_* settings)
     client_tls_sslmode: SslMode = _setting(
@@ -356,10 +416,19 @@ class Settings(BaseSettings):
         "answering mid-query (blackholed network) holds its client.", ge=0)
 
     # Authentication and console access
-    auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "cert"] = _setting(
+    auth_type: Literal["trust", "plain", "md5", "scram-sha-256", "cert", "hba"] = _setting(
         "md5", "How clients authenticate: trust, plain, md5 (SCRAM for users whose secret is "
-        "SCRAM), scram-sha-256, or cert (TLS client certificate whose CN is the user name; "
-        "needs client_tls_sslmode and client_tls_ca_file).")
+        "SCRAM), scram-sha-256, cert (TLS client certificate whose CN is the user name; "
+        "needs client_tls_sslmode and client_tls_ca_file), or hba (the method of the first "
+        "matching auth_hba_file line).")
+    auth_hba_file: Path | None = _setting(
+        None, "pg_hba.conf-format file used when auth_type = hba (local/host/hostssl/hostnossl; "
+        "trust, reject, md5, password, scram-sha-256, cert, peer); relative to the config file.",
+        allowed="a file path")
+    auth_ident_file: Path | None = _setting(
+        None, "pg_ident.conf-format maps for the map= option of auth_hba_file lines (cert "
+        "common name or peer user -> database user); relative to the config file.",
+        allowed="a file path")
     auth_file: Path | None = _setting(
         None, "userlist.txt of \"user\" \"secret\" lines (plain password, md5 hash or SCRAM "
         "secret); relative to the config file's directory.", allowed="a file path")
@@ -397,6 +466,12 @@ class Settings(BaseSettings):
         0, "Maximum server connections per database across its pools (0 = unlimited).", ge=0)
     max_user_connections: int = _setting(
         0, "Maximum server connections per user across its pools (0 = unlimited).", ge=0)
+    max_db_client_connections: int = _setting(
+        0, "Maximum client connections per database (the name clients ask for), across users "
+        "(0 = unlimited). Admin users on the console are exempt.", ge=0)
+    max_user_client_connections: int = _setting(
+        0, "Maximum client connections per user (the name clients log in as), across databases "
+        "(0 = unlimited).", ge=0)
     server_round_robin: bool = _setting(
         False, "Reuse idle servers in turn (FIFO) instead of the most recently used (LIFO).")
     server_connect_concurrency: int = _setting(
@@ -422,8 +497,12 @@ class Settings(BaseSettings):
         30.0, "Seconds a released server stays trusted before server_check_query is run on "
         "reuse (0 = always check).", ge=0)
     server_check_query: str = _setting(
-        "select 1", "Query that checks an idle server is alive ('' = no check, '<empty>' = an "
-        "empty query).")
+        "<empty>", "Query that checks an idle server is alive ('' = no check, '<empty>' = an "
+        "empty query, PgBouncer 1.25's default).")
+    server_fast_close: bool = _setting(
+        False, "In session mode, close a server marked close_needed (RECONNECT, a RELOAD that "
+        "changed its database entry) at the end of the current transaction instead of the end "
+        "of the session; its client is disconnected too.")
     server_lifetime: float = _setting(
         3600.0, "Close an unused server connected longer than this many seconds (0 = use once).",
         ge=0)
@@ -431,6 +510,12 @@ class Settings(BaseSettings):
         600.0, "Close a server idle longer than this many seconds (0 = never).", ge=0)
     server_connect_timeout: float = _setting(
         15.0, "Seconds a server connection and login may take.", ge=0)
+    pool_idle_timeout: float = _setting(
+        0.0, "Free a (database, user) pool with no clients and no servers after this many "
+        "seconds; its statistics are forgotten (0 = never).", ge=0)
+    autodb_idle_timeout: float = _setting(
+        3600.0, "Free the pools of a database created through the '*' entry once none of them "
+        "has had a client or server for this many seconds (0 = never).", ge=0)
     server_login_retry: float = _setting(
         15.0, "Seconds to wait after a server login failed for a permanent cause (wrong password "
         "28P01, no such database 3D000, TLS verification) before trying again; clients get the "
@@ -451,6 +536,13 @@ class Settings(BaseSettings):
     idle_transaction_timeout: float = _setting(
         0.0, "Disconnect a client idle in a transaction longer than this many seconds (0 = off).",
         ge=0)
+    transaction_timeout: float = _setting(
+        0.0, "Disconnect a client whose transaction has been open longer than this many seconds "
+        "(0 = off).", ge=0)
+    query_wait_notify: float = _setting(
+        5.0, "Send a waiting client a NOTICE (PgBouncer's 'No server connection available in "
+        "postgres backend, client being queued') after this many seconds in the queue (0 = "
+        "never).", ge=0)
 
     # Protocol
     max_packet_size: int = _setting(
@@ -465,6 +557,10 @@ class Settings(BaseSettings):
     max_prepared_statements: int = _setting(
         200, "Protocol-level named prepared statements kept per server connection in "
         "transaction/statement mode (0 = no tracking).", ge=0)
+
+    login_notify_message: str = _setting(
+        "", "NOTICE sent to every client after a successful login, e.g. to say it reached a "
+        "pooler ('' = none).")
 
     # Logging and statistics
     log_connections: bool = _setting(True, "Log successful client logins.")
@@ -493,6 +589,9 @@ class Settings(BaseSettings):
         restart=True, ge=0, le=65535)
     readyz_cache_seconds: float = _setting(
         2.0, "pgpool: seconds a /readyz answer (a server round trip) is reused.", ge=0)
+    suspend_timeout: float = _setting(
+        10.0, "Seconds SUSPEND waits for output already queued to be written before it answers.",
+        gt=0)
     shutdown_timeout: float = _setting(
         30.0, "pgpool: seconds a graceful shutdown waits for clients before closing them.", ge=0)
 
@@ -501,6 +600,8 @@ class Settings(BaseSettings):
         description="[databases]: name -> DatabaseEntry; '*' is the fallback.")
     users: dict[str, UserEntry] = Field(
         default_factory=dict, description="[users]: name -> UserEntry.")
+    peers: dict[str, PeerEntry] = Field(
+        default_factory=dict, description="[peers]: peer_id -> PeerEntry.")
     config_path: Path | None = Field(
         None, description="The config file these settings were read from, if any.")
 
@@ -516,7 +617,7 @@ class Settings(BaseSettings):
     def _lower_choices(cls, value: Any) -> Any:
         return _lower(value)
 
-    @field_validator("auth_file", mode="before")
+    @field_validator("auth_file", "auth_hba_file", "auth_ident_file", mode="before")
     @classmethod
     def _unset_auth_file(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -538,6 +639,12 @@ class Settings(BaseSettings):
     def _somewhere_to_listen(self) -> Settings:
         if not self.listen_addr and not self.unix_socket_dir:
             raise ValueError("listen_addr and unix_socket_dir are both empty: nowhere for clients to connect")
+        return self
+
+    @model_validator(mode="after")
+    def _hba_needs_its_file(self) -> Settings:
+        if self.auth_type == "hba" and self.auth_hba_file is None:
+            raise ValueError("auth_type = hba needs auth_hba_file (a pg_hba.conf-format file)")
         return self
 
     @model_validator(mode="after")
@@ -594,10 +701,37 @@ class Settings(BaseSettings):
             pool_mode=first_set(u_mode, db.pool_mode, self.pool_mode),
             max_db_connections=db.max_db_connections or self.max_db_connections,
             max_user_connections=u_max or self.max_user_connections,
+            # A [users] timeout of 0 means "not set" in PgBouncer (src/janitor.c).
+            query_timeout=(login_user and login_user.query_timeout) or self.query_timeout,
+            idle_transaction_timeout=(login_user and login_user.idle_transaction_timeout)
+            or self.idle_transaction_timeout,
+            transaction_timeout=(login_user and login_user.transaction_timeout)
+            or self.transaction_timeout,
+            server_lifetime=db.server_lifetime or self.server_lifetime,
+        )
+
+    def client_limits(self, db: DatabaseEntry, client_user: str) -> ClientLimits:
+        """What follows the client's own user: the [users] entry of the name it logged in as.
+
+        query_wait_timeout: user value, else database value, else global (src/janitor.c);
+        the others: user value (when > 0), else global.
+        """
+        entry = self.users.get(client_user)
+        wait = self.query_wait_timeout
+        if db.query_wait_timeout is not None:
+            wait = db.query_wait_timeout
+        if entry is not None and entry.query_wait_timeout is not None:
+            wait = entry.query_wait_timeout
+        return ClientLimits(
+            client_idle_timeout=(entry and entry.client_idle_timeout) or self.client_idle_timeout,
+            query_wait_timeout=wait,
+            max_db_client_connections=db.max_db_client_connections or self.max_db_client_connections,
+            max_user_client_connections=(entry and entry.max_user_client_connections)
+            or self.max_user_client_connections,
         )
 
 
-_NOT_SETTINGS = frozenset({"databases", "users", "config_path"})
+_NOT_SETTINGS = frozenset({"databases", "users", "peers", "config_path"})
 
 
 def implemented_settings() -> list[str]:
@@ -608,10 +742,11 @@ def implemented_settings() -> list[str]:
 RELOADABLE_SETTINGS: frozenset[str] = frozenset(
     [name for name in implemented_settings()
      if not Settings.model_fields[name].json_schema_extra["restart"]]  # type: ignore[index]
-    + ["databases", "users"])
+    + ["databases", "users", "peers"])
 
-_PATH_SETTINGS = ("auth_file", "logfile", "pidfile", "client_tls_key_file", "client_tls_cert_file",
-                  "client_tls_ca_file", "server_tls_ca_file", "server_tls_cert_file", "server_tls_key_file")
+_PATH_SETTINGS = ("auth_file", "auth_hba_file", "auth_ident_file", "logfile", "pidfile", "client_tls_key_file",
+                  "client_tls_cert_file", "client_tls_ca_file", "server_tls_ca_file", "server_tls_cert_file",
+                  "server_tls_key_file")
 
 
 @dataclass
@@ -637,6 +772,34 @@ def load_settings(path: str | Path | None, overrides: Mapping[str, str] = {},
     loader.read_overrides(overrides)
     settings = loader.build(config_path)
     return LoadedConfig(settings=settings, warnings=loader.warnings)
+
+
+def change_setting(settings: Settings, key: str, value: str) -> Settings:
+    """The admin console's `SET key = value`: a copy of `settings` with one value changed,
+    checked as the config file's value would be. Raises ConfigError saying why not."""
+    name = key.strip().lower()
+    if name in _NOT_SETTINGS or name not in Settings.model_fields:
+        if name in PGBOUNCER_UNIMPLEMENTED or name in PGBOUNCER_NO_EFFECT:
+            raise ConfigError(f"{name} is a PgBouncer setting pgpool does not implement")
+        known = implemented_settings()
+        raise ConfigError(f"unknown setting {key!r}{_suggest(name, known)}")
+    if name not in RELOADABLE_SETTINGS:
+        raise ConfigError(f"{name} cannot be changed on a running pgpool; change the config file "
+                          f"and restart")
+    raw: Any = value
+    if name in _PATH_SETTINGS and settings.config_path is not None and value.strip() \
+            and not Path(value.strip()).is_absolute():
+        raw = str(settings.config_path.parent / value.strip())
+    current = {field: getattr(settings, field) for field in Settings.model_fields}
+    loader = _Loader()
+    loader.sources[name] = "SET"
+    token = _read_environment.set(False)
+    try:
+        return Settings(**{**current, name: raw})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(loader._describe(error) for error in exc.errors())) from None
+    finally:
+        _read_environment.reset(token)
 
 
 def diff_settings(old: Settings, new: Settings) -> tuple[list[str], list[str]]:
@@ -791,6 +954,7 @@ class _Loader:
         self.sources: dict[str, str] = {}
         self.databases: dict[str, tuple[Any, str]] = {}
         self.users: dict[str, tuple[Any, str]] = {}
+        self.peers: dict[str, tuple[Any, str]] = {}
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.config_dir: Path | None = None
@@ -802,12 +966,17 @@ class _Loader:
     def set_setting(self, key: str, value: Any, source: str, *, from_file: bool = False) -> None:
         name = key.strip().lower()
         if name in _NOT_SETTINGS or name not in Settings.model_fields:
+            if name in PGBOUNCER_NO_EFFECT:
+                return
             if name in PGBOUNCER_UNIMPLEMENTED:
                 if not _same_as_pgbouncer_default(name, value):
-                    self.warnings.append(
-                        f"setting {name} is read but not implemented by pgpool; ignored ({source})")
+                    default = PGBOUNCER_UNIMPLEMENTED[name]
+                    self.errors.append(
+                        f"setting {name} = {value!r} ({source}) is a PgBouncer setting pgpool "
+                        f"does not implement; remove it or set it to PgBouncer's default "
+                        f"({'not set' if default is None else repr(default)})")
                 return
-            known = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED)
+            known = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED) + list(PGBOUNCER_NO_EFFECT)
             self.errors.append(f"unknown setting {key!r} ({source}){_suggest(name, known)}")
             return
         self.values[name] = value
@@ -848,7 +1017,7 @@ class _Loader:
                 continue
             for key, value in section.items():
                 self.set_setting(key, value, f"{origin} [{table}]", from_file=True)
-        for table, target in (("databases", self.databases), ("users", self.users)):
+        for table, target in (("databases", self.databases), ("users", self.users), ("peers", self.peers)):
             section = data.get(table, {})
             if not isinstance(section, dict):
                 self.errors.append(f"{origin}: {table} must be a table ([{table}])")
@@ -856,16 +1025,13 @@ class _Loader:
             for name, value in section.items():
                 target[name] = (value, f"{origin} [{table}]")
         for key, value in data.items():
-            if key in ("pgbouncer", "pgpool", "databases", "users"):
+            if key in ("pgbouncer", "pgpool", "databases", "users", "peers"):
                 continue
-            if key == "peers":
-                self.warnings.append(
-                    f"section [peers] is read but not implemented by pgpool; ignored ({origin})")
-            elif not isinstance(value, dict) and (key.lower() in Settings.model_fields
+            if not isinstance(value, dict) and (key.lower() in Settings.model_fields
                                                   or key.lower() in PGBOUNCER_UNIMPLEMENTED):
                 self.errors.append(f"{origin}: setting {key!r} must be inside the [pgpool] table")
             else:
-                tables = ["pgpool", "pgbouncer", "databases", "users"]
+                tables = ["pgpool", "pgbouncer", "databases", "users", "peers"]
                 self.errors.append(f"{origin}: unknown table or key {key!r}{_suggest(key, tables)}")
 
     def _ini_lines(self, path: Path, text: str, depth: int) -> list[str]:
@@ -915,16 +1081,15 @@ class _Loader:
                 for key, value in items:
                     target[_unquote_key(key)] = (value, f"{origin} [{section}]")
             elif kind == "peers":
-                if items:
-                    self.warnings.append(f"section [peers] is read but not implemented by "
-                                         f"pgpool; ignored ({origin})")
+                for key, value in items:
+                    self.peers[_unquote_key(key)] = (value, f"{origin} [{section}]")
             else:
-                sections = ["pgbouncer", "databases", "users"]
+                sections = ["pgbouncer", "databases", "users", "peers"]
                 self.errors.append(
                     f"{origin}: unknown section [{section}]{_suggest(kind, sections)}")
 
     def read_environ(self, environ: Mapping[str, str]) -> None:
-        names = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED)
+        names = implemented_settings() + list(PGBOUNCER_UNIMPLEMENTED) + list(PGBOUNCER_NO_EFFECT)
         for key, value in environ.items():
             if not key.upper().startswith(ENV_PREFIX):
                 continue
@@ -944,6 +1109,8 @@ class _Loader:
                 self.databases[rest] = (value, f"--set {key}")
             elif dot and head.lower() == "users" and rest:
                 self.users[rest] = (value, f"--set {key}")
+            elif dot and head.lower() == "peers" and rest:
+                self.peers[rest] = (value, f"--set {key}")
             else:
                 self.set_setting(key, value, f"--set {key}")
 
@@ -973,21 +1140,23 @@ class _Loader:
             if key in known:
                 fields[canonical[key]] = value
             elif key in unimplemented:
-                self.warnings.append(f"{what} {name!r}: parameter {key} is read but not "
-                                     f"implemented by pgpool; ignored ({source})")
+                self.errors.append(f"{what} {name!r} ({source}): parameter {key} is a PgBouncer "
+                                   f"parameter pgpool does not implement; remove it")
             else:
                 self.errors.append(f"{what} {name!r} ({source}): unknown parameter "
                                    f"{key!r}{_suggest(key, sorted(known | unimplemented))}")
         return fields
 
-    def _build_entries(self) -> tuple[dict[str, DatabaseEntry], dict[str, UserEntry]]:
+    def _build_entries(self) -> tuple[dict[str, DatabaseEntry], dict[str, UserEntry], dict[str, PeerEntry]]:
         databases: dict[str, DatabaseEntry] = {}
         users: dict[str, UserEntry] = {}
+        peers: dict[str, PeerEntry] = {}
         plan: list[tuple[dict[str, tuple[Any, str]], dict[str, Any], type[BaseModel],
                          frozenset[str], str]] = [
             (self.databases, databases, DatabaseEntry, PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS,
              "database"),
             (self.users, users, UserEntry, PGBOUNCER_UNIMPLEMENTED_USER_KEYS, "user"),
+            (self.peers, peers, PeerEntry, frozenset(), "peer"),
         ]
         for raw_entries, built, model, unimplemented, what in plan:
             for name, (raw, source) in raw_entries.items():
@@ -1007,7 +1176,8 @@ class _Loader:
                         allowed = _allowed(info) if info else error["msg"]
                         self.errors.append(f"{what} {name!r} ({source}): invalid value "
                                            f"{error['input']!r} for {key}; allowed: {allowed}")
-        return databases, users
+        # A [peers] key is a number: one peer_id, however it was spelled ("01" is 1).
+        return databases, users, {entry.name: entry for entry in peers.values()}
 
     def build(self, config_path: Path | None) -> Settings:
         values = dict(self.values)
@@ -1020,12 +1190,12 @@ class _Loader:
         if self.read_pgbouncer_ini and not {"metrics_port", "metrics_addr"} & values.keys():
             # A port nobody asked for must never stop start-up (see metrics_port's description).
             values["metrics_port"] = 0
-        databases, users = self._build_entries()
+        databases, users, peers = self._build_entries()
         if self.errors:
             raise ConfigError("\n".join(self.errors))
         token = _read_environment.set(False)
         try:
-            return Settings(**values, databases=databases, users=users, config_path=config_path)
+            return Settings(**values, databases=databases, users=users, peers=peers, config_path=config_path)
         except ValidationError as exc:
             raise ConfigError("\n".join(self._describe(error) for error in exc.errors())) from None
         finally:

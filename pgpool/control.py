@@ -12,9 +12,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import auth, tls
+from . import auth, hba, tls
 from .client import ClientConnection
-from .config import ConfigError, Settings, diff_settings, load_settings
+from .config import ConfigError, Settings, change_setting, diff_settings, load_settings
 from .pool import ClientState, Pool
 from .protocol.constants import TX_IDLE
 from .protocol.errors import ADMIN_SHUTDOWN, ProtocolError
@@ -41,8 +41,9 @@ class Controls:
         try:
             loaded = load_settings(old.config_path, self.overrides)
             auth_users = self._load_auth_users(loaded.settings)
+            hba_config = self._load_hba(loaded.settings)
             contexts = tls.build_contexts(loaded.settings)   # new certificates: new connections use them
-        except (ConfigError, auth.AuthFileError, OSError) as error:
+        except (ConfigError, auth.AuthFileError, hba.HbaError, OSError) as error:
             self.reload_failures += 1
             self.last_reload_ok = False
             message = f"RELOAD ({source}) refused, the running configuration stays: {error}"
@@ -56,19 +57,45 @@ class Controls:
                         "values: %s", source, ", ".join(need_restart))
         for warning in loaded.warnings:
             log.warning("config: %s", warning)
-        self.settings = new
-        self.auth_users = auth_users
-        self.tls = contexts
-        self.auth_query.clear()
-        if old.verbose != new.verbose:
-            logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
-        self._apply_to_pools(new)
+        self._apply_settings(new, auth_users, hba_config, contexts)
         self.reloads += 1
         self.last_reload_ok = True
         described = [_describe_change(name, old, new) for name in changed]
         summary = "; ".join(described) if described else "no setting changed"
         log.info("RELOAD (%s): %s; auth_file re-read (%d users)", source, summary, len(auth_users))
         return True, summary
+
+    def change_setting(self, key: str, value: str) -> tuple[bool, str]:
+        """The console's SET: one setting changed as a RELOAD reading that value would change it.
+
+        As in PgBouncer the change lives until the next RELOAD, which re-reads the file.
+        Returns (ok, message); a refused value leaves everything as it was.
+        """
+        old = self.settings
+        try:
+            new = change_setting(old, key, value)
+            auth_users = self._load_auth_users(new) if new.auth_file != old.auth_file else self.auth_users
+            hba_config = self._load_hba(new)
+            contexts = tls.build_contexts(new)    # a changed *_tls_* setting applies to new connections
+        except (ConfigError, auth.AuthFileError, hba.HbaError, OSError) as error:
+            return False, str(error)
+        name = key.strip().lower()
+        self._apply_settings(new, auth_users, hba_config, contexts)
+        message = _describe_change(name, old, new) if getattr(old, name) != getattr(new, name) else f"{name} unchanged"
+        log.info("SET (admin console): %s", message)
+        return True, message
+
+    def _apply_settings(self, new: Settings, auth_users: dict[str, str], hba_config: "hba.HbaConfig | None",
+                        contexts: "tls.TlsContexts") -> None:
+        old = self.settings
+        self.settings = new
+        self.auth_users = auth_users
+        self.hba = hba_config
+        self.tls = contexts
+        self.auth_query.clear()
+        if old.verbose != new.verbose:
+            logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
+        self._apply_to_pools(new)
 
     def _apply_to_pools(self, settings: Settings) -> None:
         """New limits for every pool; servers of a changed database entry are replaced at release."""
@@ -83,7 +110,7 @@ class Controls:
                     continue    # clients of the new forced user get a new pool; this one winds down
                 pool.db = entry
             if entry.user:
-                pool.server_password = entry.password
+                pool.server_password = self.server_password(entry, None)
             elif pool.server_user in self.auth_users:
                 fresh = auth.server_password_for(auth.lookup_credentials(self.auth_users, pool.server_user),
                                                  entry.password)
@@ -95,6 +122,7 @@ class Controls:
                     break
                 server.close(f"pool_size lowered to {pool.conf.pool_size} by RELOAD")
             pool.dispatch()
+        self.open_forced_pools()
 
     def retire_servers(self, pool: Pool, reason: str) -> None:
         """Close idle servers now and the others when they are released (PgBouncer's close_needed)."""
@@ -150,6 +178,40 @@ class Controls:
                 busy = busy or pool.server_count() > 0
             return not busy
         await _poll(released)
+
+    async def suspend(self, keep: Any = None) -> None:
+        """PgBouncer's SUSPEND: every client and server socket stops being read (admin consoles
+        excepted, so RESUME can come), new clients wait before their first byte is read; returns
+        once what was already on its way out has been written, or after suspend_timeout."""
+        self.suspended = True
+        log.info("SUSPEND: reading stopped on every client and server socket until RESUME")
+        for client in list(self.clients):
+            if client.admin is None:
+                self._suspend_transport(client.transport)
+        for pool in self.pools.values():
+            for server in [*pool.idle, *pool.active, *pool.maintenance]:
+                self._suspend_transport(server.transport)
+
+        def flushed() -> bool:
+            return all(t.is_closing() or t.get_write_buffer_size() == 0 for t in self.suspended_transports)
+        timeout = self.settings.suspend_timeout
+        try:
+            await asyncio.wait_for(_poll(flushed), timeout)
+        except TimeoutError:
+            log.warning("SUSPEND: some sockets still had unsent data after suspend_timeout (%gs)", timeout)
+
+    def _suspend_transport(self, transport: Any) -> None:
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+            self.suspended_transports.append(transport)
+
+    def resume_suspended(self) -> None:
+        self.suspended = False
+        transports, self.suspended_transports = self.suspended_transports, []
+        for transport in transports:
+            if not transport.is_closing():
+                transport.resume_reading()
+        log.info("RESUME: %d sockets read again after SUSPEND", len(transports))
 
     def set_disabled(self, database: str, disabled: bool) -> None:
         if disabled:
@@ -209,7 +271,7 @@ class Controls:
                 self.shutdown_now("second SIGTERM while draining")
             return
         self.shutting_down = True
-        self.close_listeners()
+        self.close_listeners(keep_unix=True)
         clients = [c for c in self.clients if c.admin is None]
         log.info("%s: graceful shutdown: listeners closed, /readyz unready; %d clients leave at their next "
                  "transaction boundary (shutdown_timeout %gs)", reason, len(clients), self.settings.shutdown_timeout)

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from .app import App
 from .config import (
-    PGBOUNCER_UNIMPLEMENTED, PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS, PGBOUNCER_UNIMPLEMENTED_USER_KEYS,
-    DatabaseEntry, UserEntry, load_settings, settings_markdown_table,
+    PGBOUNCER_NO_EFFECT, PGBOUNCER_UNIMPLEMENTED, PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS,
+    PGBOUNCER_UNIMPLEMENTED_USER_KEYS, DatabaseEntry, PeerEntry, UserEntry, load_settings, settings_markdown_table,
 )
 from .metrics import PgpoolCollector
 from .stats import LATENCY_BUCKETS
@@ -47,8 +47,8 @@ pgpool's own.
    that parses as TOML is TOML. See `config/pgpool.toml` and `config/pgbouncer.ini`.
 2. Environment variables `PGPOOL_<SETTING>` (case-insensitive), e.g. `PGPOOL_DEFAULT_POOL_SIZE=50`.
    A `PGPOOL_` variable that names no setting is warned about and ignored.
-3. `--set KEY=VALUE`; `--set 'databases.NAME=host=... port=...'` and `--set 'users.NAME=...'`
-   add or replace one entry.
+3. `--set KEY=VALUE`; `--set 'databases.NAME=host=... port=...'`, `--set 'users.NAME=...'` and
+   `--set 'peers.ID=host=...'` add or replace one entry.
 
 Values are written as in pgbouncer.ini: lists are comma-separated (`admin_users = a, b`; a TOML
 array works too), durations are seconds (floats allowed), booleans are `1/0`, `yes/no`,
@@ -86,28 +86,42 @@ name `pgbouncer` is reserved for the admin console.
 ## [users]
 
 `alice = pool_mode=session pool_size=5 reserve_pool_size=1 max_user_connections=10`, or a TOML
-table. The entry of a pool's login user (the database's `user` if it sets one, else the client's)
-applies to that pool.
+table.
 
 {users}
+## [peers]
+
+`1 = host=10.0.0.11 port=6432 pool_size=5`: where a CancelRequest whose cancel key names peer_id 1
+is forwarded (`host` may be a Unix socket directory). See `peer_id` and `so_reuseport`.
+
+{peers}
 ## Which value a pool uses
 
-As in PgBouncer (src/server.c): `pool_size`, `reserve_pool_size` and `pool_mode` come from the
-user's entry if set there, else the database's entry, else the global setting. `min_pool_size` and
-`max_db_connections` come from the database's entry, `max_user_connections` from the user's entry,
-else the global setting (an entry's `0` means "use the global value"). `min_pool_size` is capped at
-the pool size.
+As in PgBouncer (src/server.c, src/janitor.c):
 
-## PgBouncer settings pgpool reads but does not implement
+- `pool_size`, `reserve_pool_size`, `pool_mode`: the entry of the pool's login user (the
+  database's forced `user` if it sets one, else the client's), else the database's entry, else the
+  global setting. `min_pool_size` (capped at the pool size), `max_db_connections`,
+  `max_db_client_connections`, `server_lifetime`: the database's entry, else global.
+- `query_timeout`, `idle_transaction_timeout`, `transaction_timeout`, `max_user_connections`: the
+  pool's login user's entry when above 0, else global.
+- `query_wait_timeout`: the client's user entry, else the database's entry, else global (`-1` = not
+  set; `0` = wait forever). `client_idle_timeout`, `max_user_client_connections`: the client's user
+  entry when above 0, else global.
 
-These are accepted so that a pgbouncer.ini works unchanged. A value other than PgBouncer's default
-is reported as a warning at startup and ignored. A `[peers]` section is warned about and ignored.
+## PgBouncer settings pgpool does not implement
+
+Set to anything but PgBouncer's default, these refuse the configuration (start-up, `RELOAD`,
+`SET`) with the reason: pgpool never runs with a setting it would not honour.
 
 {unimplemented}.
 
 Database keys: {database_keys}.
 
 User keys: {user_keys}.
+
+Accepted with any value and no effect (PgBouncer internals or platforms pgpool does not have):
+{no_effect}.
 """
 
 METRICS_INTRO = """\
@@ -145,13 +159,13 @@ def _entry_table(model: type[BaseModel], aliases: dict[str, str]) -> str:
         if name == "name":
             continue
         key = f"`{name}`" + (f" (or `{aliases[name]}`)" if name in aliases else "")
-        default = "not set" if info.default is None else f"`{info.default}`"
+        default = "required" if info.is_required() else "not set" if info.default is None else f"`{info.default}`"
         lines.append(f"| {key} | {default} | {(info.description or '').replace('|', chr(92) + '|')} |")
     return "\n".join(lines) + "\n"
 
 
 def _code_list(names: object) -> str:
-    return ", ".join(f"`{name}`" for name in sorted(names))  # type: ignore[call-overload]
+    return ", ".join(f"`{name}`" for name in sorted(names)) or "none"  # type: ignore[call-overload]
 
 
 def settings_page() -> str:
@@ -162,6 +176,8 @@ def settings_page() -> str:
         SETTINGS_ENTRIES.format(
             databases=_entry_table(DatabaseEntry, {"reserve_pool": "reserve_pool_size"}),
             users=_entry_table(UserEntry, {}),
+            peers=_entry_table(PeerEntry, {}),
+            no_effect=_code_list(PGBOUNCER_NO_EFFECT),
             unimplemented=_code_list(PGBOUNCER_UNIMPLEMENTED),
             database_keys=_code_list(PGBOUNCER_UNIMPLEMENTED_DATABASE_KEYS),
             user_keys=_code_list(PGBOUNCER_UNIMPLEMENTED_USER_KEYS)),

@@ -156,6 +156,7 @@ class Pool:
         self._login_retry_timer: asyncio.TimerHandle | None = None
         self.paused = False
         self.disabled = False
+        self.replication: str | None = None   # "physical"/"logical": one replication client's own pool
         self._reserve_timer: asyncio.TimerHandle | None = None
         self.hosts = HostPlan()            # which host of db.host the next server connection tries first
 

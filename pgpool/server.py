@@ -93,10 +93,11 @@ class ServerConnection(asyncio.Protocol):
                  "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
                  "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
                  "parked", "fatal_cause",
-                 "watch_normal", "watch_tags", "host", "address")
+                 "watch_normal", "watch_tags", "host", "address", "extra_startup")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
+        self.extra_startup: dict[str, str] = {}     # a replication client's own startup parameters
         self.app = pool.app
         self.id = next(_ids)
         self.transport: asyncio.Transport | None = None
@@ -279,7 +280,8 @@ class ServerConnection(asyncio.Protocol):
     async def _login_exchange(self) -> None:
         pool = self.pool
         db = pool.db
-        startup = {"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters()}
+        startup = {"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters(),
+                   **self.extra_startup}
         assert self.transport is not None and self._login is not None
         self.transport.write(m.startup_message(startup))
         scram: ScramClient | None = None
@@ -507,7 +509,7 @@ class ServerConnection(asyncio.Protocol):
         attrs = self.pool.db.target_session_attrs
         if attrs != "any" and unfit(attrs, self.params.reported):   # a ParameterStatus said its role changed
             return f"server role changed: no longer fits target_session_attrs={attrs}"
-        lifetime = self.app.settings.server_lifetime
+        lifetime = self.pool.conf.server_lifetime   # the [databases] entry's, else the global one
         if time.monotonic() - self.created_at > lifetime:   # 0: use once, as in PgBouncer
             return f"server_lifetime ({lifetime:g}s) reached"
         return None

@@ -42,13 +42,13 @@ def test_unknown_setting_suggests_the_right_name(tmp_path):
     assert "default_pool_sise" in result.stderr and "default_pool_size" in result.stderr
 
 
-def test_check_names_unimplemented_pgbouncer_settings(tmp_path):
+def test_check_refuses_unimplemented_pgbouncer_settings_with_the_reason(tmp_path):
     config = tmp_path / "pgbouncer.ini"
-    config.write_text("[databases]\n* = host=127.0.0.1\n[pgbouncer]\ntcp_keepalive = 0\nso_reuseport = 1\n")
+    config.write_text("[databases]\n* = host=127.0.0.1\n[pgbouncer]\nresolv_conf = /etc/x.conf\npkt_buf = 8192\n")
     result = run_pgpool("--config", str(config), "--check")
-    assert result.returncode == 0, result.stderr
-    assert "so_reuseport" in result.stdout and "not implemented" in result.stdout
-    assert "configuration ok" in result.stdout
+    assert result.returncode == 2
+    assert "setting resolv_conf = '/etc/x.conf'" in result.stderr and "pgpool does not implement" in result.stderr
+    assert "pkt_buf" not in result.stderr    # accepted: documented as having no effect in pgpool
 
 
 def test_shipped_examples_are_valid():

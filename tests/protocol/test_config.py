@@ -38,7 +38,10 @@ def test_defaults_are_pgbouncers_except_pool_mode_and_listen_addr():
     assert (s.reserve_pool_size, s.reserve_pool_timeout) == (0, 5.0)
     assert (s.max_db_connections, s.max_user_connections) == (0, 0)
     assert s.server_reset_query == "DISCARD ALL" and s.server_reset_query_always is False
-    assert (s.server_check_delay, s.server_check_query) == (30.0, "select 1")
+    assert (s.server_check_delay, s.server_check_query) == (30.0, "<empty>")   # PgBouncer 1.25
+    assert (s.max_db_client_connections, s.max_user_client_connections, s.transaction_timeout) == (0, 0, 0)
+    assert (s.server_fast_close, s.pool_idle_timeout, s.autodb_idle_timeout, s.query_wait_notify) == (
+        False, 0, 3600.0, 5.0)
     assert (s.server_lifetime, s.server_idle_timeout) == (3600.0, 600.0)
     assert (s.server_connect_timeout, s.server_login_retry, s.client_login_timeout) == (
         15.0, 15.0, 60.0)
@@ -278,7 +281,7 @@ def test_invalid_value_names_key_value_and_what_is_allowed(tmp_path):
     ("default_pool_size", "-1", "an integer >= 0"),
     ("query_wait_timeout", "soon", "a number of seconds >= 0"),
     ("log_stats", "maybe", "1/0, yes/no, true/false, on/off"),
-    ("auth_type", "hba", "trust, plain, md5, scram-sha-256"),
+    ("auth_type", "ldap", "trust, plain, md5, scram-sha-256, cert, hba"),
 ])
 def test_invalid_override_values(key, value, allowed):
     with pytest.raises(ConfigError) as err:
@@ -313,22 +316,93 @@ def test_unknown_database_parameter_is_an_error_with_a_suggestion():
         load_settings(None, {"databases.appdb": "hots=x"}, environ=NO_ENV)
 
 
-def test_unimplemented_pgbouncer_setting_warns_and_is_ignored(tmp_path):
-    path = write(tmp_path, "p.ini", "[pgbouncer]\ntcp_defer_accept = 0\n"
-                 "client_tls_ecdhcurve = auto\npkt_buf = 4096\nresolv_conf = /etc/x.conf\n")
-    loaded = load_settings(path, environ=NO_ENV)
-    assert len(loaded.warnings) == 2
-    assert "setting tcp_defer_accept is read but not implemented by pgpool; ignored" in (
-        loaded.warnings[0])
-    assert "resolv_conf" in loaded.warnings[1]
+def test_unimplemented_pgbouncer_setting_refuses_to_start_unless_at_its_default(tmp_path):
+    path = write(tmp_path, "p.ini", "[pgbouncer]\ntcp_keepalive = 1\n"
+                 "client_tls_ecdhcurve = auto\npkt_buf = 8192\nresolv_conf = /etc/x.conf\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ=NO_ENV)
+    # Only resolv_conf: the others are at PgBouncer's default or documented as having no effect.
+    assert str(err.value).count("\n") == 0
+    assert "setting resolv_conf = '/etc/x.conf'" in str(err.value)
+    assert "pgpool does not implement; remove it or set it to PgBouncer's default ('')" in str(err.value)
 
 
-def test_unimplemented_pgbouncer_database_and_user_keys_warn():
-    loaded = load_settings(None, {"databases.appdb": "host=h server_lifetime=5",
-                                  "users.bob": "query_timeout=5"}, environ=NO_ENV)
-    assert len(loaded.warnings) == 2
-    assert "server_lifetime" in loaded.warnings[0] and "query_timeout" in loaded.warnings[1]
-    assert loaded.settings.databases["appdb"].host == "h"
+def test_no_effect_pgbouncer_settings_are_accepted_silently(tmp_path):
+    path = write(tmp_path, "p.ini", "[pgbouncer]\nunix_socket_dir = /var/run/postgresql\npkt_buf = 8192\n"
+                 "listen_backlog = 1024\ndns_zone_check_period = 60\n")
+    assert load_settings(path, environ=NO_ENV).warnings == []
+    assert set(config.PGBOUNCER_NO_EFFECT).isdisjoint(config.PGBOUNCER_UNIMPLEMENTED)
+
+
+def test_unimplemented_pgbouncer_database_key_refuses_to_start():
+    with pytest.raises(ConfigError, match="database 'appdb' .*parameter application_name is a PgBouncer parameter "
+                                          "pgpool does not implement"):
+        load_settings(None, {"databases.appdb": "host=h application_name=x"}, environ=NO_ENV)
+
+
+def test_users_section_takes_every_pgbouncer_key():
+    loaded = load_settings(None, {"users.bob": "pool_mode=session pool_size=3 reserve_pool_size=1 "
+                                  "max_user_connections=4 query_timeout=5 query_wait_timeout=6 "
+                                  "idle_transaction_timeout=7 transaction_timeout=8 client_idle_timeout=9 "
+                                  "max_user_client_connections=10"}, environ=NO_ENV)
+    bob = loaded.settings.users["bob"]
+    assert (bob.pool_mode, bob.pool_size, bob.reserve_pool_size, bob.max_user_connections) == (
+        PoolMode.SESSION, 3, 1, 4)
+    assert (bob.query_timeout, bob.query_wait_timeout, bob.idle_transaction_timeout, bob.transaction_timeout,
+            bob.client_idle_timeout, bob.max_user_client_connections) == (5, 6, 7, 8, 9, 10)
+
+
+def test_precedence_between_global_database_and_user_values_is_pgbouncers():
+    s = load_settings(None, {
+        "query_timeout": "1", "idle_transaction_timeout": "2", "transaction_timeout": "3",
+        "query_wait_timeout": "4", "client_idle_timeout": "5", "max_db_client_connections": "6",
+        "max_user_client_connections": "7", "default_pool_size": "8", "reserve_pool_size": "1",
+        "databases.d": "host=h query_wait_timeout=40 max_db_client_connections=60 pool_size=80 "
+                       "reserve_pool_size=2 pool_mode=statement server_lifetime=99",
+        "databases.forced": "host=h user=bob",
+        "databases.unset": "host=h query_wait_timeout=-1",
+        "users.bob": "query_timeout=10 idle_transaction_timeout=20 transaction_timeout=30 query_wait_timeout=400 "
+                     "client_idle_timeout=50 max_user_client_connections=70 pool_size=800 reserve_pool_size=3 "
+                     "pool_mode=session",
+        "users.carol": "query_timeout=0 query_wait_timeout=0",
+    }, environ=NO_ENV).settings
+    d, forced, unset = s.databases["d"], s.databases["forced"], s.databases["unset"]
+    # The pool's login user: bob's values win over the database's, which win over the global ones.
+    bob = s.pool_settings(d, "bob")
+    assert (bob.pool_size, bob.reserve_pool_size, bob.pool_mode) == (800, 3, PoolMode.SESSION)
+    assert (bob.query_timeout, bob.idle_transaction_timeout, bob.transaction_timeout) == (10, 20, 30)
+    alice = s.pool_settings(d, "alice")
+    assert (alice.pool_size, alice.reserve_pool_size, alice.pool_mode, alice.server_lifetime) == (
+        80, 2, PoolMode.STATEMENT, 99)
+    assert (alice.query_timeout, alice.idle_transaction_timeout, alice.transaction_timeout) == (1, 2, 3)
+    # A forced user's [users] entry decides for every client of that database.
+    assert s.pool_settings(forced, "alice").query_timeout == 10
+    # [users] query_timeout = 0 means "not set", as in PgBouncer's janitor.
+    assert s.pool_settings(d, "carol").query_timeout == 1
+    # Client-side limits follow the client's own user; query_wait_timeout: user > database > global,
+    # and an explicit 0 (wait forever) is a value, -1 is "not set".
+    assert s.client_limits(d, "bob") == config.ClientLimits(50, 400, 60, 70)
+    assert s.client_limits(d, "alice") == config.ClientLimits(5, 40, 60, 7)
+    assert s.client_limits(d, "carol").query_wait_timeout == 0
+    assert s.client_limits(unset, "alice").query_wait_timeout == 4
+    assert s.client_limits(forced, "alice") == config.ClientLimits(5, 4, 6, 7)
+
+
+def test_change_setting_checks_the_value_as_the_file_would(tmp_path):
+    s = load_settings(write(tmp_path, "p.ini", "[pgbouncer]\ndefault_pool_size = 5\n"), environ=NO_ENV).settings
+    changed = config.change_setting(s, "default_pool_size", "7")
+    assert changed.default_pool_size == 7 and s.default_pool_size == 5
+    assert config.change_setting(s, "server_round_robin", "1").server_round_robin is True
+    assert config.change_setting(s, "admin_users", "a, b").admin_users == ["a", "b"]
+    assert config.change_setting(s, "auth_file", "users.txt").auth_file == tmp_path / "users.txt"
+    with pytest.raises(ConfigError, match="invalid value 'x' for default_pool_size .SET.; allowed: an integer >= 0"):
+        config.change_setting(s, "default_pool_size", "x")
+    with pytest.raises(ConfigError, match="listen_port cannot be changed on a running pgpool"):
+        config.change_setting(s, "listen_port", "1")
+    with pytest.raises(ConfigError, match="unknown setting 'default_pool_sise'.*did you mean default_pool_size"):
+        config.change_setting(s, "default_pool_sise", "1")
+    with pytest.raises(ConfigError, match="resolv_conf is a PgBouncer setting pgpool does not implement"):
+        config.change_setting(s, "resolv_conf", "x")
 
 
 def test_unknown_ini_section_is_an_error(tmp_path):
@@ -437,3 +511,20 @@ def test_example_userlist_has_plain_md5_and_scram_secrets():
 def test_markdown_cli(capsys):
     assert config.main(["--markdown"]) == 0
     assert capsys.readouterr().out == settings_markdown_table()
+
+
+def test_peers_section_in_ini_and_toml(tmp_path):
+    ini = write(tmp_path, "p.ini", "[pgbouncer]\npeer_id = 2\nso_reuseport = 1\n[peers]\n1 = host=/tmp/p1\n"
+                "2 = host=10.0.0.2 port=6433 pool_size=4\n")
+    s = load_settings(ini, environ=NO_ENV).settings
+    assert (s.peer_id, s.so_reuseport) == (2, True)
+    assert (s.peers["1"].host, s.peers["1"].port, s.peers["1"].pool_size) == ("/tmp/p1", 6432, None)
+    assert (s.peers["2"].host, s.peers["2"].port, s.peers["2"].pool_size) == ("10.0.0.2", 6433, 4)
+    toml = write(tmp_path, "p.toml", '[pgpool]\npeer_id = 1\n[peers]\n1 = "host=a"\n02 = "host=b"\n')
+    assert set(load_settings(toml, environ=NO_ENV).settings.peers) == {"1", "2"}
+    with pytest.raises(ConfigError, match="peer 'x'.*1 to 16383"):
+        load_settings(None, {"peers.x": "host=a"}, environ=NO_ENV)
+    with pytest.raises(ConfigError, match="peer '3'.*host"):
+        load_settings(None, {"peers.3": "port=1"}, environ=NO_ENV)
+    with pytest.raises(ConfigError, match="peer_id"):
+        load_settings(None, {"peer_id": "16384"}, environ=NO_ENV)

@@ -3,6 +3,7 @@ are not vacuous (an upward import added to a copy of the package breaks them).""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -86,3 +87,27 @@ def test_the_real_objects_have_what_the_protocols_ask() -> None:
         missing = sorted(name for name in protocol_members(protocol) if not hasattr(obj, name))
         assert not missing, f"{type(obj).__name__} lacks {missing} of {protocol.__name__}"
         assert protocol_members(protocol), protocol
+
+
+def attributes_used(module: str, *receivers: str) -> set[str]:
+    """Names of the attributes pgpool/<module>.py reads or calls on any of `receivers`
+    (`app` matches both `app.x` and `self.app.x`, `client` both `client.x` and `self.client.x`)."""
+    used = set()
+    for node in ast.walk(ast.parse((REPO / "pgpool" / f"{module}.py").read_text())):
+        if isinstance(node, ast.Attribute):
+            base = node.value
+            name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
+            if name in receivers:
+                used.add(node.attr)
+    return used
+
+
+def test_the_protocols_name_everything_the_lower_module_uses() -> None:
+    # A call back up that bypasses its protocol would be an unchecked dependency on the module above.
+    for module, receivers, protocol in (("client", ("app",), ClientHost), ("pool", ("app",), PoolHost),
+                                        ("server", ("app",), PoolHost), ("server", ("client",), LinkedClient),
+                                        ("pool", ("server", "attempt"), PooledServer)):
+        used = attributes_used(module, *receivers)
+        assert used, (module, receivers)
+        unnamed = sorted(used - protocol_members(protocol))
+        assert not unnamed, f"{module}.py uses {unnamed} of {'/'.join(receivers)}, not in {protocol.__name__}"

@@ -75,7 +75,7 @@ def dockerfile_user() -> int:
 
 def test_every_manifest_parses_and_names_itself():
     docs = manifests()
-    assert {doc["_file"] for doc in docs} == {"sidecar.yaml", "standalone.yaml"}
+    assert {doc["_file"] for doc in docs} == {"sidecar.yaml", "standalone.yaml", "peers.yaml"}
     for doc in docs:
         assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], doc["_file"]
     kinds = {(doc["_file"], doc["kind"]) for doc in docs}
@@ -117,6 +117,10 @@ def test_pgpool_pods_agree_with_their_config(file, tmp_path):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["runAsUser"] == dockerfile_user()
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # With a read-only root filesystem the Unix socket needs a mounted, writable directory (or none).
+    assert settings.unix_socket_dir == "" or settings.unix_socket_dir in mounts, settings.unix_socket_dir
+    if settings.unix_socket_dir:
+        assert "emptyDir" in mounts[settings.unix_socket_dir]
 
 
 def test_sidecar_starts_first_stops_last_and_is_reached_on_loopback(tmp_path):
@@ -217,6 +221,30 @@ def test_scrape_config_targets_the_metrics_port():
     keep = [r for r in jobs["pgpool-kubernetes"]["relabel_configs"] if r.get("action") == "keep"]
     assert {"regex": "metrics", "action": "keep",
             "source_labels": ["__meta_kubernetes_pod_container_port_name"]} in keep
+
+
+def test_peered_statefulset_gives_each_replica_its_own_peer_id_and_every_peer_an_address(tmp_path):
+    (sts,) = [d for d in by_kind("StatefulSet") if d["_file"] == "peers.yaml"]
+    pod = sts["spec"]["template"]["spec"]
+    container = pgpool_container(pod)
+    config = find("ConfigMap", pod["volumes"][0]["configMap"]["name"], "peers.yaml")
+    settings = configmap_settings(config, tmp_path)
+    assert settings.peer_id == 0 and len(settings.peers) >= sts["spec"]["replicas"]
+    headless = find("Service", sts["spec"]["serviceName"], "peers.yaml")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    for peer_id, entry in settings.peers.items():
+        assert entry.host == f"{sts['metadata']['name']}-{int(peer_id) - 1}.{headless['metadata']['name']}"
+        assert entry.port == settings.listen_port
+    # The container command turns the pod name's ordinal into peer_id = ordinal + 1.
+    script = container["args"][0].replace("exec pgpool", "echo")
+    for ordinal in range(sts["spec"]["replicas"]):
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                             env={"HOSTNAME": f"{sts['metadata']['name']}-{ordinal}", "PATH": "/usr/bin:/bin"})
+        assert out.stdout.split()[-1] == f"peer_id={ordinal + 1}"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"postgres": settings.listen_port, "metrics": settings.metrics_port}
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop_sleep(container) + settings.shutdown_timeout + 5
+    assert container["securityContext"]["runAsUser"] == dockerfile_user()
 
 
 @pytest.mark.parametrize("file", ["sidecar.yaml", "standalone.yaml"])
