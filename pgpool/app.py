@@ -139,7 +139,7 @@ class App(Controls):
             try:
                 server = await self.loop.create_server(
                     lambda: ClientConnection(self), None if host == "*" else host, settings.listen_port,
-                    reuse_address=True, reuse_port=settings.so_reuseport or None, backlog=4096)
+                    reuse_address=True, reuse_port=settings.so_reuseport or None, backlog=settings.listen_backlog)
             except OSError as error:
                 self.close_listeners()
                 raise StartupError(f"cannot listen for clients on {host}:{settings.listen_port} "
@@ -205,7 +205,7 @@ class App(Controls):
         """<unix_socket_dir>/.s.PGSQL.<port>, with unix_socket_mode and unix_socket_group, as PgBouncer."""
         path = os.path.join(directory, f".s.PGSQL.{port}")
         remove_stale_socket(path)
-        server = await self.loop.create_unix_server(lambda: ClientConnection(self), path, backlog=4096)
+        server = await self.loop.create_unix_server(lambda: ClientConnection(self), path, backlog=self.settings.listen_backlog)
         self.listeners.append(server)
         self.unix_listener = server
         self.unix_socket = path

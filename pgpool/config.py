@@ -78,7 +78,6 @@ PGBOUNCER_NO_EFFECT: dict[str, str] = {
     "pkt_buf": "pgpool forwards whatever each read returns; there is no fixed packet buffer",
     "sbuf_loopcnt": "pgpool hands every read to the protocol at once; there is no loop count",
     "tcp_defer_accept": "a Linux accept() latency tweak pgpool does without",
-    "listen_backlog": "pgpool listens with a backlog of 4096",
     "service_name": "names a Windows service",
     "job_name": "names a Windows service",
     "syslog_ident": "used only with syslog = 1, which pgpool refuses",
@@ -341,6 +340,10 @@ class Settings(BaseSettings):
     unix_socket_group: str = _setting(
         "", "Group owning the Unix socket ('' = the process's group).", restart=True)
 
+    listen_backlog: int = _setting(
+        4096, "Backlog of the listening sockets (the kernel caps it at net.core.somaxconn). PgBouncer's "
+        "default is 128; pgpool's is larger so a burst of connects is not dropped into SYN retries.",
+        ge=1, restart=True)
     so_reuseport: bool = _setting(
         False, "Set SO_REUSEPORT on the listening sockets so several pgpool processes share one "
         "port (pair with peer_id and [peers] so cancel requests reach the right process).",

@@ -4,6 +4,8 @@ FIFO service, server login failures."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import time
 
 import asyncpg
@@ -161,3 +163,31 @@ async def test_unreachable_server_error_names_pool(pgpool_proc):
         await connect(proc)
     assert info.value.sqlstate == "08006"
     assert "127.0.0.1:1" in str(info.value) and "pool app/app" in str(info.value)
+
+
+def test_listen_backlog_bounds_the_connections_the_kernel_queues_for_pgpool(pgpool_proc):
+    # With pgpool stopped (SIGSTOP) nothing is accepted: the kernel completes about listen_backlog
+    # handshakes into the accept queue (backlog or backlog + 1, by kernel version) and drops
+    # further SYNs, so the next connect does not complete.
+    def queued_while_stopped(backlog: int) -> int:
+        proc = pgpool_proc({"listen_backlog": backlog, "unix_socket_dir": ""})
+        sockets: list[socket.socket] = []
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(backlog + 4):
+                sock = socket.socket()
+                sock.settimeout(0.5)
+                sockets.append(sock)
+                try:
+                    sock.connect((proc.host, proc.port))
+                except OSError:
+                    return len(sockets) - 1
+            return len(sockets)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            for sock in sockets:
+                sock.close()
+
+    small, large = queued_while_stopped(2), queued_while_stopped(5)
+    assert small in (2, 3)
+    assert large - small == 3
