@@ -5,13 +5,17 @@
 # argument), with PGPOOL_<SETTING> environment variables (they win over the file), or with
 # `--set key=value` arguments after the path (they win over both). See docs/operating.md ("Containers").
 
-FROM python:3.11-slim-bookworm AS build
+# The build stage is the full image of the same Python and Debian release: it has the C compiler
+# and headers that setup.py needs to compile the hot modules with Cython. The image must run the
+# compiled build: the build stops here if it did not compile (pgpool/_build.py says which runs).
+FROM python:3.11-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/pgpool
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY pgpool ./pgpool
-RUN /opt/pgpool/bin/pip install --no-cache-dir .
+RUN /opt/pgpool/bin/pip install --no-cache-dir . \
+    && /opt/pgpool/bin/python -I -c "import sys, pgpool; b = pgpool.describe_build(); print(b); sys.exit(not b.startswith('compiled'))"
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/pgpool/bin:$PATH \

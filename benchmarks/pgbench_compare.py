@@ -10,7 +10,7 @@ target that fails to start or to run is reported as failed and the others go on.
 
     python -m benchmarks.pgbench_compare [--clients 100] [--pool-size 20] [--seconds 10]
         [--rounds 3] [--mode simple,extended,prepared] [--idle-clients 10000] [--json FILE]
-        [--tls] [--burst-clients 300]
+        [--tls] [--burst-clients 300] [--targets direct,pgpool,pgbouncer,pgpool-pure] [--pgpool-env K=V]
 
 --tls adds pgpool-tls and pgbouncer-tls: the same poolers with TLS on both sides (pgbench with
 sslmode=require, client_tls_sslmode=require, server_tls_sslmode=require against a cluster with
@@ -51,12 +51,13 @@ from benchmarks.targets import (
     find_pgbouncer,
 )
 
-TARGETS = ("direct", "pgpool", "pgbouncer", "pgpool-tls", "pgbouncer-tls", "pgpool-w2")
+TARGETS = ("direct", "pgpool", "pgbouncer", "pgpool-tls", "pgbouncer-tls", "pgpool-w2", "pgpool-pure")
 TLS_TARGETS = ("pgpool-tls", "pgbouncer-tls")
 MODES = ("simple", "extended", "prepared")
 RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"), ("pgpool-tls", "pgbouncer-tls"),
-          ("pgpool-tls", "pgpool"), ("pgpool-w2", "pgpool"))
-DEFAULT_TARGETS = tuple(t for t in TARGETS if t != "pgpool-w2")   # pgpool-w2 only when asked for
+          ("pgpool-tls", "pgpool"), ("pgpool-w2", "pgpool"), ("pgpool", "pgpool-pure"), ("pgpool-pure", "pgbouncer"))
+# pgpool-w2 and pgpool-pure only when asked for.
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t not in ("pgpool-w2", "pgpool-pure"))
 USER = "app"
 
 # pgbench 13+ says "without initial connection time"; older ones "excluding connections establishing".
@@ -104,8 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of direct pgbench before round 1 (not counted)")
     parser.add_argument("--mode", default=",".join(MODES), help="comma-separated pgbench -M modes")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                        help="comma-separated subset of " + ",".join(TARGETS))
+                        help="comma-separated subset of " + ",".join(TARGETS) + " (pgpool-pure: pgpool with "
+                             "PGPOOL_PURE_PYTHON=1, beside the compiled build)")
     parser.add_argument("--idle-clients", type=int, default=0, help="also open N idle clients per pooler, report RSS/client")
+    parser.add_argument("--pgpool-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment of the pgpool processes (repeatable); target pgpool-pure adds "
+                             "PGPOOL_PURE_PYTHON=1 (the compiled modules off) to it")
     parser.add_argument("--json", type=Path, help="write all results to this file")
     parser.add_argument("--tls", action="store_true",
                         help="also run pgpool and pgbouncer with TLS on both sides (targets pgpool-tls, pgbouncer-tls)")
@@ -113,6 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --tls: clients logging in at once per pooler for the connect-time percentiles "
                              "(0 = skip)")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.pgpool_env):
+        parser.error("--pgpool-env expects KEY=VALUE")
+    args.pgpool_env = dict(item.split("=", 1) for item in args.pgpool_env)
     args.modes = [m for m in args.mode.split(",") if m]
     args.target_names = [t for t in args.targets.split(",") if t]
     if args.tls:
@@ -236,10 +244,16 @@ def start_target(name: str, pg: PostgresCluster | ExternalPostgres, args: argpar
     try:
         if name.startswith("pgbouncer") and find_pgbouncer() is None:
             raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
-        # pgpool-w2: `pgpool --workers 2` (two peered processes on one port, each with its pools).
-        extra = {"extra_args": ["--workers", "2"]} if name == "pgpool-w2" else {}
-        cls = PgpoolProcess if name.startswith("pgpool") else PgBouncerProcess
-        proc = cls(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings, **extra)
+        if name.startswith("pgpool"):
+            # pgpool-w2: `pgpool --workers 2` (two peered processes on one port, each with its pools).
+            # pgpool-pure: the same tree with its compiled modules switched off (pgpool/_build.py).
+            env = {**args.pgpool_env, **({"PGPOOL_PURE_PYTHON": "1"} if name == "pgpool-pure" else {})}
+            extra_args = ["--workers", "2"] if name == "pgpool-w2" else []
+            proc: PgpoolProcess | PgBouncerProcess = PgpoolProcess(
+                backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings, env=env,
+                extra_args=extra_args)
+        else:
+            proc = PgBouncerProcess(backend_host=pg.host, backend_port=pg.port, users=dict(ROLES), settings=settings)
         target.proc = proc
         proc.start()
         target.host, target.port = proc.host, proc.port

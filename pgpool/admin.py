@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from . import __version__
+from . import describe_version
 from .client import ADMIN_DATABASES
 from .config import RELOADABLE_SETTINGS, Settings, implemented_settings
 from .pool import ClientState, ServerState
@@ -752,7 +752,7 @@ def show_mem(app: "App") -> Table:
 
 
 def show_version(app: "App") -> Table:
-    return columns("s", "version"), [(f"pgpool {__version__}",)]   # what `pgpool --version` prints
+    return columns("s", "version"), [(describe_version(),)]   # what `pgpool --version` prints
 
 
 def show_state(app: "App") -> Table:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from . import __version__, admin, http, janitor, statslog, top
+from . import admin, describe_version, http, janitor, statslog, top
 from .app import App, Surfaces
 from .auth import AuthFileError
 from .hba import HbaError
@@ -23,6 +23,18 @@ log = logging.getLogger("pgpool")
 
 OPERATOR_SURFACES = Surfaces(open_console=admin.open_console, start_http=http.start,
                              run_janitor=janitor.run_janitor, start_stats_log=statslog.start)
+
+
+class PrintVersion(argparse.Action):
+    """--version: describe_version() on one line (argparse's own action wraps a long build description)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and the build (compiled or pure Python), then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(describe_version())
+        parser.exit()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="run N pgpool processes on one port (so_reuseport), peered for cancel requests")
-    parser.add_argument("--version", action="version", version=f"pgpool {__version__}")
+    parser.add_argument("--version", action=PrintVersion)
     return parser.parse_args(argv)
 
 
@@ -108,7 +120,7 @@ async def _serve(app) -> int:
     if app.settings.pidfile:
         with open(app.settings.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
-    log.info("pgpool %s started (pid %d)", __version__, os.getpid())
+    log.info("%s started (pid %d)", describe_version(), os.getpid())
     await app.wait_stopped()
     if app.settings.pidfile:
         try:

