@@ -31,7 +31,6 @@ COMPILED_MODULES = (
     "pgpool.pool",
     "pgpool.prepared",
     "pgpool.params",
-    "pgpool.pinning",
     "pgpool.session",
     "pgpool.stats",
 )
