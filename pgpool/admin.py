@@ -23,6 +23,7 @@ from . import describe_version
 from .client import ADMIN_DATABASES
 from .config import RELOADABLE_SETTINGS, Settings, implemented_settings
 from .pool import ClientState, ServerState
+from .statslog import Totals
 from .protocol import messages as m
 from .protocol.errors import INVALID_AUTHORIZATION_SPECIFICATION, PROTOCOL_VIOLATION, ProtocolError, error_response
 
@@ -671,7 +672,6 @@ def show_stats_averages(app: "App") -> Table:
 
 
 def show_totals(app: "App") -> Table:
-    from .statslog import Totals
     totals = Totals()
     for pool in app.pools.values():
         totals = totals + Totals.from_stats(pool.stats)
@@ -685,7 +685,6 @@ def show_totals(app: "App") -> Table:
 
 
 def _stats_by_database(app: "App") -> list[tuple[str, Any, Any]]:
-    from .statslog import Totals
     by_db: dict[str, list["Pool"]] = {}
     for pool in app.pools.values():
         by_db.setdefault(pool.db.name, []).append(pool)

@@ -4,6 +4,8 @@ Owns: the listening sockets, the map (database, user) -> Pool, the set of all cl
 (max_client_conn), server counts per database and per user (max_db_connections,
 max_user_connections), cancel keys and shutdown. Operator actions (reload, pause, drain)
 live in control.py, mixed in. Holds no protocol logic.
+Must not import the operator surfaces (admin, http, janitor, statslog, metrics): they sit above
+this module and read its pools; cli.py hands them down as `Surfaces` (imports run one way).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import signal
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 
 from . import auth, hba, peers, tls
 from .authquery import AuthQuery
@@ -51,8 +54,24 @@ class StartupError(OSError):
         return str(self.args[0])
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Surfaces:
+    """The operator surfaces App starts with and stops with, handed down by cli.py. Each is
+    optional: without one, App runs the data plane alone (as the tests' FakeApp does)."""
+    open_console: Callable[["App", ClientConnection, auth.Credentials], Any] | None = None
+    start_http: Callable[["App"], Awaitable[Closeable]] | None = None      # when metrics_port is set
+    run_janitor: Callable[["App"], Awaitable[None]] | None = None
+    start_stats_log: Callable[["App"], Closeable] | None = None
+
+
 class App(Controls):
-    def __init__(self, loaded: LoadedConfig, overrides: Mapping[str, str] | None = None):
+    def __init__(self, loaded: LoadedConfig, overrides: Mapping[str, str] | None = None,
+                 surfaces: Surfaces = Surfaces()):
+        self.surfaces = surfaces
         self.settings: Settings = loaded.settings
         self.overrides: dict[str, str] = dict(overrides or {})   # --set values, applied again on RELOAD
         self.config_warnings = loaded.warnings
@@ -77,12 +96,11 @@ class App(Controls):
         self.shutting_down = False
         self.stopped: asyncio.Future | None = None
         self.janitor_task: asyncio.Task | None = None
-        self.admin_module: Any = None
-        self.http: Any = None
+        self.http: Closeable | None = None
         self.bound_port = 0
         self.unix_listener: asyncio.AbstractServer | None = None
         self._unix_socket_inode = 0
-        self.stats_log: Any = None
+        self.stats_log: Any = None   # statslog.StatsLog: admin's SHOW STATS reads its averages
         # Operations state (admin console, signals): see the "operations" section below.
         self.paused_all = False
         self.suspended = False                      # SUSPEND: sockets not read until RESUME
@@ -137,30 +155,21 @@ class App(Controls):
                 self.close_listeners()
                 raise StartupError(f"cannot listen on a Unix socket in {settings.unix_socket_dir} (unix_socket_dir): "
                                    f"{error.strerror or error}") from error
-        try:
-            from . import admin
-            self.admin_module = admin
-        except ImportError:
-            self.admin_module = None
-        if settings.metrics_port:
+        surfaces = self.surfaces
+        if settings.metrics_port and surfaces.start_http is not None:
             try:
-                from . import http
-            except ImportError:
-                log.warning("metrics_port set but pgpool.http is not available")
-            else:
-                try:
-                    self.http = await http.start(self)
-                except OSError as error:
-                    self.close_listeners()
-                    raise StartupError(
-                        f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} (metrics_addr, "
-                        f"metrics_port): {error.strerror or error}; choose a free metrics_port, or "
-                        f"metrics_port = 0 to turn the endpoint off") from error
+                self.http = await surfaces.start_http(self)
+            except OSError as error:
+                self.close_listeners()
+                raise StartupError(
+                    f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} (metrics_addr, "
+                    f"metrics_port): {error.strerror or error}; choose a free metrics_port, or "
+                    f"metrics_port = 0 to turn the endpoint off") from error
         self.open_forced_pools()
-        from .janitor import run_janitor
-        self.janitor_task = self.loop.create_task(run_janitor(self))
-        from . import statslog
-        self.stats_log = statslog.start(self)
+        if surfaces.run_janitor is not None:
+            self.janitor_task = self.loop.create_task(surfaces.run_janitor(self))
+        if surfaces.start_stats_log is not None:
+            self.stats_log = surfaces.start_stats_log(self)
 
     def install_signal_handlers(self) -> None:
         """Signals as PgBouncer's, except where pgpool's drain deliberately differs:
@@ -419,9 +428,9 @@ class App(Controls):
     def open_admin_console(self, client: ClientConnection, creds: auth.Credentials) -> Any:
         if client.replication:
             raise ProtocolError(FEATURE_NOT_SUPPORTED, "replication connections to the admin console are not supported")
-        if self.admin_module is None:
+        if self.surfaces.open_console is None:
             raise ProtocolError(INVALID_CATALOG_NAME, "the admin console is not available in this build")
-        return self.admin_module.open_console(self, client, creds)
+        return self.surfaces.open_console(self, client, creds)
 
     def admin_welcome(self, database: str) -> bytes:
         return b"".join((m.parameter_status("server_version", "15.0 (pgpool)"),
@@ -463,6 +472,9 @@ class App(Controls):
         self.db_clients[entry.name] += 1
         self.user_clients[user] += 1
         return pool
+
+    def new_server(self, pool: Pool) -> ServerConnection:
+        return ServerConnection(pool)
 
     def _create_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None) -> Pool:
         server_user = entry.user or user

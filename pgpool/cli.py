@@ -1,4 +1,6 @@
-"""Command line: `pgpool --config FILE [--set KEY=VALUE ...] [-v]`. Argument parsing only."""
+"""Command line: `pgpool --config FILE [--set KEY=VALUE ...] [-v]`. Argument parsing, and the
+top of the import graph: it hands the operator surfaces (admin console, /metrics and health,
+janitor, stats log) down to App, which never imports them."""
 
 from __future__ import annotations
 
@@ -8,11 +10,19 @@ import logging
 import os
 import sys
 
-from . import describe_version, top
+from . import admin, describe_version, http, janitor, statslog, top
+from .app import App, Surfaces
+from .auth import AuthFileError
+from .hba import HbaError
 from .config import ConfigError, load_settings
 from .log import setup_logging
+from .tls import build_contexts
+from .workers import run_workers
 
 log = logging.getLogger("pgpool")
+
+OPERATOR_SURFACES = Surfaces(open_console=admin.open_console, start_http=http.start,
+                             run_janitor=janitor.run_janitor, start_stats_log=statslog.start)
 
 
 class PrintVersion(argparse.Action):
@@ -67,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = loaded.settings
     setup_logging(settings.log_format, max(args.verbose, settings.verbose), settings.logfile or None)
     if args.check:
-        from .tls import build_contexts
         try:
             build_contexts(settings)   # certificate and key files are read here, not in config.py
         except ConfigError as error:
@@ -78,18 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         print("configuration ok")
         return 0
     if args.workers > 1:
-        from .workers import run_workers
         return run_workers(args.config, overrides, settings, args.workers, args.verbose)
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:   # uvloop is a dependency; run anyway, slower, where it cannot load
         runner = asyncio.run
-    from .app import App
-    from .auth import AuthFileError
-    from .hba import HbaError
     try:
-        app = App(loaded, overrides)
+        app = App(loaded, overrides, OPERATOR_SURFACES)
     except AuthFileError as error:
         print(f"pgpool: invalid auth_file: {error}", file=sys.stderr)
         return 2

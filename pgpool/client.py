@@ -17,7 +17,7 @@ import os
 import ssl
 import time
 from asyncio import sslproto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import auth, tls
 from .config import PoolMode
@@ -46,12 +46,41 @@ except ImportError:
     UvLoop = UvSSLProtocol = None
 
 if TYPE_CHECKING:
-    from .app import App
+    from collections.abc import Mapping
+
+    from .authquery import AuthQuery
+    from .config import DatabaseEntry, Settings
     from .params import SessionParams
     from .pool import Pool
     from .server import ServerConnection
 
 log = logging.getLogger("pgpool.client")
+
+
+class ClientHost(Protocol):
+    """What a client connection needs from the process that accepted it (app.py's App): settings,
+    secrets, limits, pools, cancel keys and the admin console. Defined here, not imported from
+    app.py: app.py sits above this module (imports run one way); App satisfies it by shape."""
+    settings: "Settings"
+    tls: tls.TlsContexts
+    loop: asyncio.AbstractEventLoop
+    auth_users: dict[str, str]
+    auth_query: "AuthQuery"
+
+    def on_client_connected(self, client: "ClientConnection") -> None: ...
+    def on_client_logged_in(self, client: "ClientConnection") -> None: ...
+    def on_client_closed(self, client: "ClientConnection") -> None: ...
+    def check_client_limit(self, client: "ClientConnection") -> None: ...
+    def register_cancel_key(self, client: "ClientConnection") -> tuple[int, int]: ...
+    def forward_cancel(self, pid: int, key: int) -> None: ...
+    def find_database(self, name: str) -> "DatabaseEntry | None": ...
+    def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
+                 replication: str | None = None) -> "Pool": ...
+    def client_auth_method(self, client: "ClientConnection", creds: auth.Credentials) -> str: ...
+    async def open_replication_server(self, client: "ClientConnection", pool: "Pool",
+                                      startup: "Mapping[str, str]") -> "SessionParams": ...
+    def open_admin_console(self, client: "ClientConnection", creds: auth.Credentials) -> Any: ...
+    def admin_welcome(self, database: str) -> bytes: ...
 
 # Every type but CopyData is looked at: the ones that drive pooling, and the invalid ones to refuse.
 WATCH_CLIENT = bytes(0 if t == F_COPY_DATA else 1 for t in range(256))
@@ -109,7 +138,7 @@ class ClientConnection(asyncio.Protocol):
                  "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
                  "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred", "replication")
 
-    def __init__(self, app: "App"):
+    def __init__(self, app: ClientHost):
         self.app = app
         self.id = next(_ids)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]

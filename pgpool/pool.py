@@ -15,7 +15,7 @@ import enum
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .hosts import ROLE_QUERY, DnsCache, HostPlan, Role, accepts
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
@@ -29,9 +29,7 @@ from .protocol.errors import (
 from .stats import PoolStats
 
 if TYPE_CHECKING:
-    from .app import App
-    from .config import DatabaseEntry, EffectivePoolSettings
-    from .server import ServerConnection
+    from .config import DatabaseEntry, EffectivePoolSettings, Settings
 
 log = logging.getLogger("pgpool.pool")
 
@@ -76,8 +74,50 @@ class ClientState(enum.IntEnum):
     CLOSED = 4       # in no container
 
 
+class PooledServer(Protocol):
+    """What a pool needs of a server connection (server.py's ServerConnection). Defined here, not
+    imported from server.py: server.py sits above this module (imports run one way)."""
+    state: ServerState
+    client: Any
+    params: SessionParams
+    prepared: Any
+    host: Any
+    last_used: float
+    tx_status: int
+    needs_reset: bool
+    needs_check: bool
+    close_needed: str | None
+    close_reason_on_release: str | None
+    closed_reason: str | None
+    cancels_in_flight: int
+    injected_rows: Any
+    parked: Any
+
+    def set_target(self, host: str, address: Any) -> None: ...
+    async def connect_and_login(self) -> None: ...
+    def close(self, reason: str) -> None: ...
+    def close_transport(self) -> None: ...
+    async def run_query(self, sql: str) -> tuple[ProtocolError | None, None]: ...
+    def run_maintenance(self, sql: str, then: Callable[[Any], None]) -> None: ...
+    def start_check(self) -> None: ...
+
+
+class PoolHost(Protocol):
+    """What a pool needs from the process that owns every pool (app.py's App): the settings, the
+    limits across pools, and the server factory. Handed down to Pool, never imported from app.py."""
+    settings: "Settings"
+    tls: Any   # tls.TlsContexts, replaced whole by RELOAD
+
+    def new_server(self, pool: "Pool") -> PooledServer: ...
+    def count_server(self, pool: "Pool", delta: int) -> None: ...
+    def may_open_server(self, pool: "Pool") -> bool: ...
+    def on_server_idle(self, pool: "Pool") -> None: ...
+    def on_server_slot_freed(self, pool: "Pool") -> None: ...
+    def send_cancel(self, host: str, port: int, backend_pid: int, backend_key: int) -> None: ...
+
+
 class Pool:
-    def __init__(self, app: "App", db: "DatabaseEntry", user: str, conf: "EffectivePoolSettings",
+    def __init__(self, app: PoolHost, db: "DatabaseEntry", user: str, conf: "EffectivePoolSettings",
                  server_user: str, server_password: str | None):
         self.app = app
         self.db = db
@@ -91,10 +131,10 @@ class Pool:
         # Shared prepared statements: a Parse is answered locally only for what THIS pool prepared.
         self.statement_registry = StatementRegistry()
         # Server containers.
-        self.connecting: set[ServerConnection] = set()
-        self.idle: list[ServerConnection] = []
-        self.active: set[ServerConnection] = set()
-        self.maintenance: set[ServerConnection] = set()
+        self.connecting: set[PooledServer] = set()
+        self.idle: list[PooledServer] = []
+        self.active: set[PooledServer] = set()
+        self.maintenance: set[PooledServer] = set()
         # Client containers.
         self.idle_clients: set[Any] = set()
         self.waiting: collections.deque[Any] = collections.deque()
@@ -122,7 +162,7 @@ class Pool:
 
     # ---- state moves ---------------------------------------------------------------------------
 
-    def set_server_state(self, server: "ServerConnection", state: ServerState) -> None:
+    def set_server_state(self, server: PooledServer, state: ServerState) -> None:
         old = server.state
         if old == state:
             return
@@ -215,7 +255,7 @@ class Pool:
             delay = max(0.0, self.app.settings.reserve_pool_timeout - self.max_wait())
             self._reserve_timer = asyncio.get_running_loop().call_later(delay + 0.001, self._on_reserve_timer)
 
-    def _next_idle(self) -> "ServerConnection":
+    def _next_idle(self) -> PooledServer:
         """Most recently used (LIFO), or the longest idle with server_round_robin."""
         return self.idle[0] if self.app.settings.server_round_robin else self.idle[-1]
 
@@ -223,7 +263,7 @@ class Pool:
         self._reserve_timer = None
         self.dispatch()
 
-    def link(self, client: Any, server: "ServerConnection") -> None:
+    def link(self, client: Any, server: PooledServer) -> None:
         waited = time.monotonic() - client.wait_start
         self.stats.wait_time += waited
         self.stats.wait_count += 1
@@ -287,18 +327,17 @@ class Pool:
     def launch_server(self) -> None:
         asyncio.get_running_loop().create_task(self._connect(self._new_server()))
 
-    def _new_server(self) -> "ServerConnection":
-        from .server import ServerConnection   # server.py imports this module
-        server = ServerConnection(self)
+    def _new_server(self) -> PooledServer:
+        server = self.app.new_server(self)
         self.set_server_state(server, ServerState.CONNECTING)
         return server
 
-    def _drop_attempt(self, server: "ServerConnection") -> None:
+    def _drop_attempt(self, server: PooledServer) -> None:
         server.close_transport()
         if server.state != ServerState.CLOSED:
             self.set_server_state(server, ServerState.CLOSED)
 
-    async def _connect(self, server: "ServerConnection") -> None:
+    async def _connect(self, server: PooledServer) -> None:
         started = time.monotonic()
         try:
             server = await self._login_some_host(server)
@@ -326,7 +365,7 @@ class Pool:
         if recovering:
             self.dispatch()   # open the rest of what the queue needs, not one server per janitor tick
 
-    async def _login_some_host(self, server: "ServerConnection") -> "ServerConnection":
+    async def _login_some_host(self, server: PooledServer) -> PooledServer:
         """Log `server` (or its replacements) into the first host of the plan that works and has the
         role target_session_attrs asks for. Unresolvable, unreachable and wrong-role hosts are skipped
         (transient); a permanent failure (wrong password) ends the walk at once, as in libpq.
@@ -335,7 +374,7 @@ class Pool:
         attrs = db.target_session_attrs
         settings = self.app.settings
         last_error: ProtocolError | None = None
-        attempt: ServerConnection | None = server
+        attempt: PooledServer | None = server
         for second_pass in range(HostPlan.passes(db)):
             for host in self.hosts.order(db):
                 try:
@@ -374,7 +413,7 @@ class Pool:
         assert last_error is not None
         raise last_error
 
-    async def _learn_role(self, server: "ServerConnection") -> Role:
+    async def _learn_role(self, server: PooledServer) -> Role:
         role = Role.from_reported(server.params.reported)
         if role is not None:
             return role
@@ -383,7 +422,7 @@ class Pool:
             raise error
         return Role.from_query(server.injected_rows[0] if server.injected_rows else None)
 
-    def on_read_only_error(self, server: "ServerConnection") -> None:
+    def on_read_only_error(self, server: PooledServer) -> None:
         """A server of a read-write pool answered 25006: if it reports being read-only (a failover
         turned it into a standby, or the old primary was made read-only), retire every server of this
         pool on that host and forget the host's DNS answer, so new connections find the new writer.
@@ -450,7 +489,7 @@ class Pool:
 
     # ---- giving back ---------------------------------------------------------------------------
 
-    def release_server(self, server: "ServerConnection") -> None:
+    def release_server(self, server: PooledServer) -> None:
         """The link ended (transaction done, or client gone): clean the server and reuse it."""
         client = server.client
         if client is not None:
@@ -470,7 +509,7 @@ class Pool:
             return
         self._clean(server)
 
-    def _clean(self, server: "ServerConnection") -> None:
+    def _clean(self, server: PooledServer) -> None:
         """Roll back an open transaction, then run server_reset_query where owed, then reuse."""
         settings = self.app.settings
         if server.tx_status != TX_IDLE:
@@ -481,7 +520,7 @@ class Pool:
         else:
             self.server_available(server)
 
-    def _after_reset(self, server: "ServerConnection") -> None:
+    def _after_reset(self, server: PooledServer) -> None:
         """server_reset_query ran: forget what it undid (tracked SETs, prepared statements)."""
         text = self.app.settings.server_reset_query.encode("utf-8")
         for change in classify(text, 0, len(text)).changes:   # DISCARD ALL / RESET ALL: every tracked SET
@@ -490,7 +529,7 @@ class Pool:
             server.prepared.forget_all()   # the server has none of pgpool's statements any more
         self.server_available(server)
 
-    def server_available(self, server: "ServerConnection") -> None:
+    def server_available(self, server: PooledServer) -> None:
         if server.close_needed:   # retired (RELOAD, failover) while it was being cleaned or checked
             server.close(server.close_needed)
             return
@@ -502,7 +541,7 @@ class Pool:
         elif self.conf.max_db_connections or self.conf.max_user_connections:
             self.app.on_server_idle(self)
 
-    def on_server_closed(self, server: "ServerConnection") -> None:
+    def on_server_closed(self, server: PooledServer) -> None:
         if server.state != ServerState.CLOSED:
             self.set_server_state(server, ServerState.CLOSED)
         self.app.on_server_slot_freed(self)
@@ -584,7 +623,7 @@ class Pool:
                 if future is not None:
                     await future
 
-    async def borrow_server(self) -> "ServerConnection":
+    async def borrow_server(self) -> PooledServer:
         """Take a server out of the pool for pgpool's own use (give it back with release_server)."""
         borrower = _Borrower(self)
         self.request_server(borrower)
@@ -608,7 +647,7 @@ class _Borrower:
         self.wait_start = 0.0
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    def attach_server(self, server: "ServerConnection") -> None:
+    def attach_server(self, server: PooledServer) -> None:
         # A borrowed server runs pgpool's queries: MAINTENANCE, and the borrower leaves the queue.
         self.pool.set_client_state(self, ClientState.CLOSED)
         self.pool.set_server_state(server, ServerState.MAINTENANCE)

@@ -14,7 +14,7 @@ import itertools
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import auth, tls
 from .hosts import needs_writer, unfit
@@ -39,10 +39,26 @@ from .protocol.framing import MessageScanner, watch_table
 from .protocol.scram import ScramClient, ScramError
 
 if TYPE_CHECKING:
-    from .client import ClientConnection
+    from .params import SessionChange
     from .pool import Pool
 
 log = logging.getLogger("pgpool.server")
+
+
+class LinkedClient(Protocol):
+    """What a server needs of the client linked to it (client.py's ClientConnection). Defined here,
+    not imported from client.py: client.py sits above this module (imports run one way)."""
+    transport: Any
+    params: SessionParams | None
+    tx_changes: "list[SessionChange]"
+    rfq_replacement: Any
+
+    def update_reading(self) -> None: ...
+    def on_server_lost(self, reason: str | None) -> None: ...
+    def on_ready_for_query(self, status: int) -> bool: ...
+    def on_server_error(self, fields: dict[str, str]) -> None: ...
+    def on_copy_in(self) -> None: ...
+    def on_command_complete(self, tag: bytes) -> None: ...
 
 WATCH_SERVER = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_COPY_IN_RESPONSE)
 # While a client's SET inside a transaction waits for COMMIT, CommandComplete tags matter too.
@@ -86,7 +102,7 @@ class ServerConnection(asyncio.Protocol):
         self.id = next(_ids)
         self.transport: asyncio.Transport | None = None
         self.state = ServerState.CLOSED
-        self.client: ClientConnection | None = None
+        self.client: LinkedClient | None = None
         settings = self.app.settings
         # Named prepared statements are tracked where servers are shared (transaction / statement mode).
         self.prepared: ServerStatements | None = None
