@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from . import describe_version
 from .client import ADMIN_DATABASES
 from .config import RELOADABLE_SETTINGS, Settings, implemented_settings
-from .pool import ClientState, ServerState
+from .pool import DNS, ClientState, ServerState
 from .statslog import Totals
 from .protocol import messages as m
 from .protocol.errors import INVALID_AUTHORIZATION_SPECIFICATION, PROTOCOL_VIOLATION, ProtocolError, error_response
@@ -634,8 +634,10 @@ def show_peer_pools(app: "App") -> Table:
 
 
 def show_dns_hosts(app: "App") -> Table:
-    # pgpool's name cache (dns_max_ttl) is not listed here: the table keeps PgBouncer's columns, empty.
-    return columns("sqs", "hostname", "ttl", "addrs"), []
+    """pgpool's name cache (dns_max_ttl): each resolved host, seconds left, its addresses as ip:port."""
+    rows = [(host, int(max(0.0, left)), ",".join(f"{addr}:{port}" for addr in addrs))
+            for host, port, addrs, left in DNS.resolved()]
+    return columns("sqs", "hostname", "ttl", "addrs"), rows
 
 
 def show_dns_zones(app: "App") -> Table:

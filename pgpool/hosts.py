@@ -117,6 +117,12 @@ class DnsCache:
         for key in [key for key in self._answers if key[0] == host]:
             del self._answers[key]
 
+    def resolved(self) -> list[tuple[str, int, list[str], float]]:
+        """(host, port, addresses, seconds left) of the names that resolved, for SHOW DNS_HOSTS."""
+        now = time.monotonic()
+        return [(host, port, value, expires - now) for (host, port), (expires, value) in self._answers.items()
+                if not isinstance(value, OSError)]
+
     def entries(self) -> list[tuple[str, int, str, float]]:
         """(host, port, addresses or error, seconds left) for SHOW DNS_HOSTS-like views."""
         now = time.monotonic()

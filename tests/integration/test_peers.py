@@ -147,7 +147,7 @@ async def test_show_sockets_dns_and_suspend_resume(pgpool_proc):
         assert {"cl_active", "sv_idle"} <= states
         assert "send_remain" in sockets[0] and "pkt_avail" in sockets[0]
         assert await show(admin, "ACTIVE_SOCKETS") == []
-        assert await show(admin, "DNS_HOSTS") == [] and await show(admin, "DNS_ZONES") == []
+        assert await show(admin, "DNS_ZONES") == []
         await admin.execute("SUSPEND")
         assert {r["key"]: r["value"] for r in await show(admin, "STATE")}["suspended"] == "yes"
         query = asyncio.create_task(conn.fetchval("SELECT 3"))
@@ -293,3 +293,19 @@ async def test_socket_and_dns_tables_have_pgbouncers_columns(pgpool_proc, pgboun
     finally:
         await ours.close()
         await theirs.close()
+
+
+async def test_show_dns_hosts_lists_the_names_pgpool_resolved(pgpool_proc, postgres):
+    proc = pgpool_proc({**ADMIN, "dns_max_ttl": 30},
+                       databases={"app": f"host=localhost port={postgres.port} dbname=app"})
+    admin = await console(proc)
+    conn = await asyncpg.connect(proc.dsn("app"))
+    try:
+        await conn.fetchval("SELECT 1")
+        rows = await show(admin, "DNS_HOSTS")
+        (localhost,) = [r for r in rows if r["hostname"] == "localhost"]
+        assert 0 < int(localhost["ttl"]) <= 30
+        assert f"127.0.0.1:{postgres.port}" in localhost["addrs"].split(",")
+    finally:
+        await conn.close()
+        await admin.close()
