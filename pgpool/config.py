@@ -888,6 +888,23 @@ def _suggest(word: str, candidates: list[str] | frozenset[str]) -> str:
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
+def read_quoted(text: str, i: int) -> tuple[str, int] | None:
+    """The string quoted by text[i] (' or ") with doubled quotes standing for one, and the index after
+    it; None when it is not closed. The quoting of libpq connection strings and of pg_hba.conf."""
+    quote = text[i]
+    parts: list[str] = []
+    i += 1
+    while True:
+        close = text.find(quote, i)
+        if close < 0:
+            return None
+        parts.append(text[i:close])
+        if not text.startswith(quote, close + 1):
+            return "".join(parts), close + 1
+        parts.append(quote)
+        i = close + 2
+
+
 def parse_connstr(text: str) -> list[tuple[str, str]]:
     """Split a PgBouncer connection string (`host=a port=1 connect_query='select 1'`) into
     pairs. Values may be single-quoted, with '' for a quote inside; spaces around '=' are
@@ -911,21 +928,10 @@ def parse_connstr(text: str) -> list[tuple[str, str]]:
         while i < n and text[i].isspace():
             i += 1
         if i < n and text[i] == "'":
-            i += 1
-            chars: list[str] = []
-            while True:
-                if i >= n:
-                    raise ValueError(f"unterminated quoted value for {key}")
-                if text[i] == "'":
-                    if i + 1 < n and text[i + 1] == "'":
-                        chars.append("'")
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                chars.append(text[i])
-                i += 1
-            value = "".join(chars)
+            quoted = read_quoted(text, i)
+            if quoted is None:
+                raise ValueError(f"unterminated quoted value for {key}")
+            value, i = quoted
         else:
             start = i
             while i < n and not text[i].isspace():

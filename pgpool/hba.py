@@ -18,6 +18,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import read_quoted
+
 METHODS = frozenset({"trust", "reject", "md5", "password", "scram-sha-256", "cert", "peer"})
 CONNECTION_TYPES = frozenset({"local", "host", "hostssl", "hostnossl"})
 
@@ -115,21 +117,11 @@ def _tokens(line: str, where: str) -> list[tuple[str, bool]]:
             tokens.append((",", False))
             i += 1
         elif char == '"':
-            out: list[str] = []
-            i += 1
-            while True:
-                if i >= n:
-                    raise HbaError(f"{where}: unterminated quoted string")
-                if line[i] == '"':
-                    if i + 1 < n and line[i + 1] == '"':
-                        out.append('"')
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                out.append(line[i])
-                i += 1
-            tokens.append(("".join(out), True))
+            quoted = read_quoted(line, i)
+            if quoted is None:
+                raise HbaError(f"{where}: unterminated quoted string")
+            text, i = quoted
+            tokens.append((text, True))
         else:
             start = i
             while i < n and not line[i].isspace() and line[i] not in ',#"':
