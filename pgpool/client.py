@@ -804,13 +804,9 @@ class ClientConnection(asyncio.Protocol):
             server.inject(sql, self._on_resynced)
 
     def _on_resynced(self, error: ProtocolError | None) -> None:
-        server = self.server
+        server = self._synced_server(error, " after RESET")
         if server is None:
             return
-        if error is not None:
-            server.close(f"could not restore session parameters after RESET: {error.message}")
-            return
-        server.params.statements = dict(self.params.statements)  # type: ignore[union-attr]
         announce = self._reported_after_reset(server)
         if announce:
             self.transport.write(announce)
@@ -903,15 +899,22 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_params_synced(self, error: ProtocolError | None) -> None:
         self.syncing = False
-        server = self.server
-        if server is None:
+        if self._synced_server(error, "") is None:
             return
-        if error is not None:
-            server.close(f"could not restore session parameters: {error.message}")
-            return
-        server.params.statements = dict(self.params.statements)  # type: ignore[union-attr]
         self._flush_pending()
         self.update_reading()
+
+    def _synced_server(self, error: ProtocolError | None, when: str) -> "ServerConnection | None":
+        """The linked server once pgpool's replay of this client's parameters on it succeeded, now
+        holding them; None when the client has no server any more or the replay failed (closed)."""
+        server = self.server
+        if server is None:
+            return None
+        if error is not None:
+            server.close(f"could not restore session parameters{when}: {error.message}")
+            return None
+        server.params.statements = dict(self.params.statements)  # type: ignore[union-attr]
+        return server
 
     def _flush_pending(self) -> None:
         if self.pending:
