@@ -749,27 +749,34 @@ def test_classify_deallocate():
     assert classify_deallocate(b"DISCARD PLANS") is None
 
 
+def through_tracker(pieces, step: int) -> tuple[bytes, ServerStatements]:
+    """Client bytes fed in `pieces` through real scanners around a tracker, a model server answering;
+    its replies go back `step` bytes at a time. Returns what the client receives, and the tracker."""
+    session = ModelSession()
+    tracker = ServerStatements(StatementRegistry(), 10)
+    tracker.link(ClientStatements())
+    seen = bytearray()
+    server_in = MessageScanner(WATCH_CLIENT, tracker.on_client_message, max_message=1 << 20)
+    server_out = MessageScanner(WATCH_SERVER, tracker.on_server_message, max_message=1 << 20, peer="server")
+    for piece in pieces:
+        to_server = server_in.feed(piece)
+        seen += tracker.take_client_output()
+        replies = b"".join(r for m in split_messages(to_server) for r in session.feed(m)) if to_server else b""
+        for i in range(0, len(replies), step):
+            seen += server_out.feed(replies[i:i + step])
+    return bytes(seen), tracker
+
+
 def test_scanner_driven_stream_split_at_every_offset_gives_the_same_replies():
     """The tracker behind real MessageScanners, fed in every split: the client sees the same bytes."""
     client_bytes = b"".join([parse("s", "select 1"), describe("S", "s"), FLUSH, bind("s"), execute(), SYNC,
                              close("S", "s"), parse("s", "select 2"), bind("s"), execute(), SYNC])
     expected = None
     for cut in range(0, len(client_bytes) + 1, 3):
-        session = ModelSession()
-        tracker = ServerStatements(StatementRegistry(), 10)
-        tracker.link(ClientStatements())
-        seen = bytearray()
-        server_in = MessageScanner(WATCH_CLIENT, tracker.on_client_message, max_message=1 << 20)
-        server_out = MessageScanner(WATCH_SERVER, tracker.on_server_message, max_message=1 << 20, peer="server")
-        for piece in (client_bytes[:cut], client_bytes[cut:]):
-            to_server = server_in.feed(piece)
-            seen += tracker.take_client_output()
-            replies = b"".join(r for m in split_messages(to_server) for r in session.feed(m)) if to_server else b""
-            for i in range(0, len(replies), 7):
-                seen += server_out.feed(replies[i:i + 7])
+        seen, _ = through_tracker((client_bytes[:cut], client_bytes[cut:]), 7)
         if expected is None:
-            expected = bytes(seen)
-        assert bytes(seen) == expected
+            expected = seen
+        assert seen == expected
     assert show(split_messages(expected)) == show(run_direct([Round(split_messages(client_bytes))]))
 
 
@@ -1001,20 +1008,9 @@ def test_split_streams_with_resets_give_the_same_bytes():
     @given(cuts=st.lists(st.integers(0, len(client_bytes)), max_size=4), step=st.integers(1, 9))
     @settings(max_examples=200)
     def check(cuts, step):
-        session = ModelSession()
-        tracker = ServerStatements(StatementRegistry(), 10)
-        tracker.link(ClientStatements())
-        seen = bytearray()
-        server_in = MessageScanner(WATCH_CLIENT, tracker.on_client_message, max_message=1 << 20)
-        server_out = MessageScanner(WATCH_SERVER, tracker.on_server_message, max_message=1 << 20, peer="server")
         bounds = [0, *sorted(cuts), len(client_bytes)]
-        for lo, hi in zip(bounds, bounds[1:]):
-            to_server = server_in.feed(client_bytes[lo:hi])
-            seen += tracker.take_client_output()
-            replies = b"".join(r for m in split_messages(to_server) for r in session.feed(m)) if to_server else b""
-            for i in range(0, len(replies), step):
-                seen += server_out.feed(replies[i:i + step])
-        assert show(split_messages(bytes(seen))) == show(run_direct([Round(split_messages(client_bytes))]))
+        seen, tracker = through_tracker([client_bytes[lo:hi] for lo, hi in zip(bounds, bounds[1:])], step)
+        assert show(split_messages(seen)) == show(run_direct([Round(split_messages(client_bytes))]))
         assert tracker.idle
         # Each reset retired what the server had: only "select 3" is left to share.
         assert [sst.stmt.content[:8] for sst in tracker.cache.values()] == [b"select 3"]
