@@ -2,10 +2,11 @@
 
 Owns: the startup phase (SSLRequest/GSSENCRequest answered 'N', CancelRequest handed to
 the app), client authentication (trust, plain, md5, SCRAM-SHA-256), the welcome, and on
-the data plane the request counting that says when a transaction is over: every Query,
-Sync and FunctionCall is owed one ReadyForQuery; an extended-protocol message since the
-last Sync keeps the server linked; COPY IN ignores Syncs until it ends. Holds no pool
-policy: it asks the pool for a server and tells it when the link may end.
+the data plane what a client's session carries (statement verdicts, SET / RESET, the
+audit, pins) and the asyncio side of the link: transport, flow control, pending bytes.
+What is owed and when a transaction is over is the linked server's `Link`
+(protocol/link.py), the one queue of outstanding requests. Holds no pool policy: it asks
+the pool for a server and tells it when the link may end.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ from .session import AUDIT, DROPS, REFUSE, STATELESS, UNDO, Verdict, audit_sql, 
 from .pool import ClientState
 from .protocol import messages as m
 from .protocol.constants import (
-    F_BIND, F_CLOSE, F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL, F_DESCRIBE, F_EXECUTE, F_FLUSH, F_FUNCTION_CALL,
-    F_PARSE, F_PASSWORD, F_QUERY, F_SYNC, F_TERMINATE, MAX_STARTUP_PACKET, TX_FAILED, TX_IDLE, TX_IN_BLOCK,
+    F_BIND, F_COPY_DATA, F_EXECUTE, F_FUNCTION_CALL, F_PARSE, F_PASSWORD, F_QUERY, F_SYNC, F_TERMINATE,
+    MAX_STARTUP_PACKET, TX_FAILED, TX_IDLE, TX_IN_BLOCK,
 )
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
     INVALID_PASSWORD, PROTOCOL_VIOLATION, QUERY_CANCELED, ProtocolError,
 )
 from .protocol.framing import MessageScanner
+from .protocol.link import Link
 from .protocol.scram import ScramError, ScramServer
 
 try:   # under uvloop, direct TLS uses uvloop's TLS layer, as loop.start_tls does
@@ -84,8 +86,6 @@ class ClientHost(Protocol):
 
 # Every type but CopyData is looked at: the ones that drive pooling, and the invalid ones to refuse.
 WATCH_CLIENT = bytes(0 if t == F_COPY_DATA else 1 for t in range(256))
-# Messages that leave state on the server until a Sync. Flush is not one: alone it asks for nothing.
-_EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE))
 
 # Bytes a client may send while it waits for a server before pgpool stops reading it.
 PENDING_LIMIT = 256 * 1024
@@ -131,8 +131,7 @@ class TlsHandshakeFailed(Exception):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_task",
-                 "pending", "pending_size", "peer", "user", "database", "cancel_key", "pending_rfq", "open_extended",
-                 "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
+                 "pending", "pending_size", "peer", "user", "database", "cancel_key", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
                  "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
@@ -155,11 +154,6 @@ class ClientConnection(asyncio.Protocol):
         self.user = ""
         self.database = ""
         self.cancel_key: tuple[int, int] | None = None
-        self.pending_rfq = 0                     # ReadyForQuery owed for Query / Sync / FunctionCall sent
-        self.open_extended = False               # extended-protocol messages sent since the last Sync
-        self.copy_in = False                     # in COPY FROM STDIN: the server ignores Syncs
-        self.copy_end_seen = False               # CopyDone/CopyFail sent since the last Execute/Query
-        self.syncs_since_execute = 0             # Syncs sent between the last Execute/Query and CopyDone
         self.rfq_seen = 0                        # ReadyForQuery received so far: numbers the replies
         # SET/RESET sent, not yet answered, each with the number of the ReadyForQuery that answers it.
         self.pending_changes: list[tuple[int, SessionChange]] = []
@@ -260,12 +254,11 @@ class ClientConnection(asyncio.Protocol):
         if server is not None:
             if out:
                 server.transport.write(out)
-            if server.prepared is not None:
-                made_up = server.prepared.take_client_output()
-                if made_up:
-                    self.transport.write(made_up)
-                if not server.injected:
-                    server.scanner.watch = server.normal_watch()
+            link = server.link
+            made_up = link.take_client_output()
+            if made_up:
+                self.transport.write(made_up)
+            link.update_watch()
         if self.closing:
             self.disconnect("client close request")
 
@@ -538,86 +531,64 @@ class ClientConnection(asyncio.Protocol):
     # ---- data plane: client -> server ----------------------------------------------------------
 
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        out = self._track_message(msg_type, buf, start, end)
-        server = self.server
-        if server is not None and server.prepared is not None and msg_type != F_TERMINATE:
-            if out:   # pgpool replaced the message (a refusal): the tracker sees what is sent
-                tracked = server.prepared.on_client_message(msg_type, out, 5, len(out))
-                return out if tracked is None else tracked
-            return server.prepared.on_client_message(msg_type, buf, start, end)
-        return out
+        if msg_type == F_TERMINATE:
+            self.closing = True
+            return b""
+        link = self.server.link  # type: ignore[union-attr]   # the scanner runs only while a server is linked
+        out = self._track_message(link, msg_type, buf, start, end)
+        if out:   # pgpool replaced the message (a refusal): the link sees what is sent
+            tracked = link.on_client_message(msg_type, out, 5, len(out))
+            return out if tracked is None else tracked
+        return link.on_client_message(msg_type, buf, start, end)
 
-    def _track_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        """The core's bookkeeping: requests owed a ReadyForQuery, session changes, Terminate."""
+    def _track_message(self, link: Link, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        """What a request does to the client's session: verdicts, SET / RESET; None, or a refusal to send."""
         if msg_type == F_QUERY:
-            if not self.pending_rfq:
+            if link.idle:
                 self.query_start = time.monotonic()
-            self.pending_rfq += 1
-            self.syncs_since_execute = 0
-            self.copy_end_seen = False
             if buf is not None:
                 verdict = classify(buf, start, end - 1)
                 if verdict is not STATELESS:
                     # Its changes settle at the ReadyForQuery that answers this Query.
-                    if self._note_verdict(verdict, self.rfq_seen + self.pending_rfq):
+                    if self._note_verdict(verdict, self.rfq_seen + link.owed_ready() + 1):
                         return m.query(refusal_sql(self.pool.name, buf[start:end - 1].decode(  # type: ignore[union-attr]
                             "utf-8", "replace")))
         elif msg_type == F_SYNC:
-            if not self.copy_in:
-                if not self.pending_rfq:
-                    self.query_start = time.monotonic()
-                self.pending_rfq += 1
-                if not self.copy_end_seen:
-                    self.syncs_since_execute += 1
-            self.open_extended = False
-        elif msg_type in _EXTENDED:
-            self.open_extended = True
-            if msg_type == F_EXECUTE:
-                self.syncs_since_execute = 0
-                self.copy_end_seen = False
-                if self.portal_verdicts and buf is not None:
-                    verdict = self.portal_verdicts.get(buf[start:buf.find(b"\x00", start, end)])
-                    if verdict is not None:   # settles at the ReadyForQuery of the next Sync
-                        self._note_verdict(verdict, self.rfq_seen + self.pending_rfq + 1)
-            elif msg_type == F_BIND:
-                if (self.stmt_verdicts or self.portal_verdicts) and buf is not None:
-                    portal_end = buf.find(b"\x00", start, end)
-                    statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
-                    verdict = self.stmt_verdicts.get(statement)
-                    if verdict is not None:
-                        self.portal_verdicts[buf[start:portal_end]] = verdict
-                    else:
-                        self.portal_verdicts.pop(buf[start:portal_end], None)
-            elif msg_type == F_PARSE and buf is not None:
-                name_end = buf.find(b"\x00", start, end)
-                query_end = buf.find(b"\x00", name_end + 1, end)
-                if 0 <= name_end < query_end:
-                    verdict = classify(buf, name_end + 1, query_end)
-                    if verdict is STATELESS:
-                        if self.stmt_verdicts:
-                            self.stmt_verdicts.pop(buf[start:name_end], None)
-                    else:
-                        name = buf[start:name_end]
-                        self.stmt_verdicts[name] = verdict
-                        if verdict.flags & REFUSE and self._refuses():
-                            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
-                            sql = refusal_sql(self.pool.name,  # type: ignore[union-attr]
-                                              buf[name_end + 1:query_end].decode("utf-8", "replace"))
-                            return m.message(b"P", name + b"\x00" + m.cstring(sql) + b"\x00\x00")
+            if link.idle:
+                self.query_start = time.monotonic()
+        elif msg_type == F_EXECUTE:
+            if self.portal_verdicts and buf is not None:
+                verdict = self.portal_verdicts.get(buf[start:buf.find(b"\x00", start, end)])
+                if verdict is not None:   # settles at the ReadyForQuery of the next Sync
+                    self._note_verdict(verdict, self.rfq_seen + link.owed_ready() + 1)
+        elif msg_type == F_BIND:
+            if (self.stmt_verdicts or self.portal_verdicts) and buf is not None:
+                portal_end = buf.find(b"\x00", start, end)
+                statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
+                verdict = self.stmt_verdicts.get(statement)
+                if verdict is not None:
+                    self.portal_verdicts[buf[start:portal_end]] = verdict
+                else:
+                    self.portal_verdicts.pop(buf[start:portal_end], None)
+        elif msg_type == F_PARSE and buf is not None:
+            name_end = buf.find(b"\x00", start, end)
+            query_end = buf.find(b"\x00", name_end + 1, end)
+            if 0 <= name_end < query_end:
+                verdict = classify(buf, name_end + 1, query_end)
+                if verdict is STATELESS:
+                    if self.stmt_verdicts:
+                        self.stmt_verdicts.pop(buf[start:name_end], None)
+                else:
+                    name = buf[start:name_end]
+                    self.stmt_verdicts[name] = verdict
+                    if verdict.flags & REFUSE and self._refuses():
+                        self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
+                        sql = refusal_sql(self.pool.name,  # type: ignore[union-attr]
+                                          buf[name_end + 1:query_end].decode("utf-8", "replace"))
+                        return m.message(b"P", name + b"\x00" + m.cstring(sql) + b"\x00\x00")
         elif msg_type == F_FUNCTION_CALL:
-            self.pending_rfq += 1
-        elif msg_type == F_FLUSH:
-            if end != start:
-                # Postgres fails a Flush with a body and skips to the next Sync: a reply is owed.
-                self.open_extended = True
-        elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
-            self.copy_in = False
-            self.copy_end_seen = True
-        elif msg_type == F_TERMINATE:
-            self.closing = True
-            return b""
-        else:
-            raise ProtocolError(PROTOCOL_VIOLATION, f"invalid frontend message type {msg_type} ({chr(msg_type)!r})")
+            if link.idle:
+                self.query_start = time.monotonic()
         return None
 
     def _refuses(self) -> bool:
@@ -710,8 +681,7 @@ class ClientConnection(asyncio.Protocol):
             log.info("%s: unpinned: no session state left on server %s", self.log_prefix, server.log_prefix)
 
     def _release_if_done(self, server: "ServerConnection") -> None:
-        if (not self.pinned and not (self.pending_rfq or self.open_extended or self.copy_in)
-                and server.tx_status == TX_IDLE and self.mode != PoolMode.SESSION):
+        if not self.pinned and server.link.releasable and self.mode != PoolMode.SESSION:
             if self.resync_due:   # the next server gets the startup values at attach; tell the client now
                 self.resync_due = False
                 self.transport.write(self._reported_after_reset(server))
@@ -721,10 +691,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_ready_for_query(self, status: int) -> bool:
         """A ReadyForQuery reached this client; True when the server may go back to the pool."""
-        if self.pending_rfq:
-            self.pending_rfq -= 1
         self.rfq_seen += 1
-        self.copy_in = False      # ReadyForQuery: the backend has left any COPY
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         now = time.monotonic()
@@ -736,9 +703,9 @@ class ClientConnection(asyncio.Protocol):
         if self.tx_changes and status == TX_IDLE:
             self._settle_tx_changes()
         self.query_failed = False
-        if self.pending_rfq or self.open_extended or self.copy_in:
-            return False
         server = self.server
+        if server is not None and not server.link.settled:
+            return False
         if status == TX_IDLE:
             elapsed = now - self.xact_start
             stats.xact_count += 1
@@ -813,7 +780,7 @@ class ClientConnection(asyncio.Protocol):
         self._release_if_done(server)
 
     def _drain_now(self) -> None:
-        if self.server is None or not (self.pending_rfq or self.open_extended):
+        if not self.busy:
             self.disconnect("shutting down", ProtocolError(ADMIN_SHUTDOWN, "pgpool is shutting down (client drained "
                                                                            "at transaction boundary)"))
 
@@ -834,15 +801,13 @@ class ClientConnection(asyncio.Protocol):
                 server_statements = dict(self.server.params.statements) if self.server is not None else {}
                 self.tx_snapshot = (dict(self.params.statements), server_statements)  # type: ignore[union-attr]
             self.tx_changes.extend(answered)
-            if self.server is not None:
-                self.server.scanner.watch = self.server.normal_watch()
+            self._watch_tags(True)
         self._apply_changes(answered)
 
     def _settle_tx_changes(self) -> None:
         self.tx_changes = []
         snapshot, self.tx_snapshot = self.tx_snapshot, None
-        if self.server is not None:
-            self.server.scanner.watch = self.server.normal_watch()
+        self._watch_tags(False)
         if not self.last_tag.startswith(b"COMMIT") and snapshot is not None:
             # Rolled back: the SETs and RESETs went with it (reported values come back as ParameterStatus).
             self.params.statements = snapshot[0]  # type: ignore[union-attr]
@@ -872,12 +837,18 @@ class ClientConnection(asyncio.Protocol):
         self.query_failed = True
         self.pool.stats.count_error("server_error")  # type: ignore[union-attr]
 
-    def on_copy_in(self) -> None:
-        # Syncs sent after the Execute that started COPY, before CopyDone, are ignored by the server.
-        self.pending_rfq = max(0, self.pending_rfq - self.syncs_since_execute)
-        self.syncs_since_execute = 0
-        # A client that already sent CopyDone (everything in one write) is not in COPY any more.
-        self.copy_in = not self.copy_end_seen
+    def _watch_tags(self, wanted: bool) -> None:
+        """CommandComplete tags matter while a SET inside the transaction waits for its COMMIT."""
+        server = self.server
+        if server is not None:
+            server.link.watch_tags = wanted
+            server.link.update_watch()
+
+    @property
+    def busy(self) -> bool:
+        """A request of this client's is outstanding on its server (pgpool's own queries do not count)."""
+        server = self.server
+        return server is not None and server.link.client_busy
 
     # ---- linking -------------------------------------------------------------------------------
 
@@ -886,6 +857,8 @@ class ClientConnection(asyncio.Protocol):
         server.client = self
         if server.prepared is not None:
             server.prepared.link(self.statements)
+        else:
+            server.link.link()
         self.xact_start = time.monotonic()
         if self.write_paused:
             server.set_reading(False)
@@ -936,12 +909,10 @@ class ClientConnection(asyncio.Protocol):
         server.set_reading(True)
         self.syncing = False
         self.cancel_deferred = False
-        if server.prepared is not None and not server.prepared.unlink():
-            server.close("released with prepared statement replies outstanding")
+        if not server.link.unlink():
+            server.close("released with replies outstanding")
         self.tx_changes.clear()   # a SET inside an unfinished transaction dies with it
         self.tx_snapshot = None
-        if not server.injected:
-            server.scanner.watch = server.normal_watch()
         self.update_reading()
 
     def on_server_lost(self, reason: str) -> None:
@@ -1011,7 +982,7 @@ class ClientConnection(asyncio.Protocol):
         pool = self.pool
         server = self.server
         if server is not None:
-            if self.pending_rfq or self.open_extended or self.copy_in or self.syncing or server.injected:
+            if not server.link.settled or self.syncing:
                 # Mid-query (its own or pgpool's check): cancel it, and drop the server rather than wait.
                 self.server = None
                 server.client = None

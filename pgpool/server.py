@@ -23,19 +23,20 @@ from .netopts import apply_tcp_options
 from .params import SessionParams
 from .config import PoolMode
 from .pool import ServerState
-from .prepared import WATCH_SERVER as PREPARED_WATCH_SERVER, ServerStatements
+from .prepared import ServerStatements
 from .protocol import messages as m
 from .protocol.constants import (
     AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
-    B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_COMMAND_COMPLETE, B_DATA_ROW, B_COPY_IN_RESPONSE, B_ERROR_RESPONSE,
-    B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
+    B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_COMMAND_COMPLETE, B_ERROR_RESPONSE, B_PARAMETER_STATUS,
+    B_READY_FOR_QUERY, TX_IDLE,
 )
 from .protocol.errors import (
     CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, READ_ONLY_SQL_TRANSACTION,
     ProtocolError,
     parse_error_fields,
 )
-from .protocol.framing import MessageScanner, watch_table
+from .protocol.framing import MessageScanner
+from .protocol.link import WATCH_CORE, Done, Link
 from .protocol.scram import ScramClient, ScramError
 
 if TYPE_CHECKING:
@@ -57,18 +58,8 @@ class LinkedClient(Protocol):
     def on_server_lost(self, reason: str | None) -> None: ...
     def on_ready_for_query(self, status: int) -> bool: ...
     def on_server_error(self, fields: dict[str, str]) -> None: ...
-    def on_copy_in(self) -> None: ...
     def on_command_complete(self, tag: bytes) -> None: ...
 
-WATCH_SERVER = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_COPY_IN_RESPONSE)
-# While a client's SET inside a transaction waits for COMMIT, CommandComplete tags matter too.
-WATCH_SERVER_TAGS = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_COPY_IN_RESPONSE,
-                                B_COMMAND_COMPLETE)
-WATCH_ALL = bytes([1]) * 256
-
-
-def _merge(a: bytes, b: bytes) -> bytes:
-    return bytes(x | y for x, y in zip(a, b))
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
@@ -84,16 +75,12 @@ def unix_socket_path(directory: str, port: int) -> str:
     return f"{directory.rstrip('/')}/.s.PGSQL.{port}"
 
 
-Done = Callable[[ProtocolError | None], None]
-
 
 class ServerConnection(asyncio.Protocol):
-    __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "params", "backend_pid",
-                 "backend_key", "created_at", "last_used", "tx_status", "injected", "_on_injected_done",
-                 "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
-                 "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
-                 "parked", "fatal_cause",
-                 "watch_normal", "watch_tags", "host", "address", "extra_startup")
+    __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "link", "params", "backend_pid",
+                 "backend_key", "created_at", "last_used", "needs_reset", "close_needed", "_login", "_release",
+                 "write_paused", "reading_paused", "closed_reason", "log_prefix", "prepared", "cancels_in_flight",
+                 "parked", "fatal_cause", "host", "address", "extra_startup")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
@@ -104,26 +91,20 @@ class ServerConnection(asyncio.Protocol):
         self.state = ServerState.CLOSED
         self.client: LinkedClient | None = None
         settings = self.app.settings
-        # Named prepared statements are tracked where servers are shared (transaction / statement mode).
+        self.scanner = MessageScanner(WATCH_CORE, self._on_message, max_message=settings.max_packet_size,
+                                      peer="server")
+        # The conversation (what is owed, what goes where). Named prepared statements are tracked
+        # where servers are shared (transaction / statement mode): then it is the statement tracker.
         self.prepared: ServerStatements | None = None
-        self.watch_normal, self.watch_tags = WATCH_SERVER, WATCH_SERVER_TAGS
         if settings.max_prepared_statements and pool.conf.pool_mode != PoolMode.SESSION:
             self.prepared = ServerStatements(pool.statement_registry, settings.max_prepared_statements,
-                                             stats=pool.stats)
-            self.watch_normal = _merge(WATCH_SERVER, PREPARED_WATCH_SERVER)
-            self.watch_tags = _merge(WATCH_SERVER_TAGS, PREPARED_WATCH_SERVER)
-        self.scanner = MessageScanner(self.watch_normal, self._on_message, max_message=settings.max_packet_size,
-                                      peer="server")
+                                             stats=pool.stats, scanner=self.scanner)
+        self.link: Link = self.prepared if self.prepared is not None else Link(self.scanner)
         self.params = SessionParams()
         self.backend_pid = 0
         self.backend_key = 0
         self.created_at = time.monotonic()
         self.last_used = self.created_at
-        self.tx_status = TX_IDLE
-        self.injected = 0                       # ReadyForQuery still owed for pgpool's own queries
-        self._on_injected_done: Done | None = None
-        self._injected_error: ProtocolError | None = None
-        self.injected_rows: list[str | None] = []   # first column of each DataRow of pgpool's own query
         self.cancels_in_flight = 0              # CancelRequests sent for this backend, not yet handled
         self.parked = False                     # released while a cancel was in flight: held back
         self.needs_reset = False                # server_reset_query owed before reuse
@@ -137,6 +118,25 @@ class ServerConnection(asyncio.Protocol):
         self.host = pool.db.host        # the host name of the entry's list this connection went to
         self.address = pool.db.host     # what it resolved to (cancel requests go there)
         self.log_prefix = f"S-{self.id} {pool.name}@{pool.db.host}:{pool.db.port}"
+
+    @property
+    def tx_status(self) -> int:
+        """Status byte of the server's last ReadyForQuery (I, T, E)."""
+        return self.link.tx_status
+
+    @tx_status.setter
+    def tx_status(self, status: int) -> None:
+        self.link.tx_status = status
+
+    @property
+    def injected(self) -> int:
+        """pgpool's own queries still owed a reply."""
+        return self.link.injected
+
+    @property
+    def injected_rows(self) -> list[str | None]:
+        """First column of each DataRow of pgpool's last own query."""
+        return self.link.rows
 
     def set_target(self, host: str, address: str) -> None:
         """Which host of the database entry (and which of its addresses) connect_and_login dials."""
@@ -181,10 +181,7 @@ class ServerConnection(asyncio.Protocol):
         client = self.client
         if client is not None:
             client.on_server_lost(self.closed_reason)
-        done = self._on_injected_done
-        if done is not None:
-            self._on_injected_done = None
-            done(ProtocolError(CONNECTION_FAILURE, self.closed_reason))
+        self.link.fail_injected(self.closed_reason)
         if self.state != ServerState.CONNECTING:
             self.pool.on_server_closed(self)
 
@@ -375,33 +372,28 @@ class ServerConnection(asyncio.Protocol):
     # ---- data plane ----------------------------------------------------------------------------
 
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        if msg_type == B_READY_FOR_QUERY and buf is not None and end - start != 1:
-            # Its status byte is read at buf[start]: never take the next message's byte for it.
-            raise ProtocolError(PROTOCOL_VIOLATION, f"malformed ReadyForQuery: {end - start} bytes instead of 1")
-        if self.injected:
-            return self._on_injected_message(msg_type, buf, start, end)
-        out = None
-        prepared = self.prepared
-        if prepared is not None and self.client is not None:
-            out = prepared.on_server_message(msg_type, buf, start, end)
+        link = self.link
+        own = link.injected and link.head_is_injected()   # a reply to pgpool's own query: never forwarded
+        out = link.on_server_message(msg_type, buf, start, end)
         if buf is None:
             return out      # too large to inspect; nothing the core tracks is that large
         client = self.client
+        if msg_type == B_PARAMETER_STATUS:
+            name, value = m.parse_parameter_status(buf[start:end])
+            self.params.reported[name] = value
+            if client is not None and not own:
+                client.params.reported[name] = value
+            return out
+        if own:
+            return out
         if msg_type == B_READY_FOR_QUERY:
-            status = buf[start]
-            self.tx_status = status
-            if client is not None and client.on_ready_for_query(status):
+            if client is not None and client.on_ready_for_query(buf[start]):
                 self._release = True
                 replacement = client.rfq_replacement
                 if replacement is not None:
                     client.rfq_replacement = None
                     # Keep any replies the tracker put before this ReadyForQuery (6 bytes).
                     return (out[:-6] if out else b"") + replacement
-        elif msg_type == B_PARAMETER_STATUS:
-            name, value = m.parse_parameter_status(buf[start:end])
-            self.params.reported[name] = value
-            if client is not None:
-                client.params.reported[name] = value
         elif msg_type == B_ERROR_RESPONSE:
             fields = parse_error_fields(buf[start:end])
             if fields.get("C") == READ_ONLY_SQL_TRANSACTION and needs_writer(self.pool.db.target_session_attrs):
@@ -415,53 +407,15 @@ class ServerConnection(asyncio.Protocol):
                     return b""
             else:
                 log.warning("%s: error while idle: %s (%s)", self.log_prefix, fields.get("M"), fields.get("C"))
-        elif msg_type == B_COPY_IN_RESPONSE:
-            if client is not None:
-                client.on_copy_in()
         elif msg_type == B_COMMAND_COMPLETE:
             if client is not None and client.tx_changes:
                 client.on_command_complete(buf[start:end - 1])
         return out
 
-    def _on_injected_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
-        if buf is None:
-            return b""
-        if msg_type == B_READY_FOR_QUERY:
-            self.tx_status = buf[start]
-            self.injected -= 1
-            if self.injected == 0:
-                self.scanner.watch = self.normal_watch()
-                done, error = self._on_injected_done, self._injected_error
-                self._on_injected_done = None
-                self._injected_error = None
-                if done is not None:
-                    done(error)
-        elif msg_type == B_PARAMETER_STATUS:
-            name, value = m.parse_parameter_status(buf[start:end])
-            self.params.reported[name] = value
-        elif msg_type == B_DATA_ROW:
-            self.injected_rows.append(m.first_column(buf, start, end))
-        elif msg_type == B_ERROR_RESPONSE and self._injected_error is None:
-            fields = parse_error_fields(buf[start:end])
-            self._injected_error = ProtocolError(fields.get("C", PROTOCOL_VIOLATION), fields.get("M", "error"))
-        return b""
-
-    def normal_watch(self) -> bytes:
-        """The message types to look at now: the tracker's only while it has replies to place."""
-        client = self.client
-        tags = client is not None and client.tx_changes
-        if self.prepared is None or self.prepared.plain_queries_only():
-            return WATCH_SERVER_TAGS if tags else WATCH_SERVER
-        return self.watch_tags if tags else self.watch_normal
-
     def inject(self, sql: str, done: Done) -> None:
         """Send pgpool's own simple query; its replies never reach a client; `done(error)` at its ReadyForQuery."""
         assert self.transport is not None
-        self.injected += 1
-        self.injected_rows = []
-        self._on_injected_done = done
-        self.scanner.watch = WATCH_ALL
-        self.transport.write(m.query(sql))
+        self.transport.write(self.link.inject(m.query(sql), done))
 
     async def run_query(self, sql: str) -> tuple[ProtocolError | None, None]:
         future = asyncio.get_running_loop().create_future()
