@@ -26,6 +26,7 @@ from pathlib import Path
 COMPILED_MODULES = (
     "pgpool.protocol.framing",
     "pgpool.protocol.messages",
+    "pgpool.protocol.link",
     "pgpool.client",
     "pgpool.server",
     "pgpool.pool",

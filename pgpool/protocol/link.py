@@ -371,9 +371,15 @@ class Link:
         if msg_type == B_READY_FOR_QUERY:
             if buf is not None:
                 self.tx_status = buf[start]
-            self._queue.popleft()
+            queue = self._queue
+            queue.popleft()
+            # Replies pgpool made up for client requests sent meanwhile are due now.
+            made_up = []
+            while queue and queue[0][1] == A_SYNTH:
+                made_up.append(queue.popleft()[2][0])
             self.update_watch()
             self._end_injected(head)
+            return b"".join(made_up)
         elif msg_type == B_DATA_ROW:
             if buf is not None:
                 own.rows.append(first_column(buf, start, end))
