@@ -982,19 +982,9 @@ class ClientConnection(asyncio.Protocol):
         pool = self.pool
         server = self.server
         if server is not None:
-            if not server.link.settled or self.syncing:
-                # Mid-query (its own or pgpool's check): cancel it, and drop the server rather than wait.
-                self.server = None
-                server.client = None
-                server.cancel_and_close(f"client left mid-query ({reason})")
-            else:
-                # Idle (maybe inside a transaction): release rolls back / resets before reuse.
-                # Session state it may have made (pinned, or not yet checked) is reset before reuse.
-                dirty = self.pinned or self.audit_due
-                server.needs_reset = self.mode == PoolMode.SESSION or dirty
-                if dirty and not self.app.settings.server_reset_query:
-                    server.close_needed = "client left session state on it and server_reset_query is empty"
-                pool.release_server(server)  # type: ignore[union-attr]
+            # Session state it may have made (pinned, or not yet checked) must not reach the next client.
+            pool.release_abandoned(server, reason, mid_query=self.syncing or not server.link.settled,  # type: ignore[union-attr]
+                                   session_left=self.pinned or self.audit_due or self.mode == PoolMode.SESSION)
         if pool is not None:
             pool.set_client_state(self, ClientState.CLOSED)
         if self.admin is not None:
