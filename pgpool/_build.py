@@ -33,6 +33,7 @@ COMPILED_MODULES = (
     "pgpool.prepared",
     "pgpool.params",
     "pgpool.session",
+    "pgpool.clientsession",
     "pgpool.stats",
 )
 MANIFEST_NAME = "_compiled.json"

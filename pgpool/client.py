@@ -21,18 +21,18 @@ from asyncio import sslproto
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import auth, tls
+from .clientsession import ClientSession
 from .config import PoolMode
 from .loginstream import LoginStream
 from .netopts import apply_tcp_options
 from .prepared import ClientStatements
-from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, \
-    set_config_sql, sync_sql
-from .session import AUDIT, DROPS, REFUSE, STATELESS, UNDO, Verdict, audit_sql, classify, parse_audit, refusal_sql
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, sync_sql
+from .session import STATELESS, audit_sql, classify
 from .pool import ClientState
 from .protocol import messages as m
 from .protocol.constants import (
-    F_BIND, F_COPY_DATA, F_EXECUTE, F_FUNCTION_CALL, F_PARSE, F_PASSWORD, F_QUERY, F_SYNC, F_TERMINATE,
-    MAX_STARTUP_PACKET, TX_FAILED, TX_IDLE, TX_IN_BLOCK,
+    F_COPY_DATA, F_FUNCTION_CALL, F_PASSWORD, F_QUERY, F_SYNC, F_TERMINATE,
+    MAX_STARTUP_PACKET, TX_IDLE, TX_IN_BLOCK,
 )
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
@@ -131,11 +131,10 @@ class TlsHandshakeFailed(Exception):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_task",
-                 "pending", "pending_size", "peer", "user", "database", "cancel_key", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
+                 "pending", "pending_size", "peer", "user", "database", "cancel_key", "session",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
-                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
-                 "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
-                 "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred", "replication")
+                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement",
+                 "query_start", "statements", "cancel_deferred", "replication")
 
     def __init__(self, app: ClientHost):
         self.app = app
@@ -154,13 +153,7 @@ class ClientConnection(asyncio.Protocol):
         self.user = ""
         self.database = ""
         self.cancel_key: tuple[int, int] | None = None
-        self.rfq_seen = 0                        # ReadyForQuery received so far: numbers the replies
-        # SET/RESET sent, not yet answered, each with the number of the ReadyForQuery that answers it.
-        self.pending_changes: list[tuple[int, SessionChange]] = []
-        self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
-        self.tx_snapshot: tuple[dict[str, str], dict[str, str]] | None = None   # statements before them
-        self.query_failed = False
-        self.last_tag = b""
+        self.session: ClientSession | None = None   # what the session carries, from login on
         now = time.monotonic()
         self.xact_start = now
         self.last_activity = now
@@ -177,18 +170,8 @@ class ClientConnection(asyncio.Protocol):
         self.mode = PoolMode.TRANSACTION
         self.drain = False                       # shutting down: leave at the next transaction boundary
         self.rfq_replacement: bytes | None = None  # what the client sees instead of a ReadyForQuery
-        self.pinned = False                      # keeps its server: it holds unshareable session state
-        self.audit_due = False                   # ask the server about session state at the transaction's end
-        self.auditing = False                    # an audit is on its way: its answer may pin
-        self.audit_cause = ""                    # the statement that made the audit due, for the log
-        self.resync_due = False                  # a RESET left the server off the client's startup values
-        self.resync_reported: list[str] = []     # reported names to announce once the server has them again
         self.query_start = now
         self.statements = ClientStatements()     # this client's names of protocol-level prepared statements
-        # Verdicts of what is not stateless: statement name -> verdict, portal name -> verdict. A
-        # verdict belongs to the statement and counts at every Execute, in whatever transaction.
-        self.stmt_verdicts: dict[bytes, Verdict] = {}
-        self.portal_verdicts: dict[bytes, Verdict] = {}
         self.replication: str | None = None      # "physical" / "logical": passed through, never pooled
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
@@ -452,8 +435,10 @@ class ClientConnection(asyncio.Protocol):
             # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
             self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
                                           max_inspect=min(settings.max_packet_size, MAX_REWRITE))
-            # Shared prepared statements are keyed by search_path too.
-            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
+            pool = self.pool
+            self.session = ClientSession(self.app, self.params, self.statements, pool.stats, pool.name,  # type: ignore[arg-type,union-attr]
+                                         pool.reported_names, self.mode == PoolMode.SESSION,  # type: ignore[union-attr]
+                                         self.log_prefix)
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
             self.app.on_client_logged_in(self)
         if self.app.settings.log_connections:
@@ -542,168 +527,46 @@ class ClientConnection(asyncio.Protocol):
         return link.on_client_message(msg_type, buf, start, end)
 
     def _track_message(self, link: Link, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        """What a request does to the client's session: verdicts, SET / RESET; None, or a refusal to send."""
-        if msg_type == F_QUERY:
-            if link.idle:
-                self.query_start = time.monotonic()
-            if buf is not None:
-                verdict = classify(buf, start, end - 1)
-                if verdict is not STATELESS:
-                    # Its changes settle at the ReadyForQuery that answers this Query.
-                    if self._note_verdict(verdict, self.rfq_seen + link.owed_ready() + 1):
-                        return m.query(refusal_sql(self.pool.name, buf[start:end - 1].decode(  # type: ignore[union-attr]
-                            "utf-8", "replace")))
-        elif msg_type == F_SYNC:
-            if link.idle:
-                self.query_start = time.monotonic()
-        elif msg_type == F_EXECUTE:
-            if self.portal_verdicts and buf is not None:
-                verdict = self.portal_verdicts.get(buf[start:buf.find(b"\x00", start, end)])
-                if verdict is not None:   # settles at the ReadyForQuery of the next Sync
-                    self._note_verdict(verdict, self.rfq_seen + link.owed_ready() + 1)
-        elif msg_type == F_BIND:
-            if (self.stmt_verdicts or self.portal_verdicts) and buf is not None:
-                portal_end = buf.find(b"\x00", start, end)
-                statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
-                verdict = self.stmt_verdicts.get(statement)
-                if verdict is not None:
-                    self.portal_verdicts[buf[start:portal_end]] = verdict
-                else:
-                    self.portal_verdicts.pop(buf[start:portal_end], None)
-        elif msg_type == F_PARSE and buf is not None:
-            name_end = buf.find(b"\x00", start, end)
-            query_end = buf.find(b"\x00", name_end + 1, end)
-            if 0 <= name_end < query_end:
-                verdict = classify(buf, name_end + 1, query_end)
-                if verdict is STATELESS:
-                    if self.stmt_verdicts:
-                        self.stmt_verdicts.pop(buf[start:name_end], None)
-                else:
-                    name = buf[start:name_end]
-                    self.stmt_verdicts[name] = verdict
-                    if verdict.flags & REFUSE and self._refuses():
-                        self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
-                        sql = refusal_sql(self.pool.name,  # type: ignore[union-attr]
-                                          buf[name_end + 1:query_end].decode("utf-8", "replace"))
-                        return m.message(b"P", name + b"\x00" + m.cstring(sql) + b"\x00\x00")
-        elif msg_type == F_FUNCTION_CALL:
-            if link.idle:
-                self.query_start = time.monotonic()
-        return None
-
-    def _refuses(self) -> bool:
-        return self.mode != PoolMode.SESSION and not self.app.settings.session_pinning
-
-    def _note_verdict(self, verdict: Verdict, answer: int) -> bool:
-        """A statement that is not proven stateless is being executed; True: refuse it instead.
-
-        Its SET / RESETs wait for ReadyForQuery number `answer`; whatever else it may do makes
-        the audit due at the end of the transaction (dropping state matters to a pinned client only).
-        """
-        flags = verdict.flags
-        if flags & REFUSE and self._refuses():
-            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
-            return True
-        for change in verdict.changes:
-            self.pending_changes.append((answer, change))
-        if self.mode == PoolMode.SESSION:
-            return False
-        if flags & AUDIT or (flags & DROPS and (self.pinned or self.auditing)) or \
-                (flags & UNDO and (self.tx_changes or self.pending_changes)):
-            if not self.audit_due:
-                self.audit_due = True
-                self.audit_cause = verdict.cause or ("ROLLBACK TO SAVEPOINT after SET" if flags & UNDO
-                                                     else "a statement that may drop session state")
-        return False
+        """When a request starts the clock, and what it does to the session: None, or a refusal to send."""
+        if (msg_type == F_QUERY or msg_type == F_SYNC or msg_type == F_FUNCTION_CALL) and link.idle:
+            self.query_start = time.monotonic()
+        return self.session.on_request(link, msg_type, buf, start, end)  # type: ignore[union-attr]
 
     def _on_audited(self, error: ProtocolError | None) -> None:
         """The server said what session state it holds: adopt settings, pin or unpin, then release."""
-        self.auditing = False
+        session = self.session
         server = self.server
         if server is None:
+            session.auditing = False  # type: ignore[union-attr]
             return
-        pool = self.pool
-        stats = pool.stats  # type: ignore[union-attr]
-        stats.session_audits += 1
-        try:
-            if error is not None:
-                raise ValueError(f"{error.message} ({error.sqlstate})")
-            result = parse_audit(server.injected_rows)
-        except ValueError as problem:
-            log.warning("%s: session audit failed (%s); keeping the server pinned", self.log_prefix, problem)
-            self._set_pins(("unknown",), server)
-        else:
-            self._adopt_settings(result.settings, server)
-            self._set_pins(result.pins, server)
-        if self.resync_due and self.pinned:
+        failure = None if error is None else f"{error.message} ({error.sqlstate})"
+        session.adopt_audit(server.injected_rows, failure, server)  # type: ignore[union-attr]
+        if session.resync_due and session.pinned:  # type: ignore[union-attr]
             self._resync()
             return
         self._release_if_done(server)
 
-    def _adopt_settings(self, found: dict[str, str], server: "ServerConnection") -> None:
-        """Settings the audit found are the truth for both sides: follow them, forget what is gone."""
-        reported = self.pool.reported_names  # type: ignore[union-attr]
-        client_statements = self.params.statements  # type: ignore[union-attr]
-        server_statements = server.params.statements
-        for name, value in found.items():
-            if name in reported:
-                continue   # followed through ParameterStatus
-            sql = set_config_sql(name, value)
-            if name not in server_statements:
-                self.pool.stats.settings_adopted += 1  # type: ignore[union-attr]
-                log.info("%s: follows setting %s = %r found by the session audit (after: %s)", self.log_prefix,
-                         name, value, self.audit_cause)
-            client_statements[name] = sql
-            server_statements[name] = sql
-        for name in [name for name in server_statements if name not in found]:
-            del server_statements[name]   # undone on the server (ROLLBACK TO SAVEPOINT, RESET in a function)
-            client_statements.pop(name, None)
-        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
-
-    def _set_pins(self, pins: tuple[str, ...], server: "ServerConnection") -> None:
-        if pins and not self.app.settings.session_pinning:
-            # Nothing refused it up front (a function, a DO block): never hand the state over.
-            log.warning("%s: session state (%s) left by %s and session_pinning is off: the server is reset "
-                        "before reuse", self.log_prefix, ", ".join(pins), self.audit_cause)
-            server.needs_reset = True
-            if not self.app.settings.server_reset_query:
-                server.close_needed = "session state left on it, session_pinning off, server_reset_query empty"
-            pins = ()
-        if pins and not self.pinned:
-            self.pinned = True
-            stats = self.pool.stats  # type: ignore[union-attr]
-            for cause in pins:
-                stats.pins[cause] = stats.pins.get(cause, 0) + 1
-            log.info("%s: pinned to server %s: session state (%s) from: %s", self.log_prefix,
-                     server.log_prefix, ", ".join(pins), self.audit_cause)
-        elif not pins and self.pinned:
-            self.pinned = False
-            log.info("%s: unpinned: no session state left on server %s", self.log_prefix, server.log_prefix)
-
     def _release_if_done(self, server: "ServerConnection") -> None:
-        if not self.pinned and server.link.releasable and self.mode != PoolMode.SESSION:
-            if self.resync_due:   # the next server gets the startup values at attach; tell the client now
-                self.resync_due = False
-                self.transport.write(self._reported_after_reset(server))
+        session: ClientSession = self.session  # type: ignore[assignment]
+        if not session.pinned and server.link.releasable and self.mode != PoolMode.SESSION:
+            if session.resync_due:   # the next server gets the startup values at attach; tell the client now
+                session.resync_due = False
+                self.transport.write(session.reported_after_reset(server))
             server.request_release()
 
     # ---- data plane: what the server said ------------------------------------------------------
 
     def on_ready_for_query(self, status: int) -> bool:
         """A ReadyForQuery reached this client; True when the server may go back to the pool."""
-        self.rfq_seen += 1
+        session: ClientSession = self.session  # type: ignore[assignment]
+        server = self.server
+        session.on_ready(status, server)
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         now = time.monotonic()
         stats.query_count += 1
         stats.query_time += now - self.query_start
         self.query_start = now
-        if self.pending_changes:
-            self._settle_changes(status)
-        if self.tx_changes and status == TX_IDLE:
-            self._settle_tx_changes()
-        self.query_failed = False
-        server = self.server
         if server is not None and not server.link.settled:
             return False
         if status == TX_IDLE:
@@ -712,31 +575,26 @@ class ClientConnection(asyncio.Protocol):
             stats.xact_time += elapsed
             stats.xact_hist.observe(elapsed)
             self.xact_start = now
-            if self.portal_verdicts:
-                self.portal_verdicts.clear()   # portals end with their transaction
+            session.end_transaction()
             if self.drain:
                 self.app.loop.call_soon(self._drain_now)
             if server is None:
                 return False
             if self.mode == PoolMode.SESSION:
-                if self.resync_due:
+                if session.resync_due:
                     self._resync()
                 return False
-            if self.audit_due or self.app.settings.session_audit == "always":
-                if not self.audit_due:
-                    self.audit_cause = "session_audit = always"
-                self.audit_due = False
-                self.auditing = True
+            if session.start_audit(self.app.settings.session_audit == "always"):
                 server.inject(audit_sql(pool.server_user), self._on_audited)
                 return False
-            if self.pinned:
-                if self.resync_due:
+            if session.pinned:
+                if session.resync_due:
                     self._resync()
                 return False
-            if self.resync_due:
+            if session.resync_due:
                 # Released here: the next server is given the startup values at attach.
-                self.resync_due = False
-                self.rfq_replacement = self._reported_after_reset(server) + m.READY_FOR_QUERY_IDLE
+                session.resync_due = False
+                self.rfq_replacement = session.reported_after_reset(server) + m.READY_FOR_QUERY_IDLE
             return True
         if self.mode == PoolMode.STATEMENT:
             # The client sees its BEGIN fail; the server is rolled back on release.
@@ -745,28 +603,17 @@ class ClientConnection(asyncio.Protocol):
                 FEATURE_NOT_SUPPORTED, f"transaction blocks not allowed in statement pooling mode (pool {pool.name})",
                 severity="ERROR").to_bytes() + m.READY_FOR_QUERY_IDLE
             return True
-        if self.resync_due and status == TX_IN_BLOCK and server is not None:
+        if session.resync_due and status == TX_IN_BLOCK and server is not None:
             self._resync()   # BEGIN; RESET ALL; ... : the rest of the transaction sees the startup values
         return False
 
-    def _reported_after_reset(self, server: "ServerConnection") -> bytes:
-        """ParameterStatus for reported values a RESET put back to the client's startup value."""
-        names = self.resync_reported or [name for name in self.pool.reported_names  # type: ignore[union-attr]
-                                         if self.params.reported.get(name) != server.params.reported.get(name)]  # type: ignore[union-attr]
-        self.resync_reported = []
-        return b"".join(m.parameter_status(name, self.params.reported[name])  # type: ignore[union-attr]
-                        for name in names if name in self.params.reported)  # type: ignore[union-attr]
-
     def _resync(self) -> None:
         """Give the linked server the client's values again (after a RESET), before its next request."""
-        self.resync_due = False
         server = self.server
         if server is None:
+            self.session.resync_due = False  # type: ignore[union-attr]
             return
-        reported = self.pool.reported_names  # type: ignore[union-attr]
-        self.resync_reported = [name for name in reported
-                                if self.params.reported.get(name) != server.params.reported.get(name)]  # type: ignore[union-attr]
-        sql = sync_sql(self.params, server.params, reported)  # type: ignore[arg-type]
+        sql = self.session.resync_sql(server)  # type: ignore[union-attr]
         if sql:
             server.inject(sql, self._on_resynced)
 
@@ -774,7 +621,7 @@ class ClientConnection(asyncio.Protocol):
         server = self._synced_server(error, " after RESET")
         if server is None:
             return
-        announce = self._reported_after_reset(server)
+        announce = self.session.reported_after_reset(server)  # type: ignore[union-attr]
         if announce:
             self.transport.write(announce)
         self._release_if_done(server)
@@ -784,65 +631,25 @@ class ClientConnection(asyncio.Protocol):
             self.disconnect("shutting down", ProtocolError(ADMIN_SHUTDOWN, "pgpool is shutting down (client drained "
                                                                            "at transaction boundary)"))
 
-    def _settle_changes(self, status: int) -> None:
-        """Settle the SET/RESETs this ReadyForQuery answers; later ones in a pipeline wait for theirs.
-
-        Inside a transaction they count at once (the rest of it must see them), and the
-        statements from before are kept to put back if it does not commit.
-        """
-        answered = [change for number, change in self.pending_changes if number <= self.rfq_seen]
-        if not answered:
-            return
-        self.pending_changes = [item for item in self.pending_changes if item[0] > self.rfq_seen]
-        if self.query_failed or status == TX_FAILED:
-            return
-        if status == TX_IN_BLOCK:
-            if not self.tx_changes:
-                server_statements = dict(self.server.params.statements) if self.server is not None else {}
-                self.tx_snapshot = (dict(self.params.statements), server_statements)  # type: ignore[union-attr]
-            self.tx_changes.extend(answered)
-            self._watch_tags(True)
-        self._apply_changes(answered)
-
-    def _settle_tx_changes(self) -> None:
-        self.tx_changes = []
-        snapshot, self.tx_snapshot = self.tx_snapshot, None
-        self._watch_tags(False)
-        if not self.last_tag.startswith(b"COMMIT") and snapshot is not None:
-            # Rolled back: the SETs and RESETs went with it (reported values come back as ParameterStatus).
-            self.params.statements = snapshot[0]  # type: ignore[union-attr]
-            if self.server is not None:
-                self.server.params.statements = snapshot[1]
-            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
-
-    def _apply_changes(self, changes: list[SessionChange]) -> None:
-        """Apply settled changes to both sides; a RESET leaves the server off the client's startup values."""
-        reported = self.pool.reported_names  # type: ignore[union-attr]
-        for change in changes:
-            if change.kind != "set":
-                self.resync_due = True
-            self.params.apply(change, reported)  # type: ignore[union-attr]
-            if self.server is not None:
-                self.server.params.apply(change, reported)
-        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
-
     @property
     def prepared_count(self) -> int:
         return len(self.statements.names)
 
+    @property
+    def tx_changes(self) -> list[SessionChange]:
+        """SET / RESET inside the current transaction, kept if it commits (their tags are watched)."""
+        return self.session.tx_changes if self.session is not None else []
+
+    @property
+    def pinned(self) -> bool:
+        return self.session is not None and self.session.pinned
+
     def on_command_complete(self, tag: bytes) -> None:
-        self.last_tag = tag
+        self.session.on_command_complete(tag)  # type: ignore[union-attr]
 
     def on_server_error(self, fields: dict[str, str]) -> None:
-        self.query_failed = True
+        self.session.on_error()  # type: ignore[union-attr]
         self.pool.stats.count_error("server_error")  # type: ignore[union-attr]
-
-    def _watch_tags(self, wanted: bool) -> None:
-        """CommandComplete tags matter while a SET inside the transaction waits for its COMMIT."""
-        server = self.server
-        if server is not None:
-            server.link.watch_tags = wanted
-            server.link.update_watch()
 
     @property
     def busy(self) -> bool:
@@ -911,8 +718,7 @@ class ClientConnection(asyncio.Protocol):
         self.cancel_deferred = False
         if not server.link.unlink():
             server.close("released with replies outstanding")
-        self.tx_changes.clear()   # a SET inside an unfinished transaction dies with it
-        self.tx_snapshot = None
+        self.session.forget_transaction()  # type: ignore[union-attr]
         self.update_reading()
 
     def on_server_lost(self, reason: str) -> None:
@@ -984,7 +790,8 @@ class ClientConnection(asyncio.Protocol):
         if server is not None:
             # Session state it may have made (pinned, or not yet checked) must not reach the next client.
             pool.release_abandoned(server, reason, mid_query=self.syncing or not server.link.settled,  # type: ignore[union-attr]
-                                   session_left=self.pinned or self.audit_due or self.mode == PoolMode.SESSION)
+                                   session_left=self.mode == PoolMode.SESSION or (self.session is not None and (
+                                       self.session.pinned or self.session.audit_due)))
         if pool is not None:
             pool.set_client_state(self, ClientState.CLOSED)
         if self.admin is not None:
