@@ -1,8 +1,9 @@
 """One client connection: login, then the client->server half of the data plane.
 
-Owns: the startup phase (SSLRequest/GSSENCRequest answered 'N', CancelRequest handed to
-the app), client authentication (trust, plain, md5, SCRAM-SHA-256), the welcome, and on
-the data plane the request counting that says when a transaction is over: every Query,
+Owns: driving the login machine (protocol/startup.py's ClientLogin, which holds the wire
+protocol of the startup phase and the auth exchanges) with what needs IO or app state: TLS
+(answer 'S', direct TLS), CancelRequest handed to the app, credential lookups, the method
+choice and password checks, the pool and the welcome; and on the data plane the request counting that says when a transaction is over: every Query,
 Sync and FunctionCall is owed one ReadyForQuery; an extended-protocol message since the
 last Sync keeps the server linked; COPY IN ignores Syncs until it ends. Holds no pool
 policy: it asks the pool for a server and tells it when the link may end.

@@ -1,6 +1,7 @@
 """One server connection: login to PostgreSQL, then the server->client half of the data plane.
 
-Owns: connecting and authenticating (cleartext, md5, SCRAM-SHA-256) within
+Owns: connecting, TLS and driving the login machine (protocol/startup.py's ServerLogin,
+which holds the wire protocol) with pgpool's secrets for the server, within
 server_connect_timeout; watching the replies that drive pooling (ReadyForQuery,
 ErrorResponse, ParameterStatus, CopyInResponse); swallowing the replies to queries pgpool
 itself injected (parameter sync, check, reset, rollback); closing. Pool policy lives in
