@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from . import messages as m
 from .constants import (
@@ -59,9 +59,6 @@ class Event:
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    def __hash__(self) -> int:
-        return hash((type(self),) + tuple(repr(getattr(self, n)) for n in self.__slots__))
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
@@ -519,7 +516,7 @@ class ServerLogin(_Reader):
         raise ProtocolError(FEATURE_NOT_SUPPORTED,
                             f"server asked for unsupported authentication method {code} for pool {self._pool}")
 
-    def _scram_step(self, step, data: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    def _scram_step(self, step: Callable[[bytes], bytes | None], data: bytes) -> bytes:
         try:
             return step(data) or b""
         except ScramError as error:
