@@ -20,7 +20,7 @@ from pgpool import auth
 from pgpool.protocol import messages as m
 from pgpool.protocol import scram
 from pgpool.protocol.constants import CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE
-from pgpool.protocol.errors import ProtocolError, error_response, parse_error_fields
+from pgpool.protocol.errors import ProtocolError, error_response
 from pgpool.protocol.startup import (
     NEED_DATA, CancelRequest, ClientLogin, DirectTls, Password, PasswordRequest, Ready, ScramDone, ScramRequest,
     ServerLogin, SslAnswer, SslRequest, Startup, welcome,
@@ -569,7 +569,7 @@ def pgpool_server_adapter(*, password: str | None = PASSWORD, keys: tuple[bytes,
                 login.start_scram(scram.ScramClient(client_key=keys[0], server_key=keys[1], nonce=CLIENT_NONCE))
             else:
                 login.start_scram(scram.ScramClient(password, nonce=CLIENT_NONCE))
-        elif isinstance(event, Ready) and connect_query and login.state == 6 and not t.of("query"):
+        elif isinstance(event, Ready) and connect_query and not t.of("query"):
             t.add("query", "sent")
             login.send_query("SELECT 1")
     return respond
