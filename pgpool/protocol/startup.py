@@ -194,7 +194,7 @@ class _Reader:
 
 # ---- pgpool as the server a client logs into ---------------------------------------------------
 
-class _C(enum.IntEnum):
+class ClientLoginState(enum.IntEnum):
     FIRST_BYTE = 0      # a direct TLS ClientHello may come first
     STARTUP = 1         # reading SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
     SSL_ANSWER = 2      # SslRequest reported, answer_ssl() owed
@@ -213,7 +213,7 @@ class ClientLogin(_Reader):
 
     def __init__(self, direct_tls: bool = False):
         super().__init__(MAX_STARTUP_PACKET, "client")
-        self.state = _C.FIRST_BYTE if direct_tls else _C.STARTUP
+        self.state = ClientLoginState.FIRST_BYTE if direct_tls else ClientLoginState.STARTUP
         self.encrypted = False           # TLS was started (answer 'S' or direct): no second SSLRequest
         self.user = ""
         self._scram: ScramServer | None = None
@@ -221,24 +221,24 @@ class ClientLogin(_Reader):
 
     def next_event(self) -> Event | _NeedData:
         state = self.state
-        if state == _C.FIRST_BYTE:
+        if state == ClientLoginState.FIRST_BYTE:
             if not self._buffer:
                 return NEED_DATA
             if self._buffer[0] == TLS_RECORD_HANDSHAKE:
                 return DirectTls()
-            self.state = _C.STARTUP
+            self.state = ClientLoginState.STARTUP
             return self.next_event()
-        if state == _C.STARTUP:
+        if state == ClientLoginState.STARTUP:
             return self._read_startup()
-        if state == _C.PASSWORD:
+        if state == ClientLoginState.PASSWORD:
             body = self._read_password()
             if body is None:
                 return NEED_DATA
-            self.state = _C.PASSWORD_CHECK
+            self.state = ClientLoginState.PASSWORD_CHECK
             return Password(m.parse_password(body))
-        if state == _C.SASL_INITIAL:
+        if state == ClientLoginState.SASL_INITIAL:
             return self._read_sasl_initial()
-        if state == _C.SASL_RESPONSE:
+        if state == ClientLoginState.SASL_RESPONSE:
             return self._read_sasl_response()
         # Waiting for the adapter's answer (or done): nothing to read.
         return NEED_DATA
@@ -261,10 +261,10 @@ class ClientLogin(_Reader):
                 raise ProtocolError(PROTOCOL_VIOLATION, "unexpected data after SSLRequest/GSSENCRequest")
             if self.encrypted:
                 raise ProtocolError(PROTOCOL_VIOLATION, "SSLRequest/GSSENCRequest inside a TLS session")
-            self.state = _C.SSL_ANSWER
+            self.state = ClientLoginState.SSL_ANSWER
             return SslRequest(gssenc=kind == m.StartupKind.GSSENC)
         if kind == m.StartupKind.CANCEL:
-            self.state = _C.DONE
+            self.state = ClientLoginState.DONE
             pid, key = payload  # type: ignore[misc]
             return CancelRequest(pid, key)
         params: dict[str, str] = payload  # type: ignore[assignment]
@@ -276,7 +276,7 @@ class ClientLogin(_Reader):
         if not user:
             raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, "no PostgreSQL user name specified in startup packet")
         self.user = user
-        self.state = _C.STARTED
+        self.state = ClientLoginState.STARTED
         return Startup(params, user, params.get("database") or user)
 
     def _read_password(self) -> bytes | None:
@@ -301,7 +301,7 @@ class ClientLogin(_Reader):
         except ScramError:
             raise self._failed() from None
         self._send(m.authentication_sasl_continue(server_first))
-        self.state = _C.SASL_RESPONSE
+        self.state = ClientLoginState.SASL_RESPONSE
         return self.next_event()
 
     def _read_sasl_response(self) -> Event | _NeedData:
@@ -317,13 +317,13 @@ class ClientLogin(_Reader):
             # A fake verifier no password matches; refused here all the same, as a wrong password.
             raise self._failed()
         self._send(m.authentication_sasl_final(final))
-        self.state = _C.PASSWORD_CHECK
+        self.state = ClientLoginState.PASSWORD_CHECK
         return ScramDone(exchange.client_key)  # type: ignore[union-attr]
 
     def _failed(self) -> ProtocolError:
         return ProtocolError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
 
-    def _expect(self, *states: _C) -> None:
+    def _expect(self, *states: ClientLoginState) -> None:
         if self.state not in states:
             raise RuntimeError(f"login step out of order in state {self.state.name}")
 
@@ -331,44 +331,44 @@ class ClientLogin(_Reader):
 
     def start_direct_tls(self) -> bytes:
         """The ClientHello and whatever followed it, for the TLS layer; login goes on inside TLS."""
-        self._expect(_C.FIRST_BYTE)
-        self.state = _C.STARTUP
+        self._expect(ClientLoginState.FIRST_BYTE)
+        self.state = ClientLoginState.STARTUP
         self.encrypted = True
         return self.take_rest()
 
     def answer_ssl(self, accept: bool) -> None:
         """'S' (the adapter starts TLS next, before feeding more bytes) or 'N'."""
-        self._expect(_C.SSL_ANSWER)
+        self._expect(ClientLoginState.SSL_ANSWER)
         self._send(b"S" if accept else b"N")
         self.encrypted = accept
-        self.state = _C.STARTUP
+        self.state = ClientLoginState.STARTUP
 
     def ask_password(self, md5_salt: bytes | None = None) -> None:
         """AuthenticationCleartextPassword, or AuthenticationMD5Password with this salt."""
-        self._expect(_C.STARTED)
+        self._expect(ClientLoginState.STARTED)
         self._send(m.AUTHENTICATION_CLEARTEXT if md5_salt is None else m.authentication_md5(md5_salt))
-        self.state = _C.PASSWORD
+        self.state = ClientLoginState.PASSWORD
 
     def ask_scram(self, exchange: ScramServer, known: bool) -> None:
         """AuthenticationSASL; `known` False (a fake verifier): the exchange runs, then fails."""
-        self._expect(_C.STARTED)
+        self._expect(ClientLoginState.STARTED)
         self._scram = exchange
         self._known = known
         self._send(m.authentication_sasl())
-        self.state = _C.SASL_INITIAL
+        self.state = ClientLoginState.SASL_INITIAL
 
     def authenticated(self) -> None:
         """AuthenticationOk: trust, or the adapter accepted what the client proved."""
-        self._expect(_C.STARTED, _C.PASSWORD_CHECK)
+        self._expect(ClientLoginState.STARTED, ClientLoginState.PASSWORD_CHECK)
         self._scram = None
         self._send(m.AUTHENTICATION_OK)
-        self.state = _C.AUTHENTICATED
+        self.state = ClientLoginState.AUTHENTICATED
 
     def finish(self, welcome: bytes) -> None:
         """The welcome (ParameterStatus..., BackendKeyData, ReadyForQuery): the client is in."""
-        self._expect(_C.AUTHENTICATED)
+        self._expect(ClientLoginState.AUTHENTICATED)
         self._send(welcome)
-        self.state = _C.DONE
+        self.state = ClientLoginState.DONE
 
 
 def welcome(reported: Mapping[str, str], pid: int, key: int) -> bytes:
@@ -381,7 +381,7 @@ def welcome(reported: Mapping[str, str], pid: int, key: int) -> bytes:
 
 # ---- pgpool as a client of PostgreSQL ----------------------------------------------------------
 
-class _S(enum.IntEnum):
+class ServerLoginState(enum.IntEnum):
     NEW = 0             # nothing sent yet: request_ssl() or send_startup()
     SSL_ANSWER = 1      # SSLRequest sent, its one-byte answer owed
     SSL_DECIDED = 2     # SslAnswer reported: the adapter starts TLS (or not), then send_startup()
@@ -400,7 +400,7 @@ class ServerLogin(_Reader):
 
     def __init__(self, max_message: int, pool: str, where: str, server: str):
         super().__init__(max_message, "server")
-        self.state = _S.NEW
+        self.state = ServerLoginState.NEW
         self.reported: dict[str, str] = {}     # ParameterStatus seen (login and connect_query)
         self.backend_pid = 0
         self.backend_key = 0
@@ -414,34 +414,34 @@ class ServerLogin(_Reader):
     # -- the adapter's steps --
 
     def request_ssl(self) -> None:
-        self._expect(_S.NEW)
+        self._expect(ServerLoginState.NEW)
         self._send(m.SSL_REQUEST)
-        self.state = _S.SSL_ANSWER
+        self.state = ServerLoginState.SSL_ANSWER
 
     def send_startup(self, params: Mapping[str, str]) -> None:
-        self._expect(_S.NEW, _S.SSL_DECIDED)
+        self._expect(ServerLoginState.NEW, ServerLoginState.SSL_DECIDED)
         self._send(m.startup_message(dict(params)))
-        self.state = _S.AUTH
+        self.state = ServerLoginState.AUTH
 
     def send_password(self, password: str) -> None:
         """PasswordMessage: the cleartext password or the md5 response."""
-        self._expect(_S.PASSWORD)
+        self._expect(ServerLoginState.PASSWORD)
         self._send(m.password_message(password))
-        self.state = _S.AUTH
+        self.state = ServerLoginState.AUTH
 
     def start_scram(self, exchange: ScramClient) -> None:
-        self._expect(_S.SCRAM)
+        self._expect(ServerLoginState.SCRAM)
         self._scram = exchange
         self._send(m.sasl_initial_response("SCRAM-SHA-256", exchange.client_first()))
-        self.state = _S.AUTH
+        self.state = ServerLoginState.AUTH
 
     def send_query(self, sql: str) -> None:
         """A simple query after login (connect_query): its error fails the login."""
-        self._expect(_S.IDLE)
+        self._expect(ServerLoginState.IDLE)
         self._send(m.query(sql))
-        self.state = _S.QUERY
+        self.state = ServerLoginState.QUERY
 
-    def _expect(self, *states: _S) -> None:
+    def _expect(self, *states: ServerLoginState) -> None:
         if self.state not in states:
             raise RuntimeError(f"server login step out of order in state {self.state.name}")
 
@@ -449,7 +449,7 @@ class ServerLogin(_Reader):
 
     def next_event(self) -> Event | _NeedData:
         state = self.state
-        if state == _S.SSL_ANSWER:
+        if state == ServerLoginState.SSL_ANSWER:
             if not self._buffer:
                 return NEED_DATA
             answer = bytes(self._buffer[:1])
@@ -458,11 +458,11 @@ class ServerLogin(_Reader):
                 # Bytes sent before the handshake could be spliced into the session (CVE-2021-23222).
                 raise ProtocolError(PROTOCOL_VIOLATION, f"server sent unencrypted data after SSL response: "
                                                         f"server {self._where} for pool {self._pool}")
-            self.state = _S.SSL_DECIDED
+            self.state = ServerLoginState.SSL_DECIDED
             return SslAnswer(answer)
-        if state == _S.AUTH:
+        if state == ServerLoginState.AUTH:
             return self._read_login()
-        if state == _S.QUERY:
+        if state == ServerLoginState.QUERY:
             return self._read_query()
         return NEED_DATA
 
@@ -487,7 +487,7 @@ class ServerLogin(_Reader):
                 self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
             elif msg_type == B_READY_FOR_QUERY:
                 self.tx_status = body[0] if body else TX_IDLE
-                self.state = _S.IDLE
+                self.state = ServerLoginState.IDLE
                 return Ready(self.tx_status)
             # NoticeResponse and NegotiateProtocolVersion need no answer.
 
@@ -495,16 +495,16 @@ class ServerLogin(_Reader):
         if code == AUTH_OK:
             return None
         if code == AUTH_CLEARTEXT:
-            self.state = _S.PASSWORD
+            self.state = ServerLoginState.PASSWORD
             return PasswordRequest("cleartext")
         if code == AUTH_MD5:
-            self.state = _S.PASSWORD
+            self.state = ServerLoginState.PASSWORD
             return PasswordRequest("md5", data)
         if code == AUTH_SASL:
             if "SCRAM-SHA-256" not in m.parse_sasl_mechanisms(data):
                 raise ProtocolError(FEATURE_NOT_SUPPORTED, f"server offers no supported SASL mechanism "
                                                            f"for pool {self._pool}")
-            self.state = _S.SCRAM
+            self.state = ServerLoginState.SCRAM
             return ScramRequest()
         scram = self._scram
         if code == AUTH_SASL_CONTINUE and scram is not None:
@@ -539,5 +539,5 @@ class ServerLogin(_Reader):
             elif msg_type == B_READY_FOR_QUERY:
                 if self._query_error is not None:
                     raise self._query_error
-                self.state = _S.IDLE
+                self.state = ServerLoginState.IDLE
                 return Ready(body[0] if body else TX_IDLE)
