@@ -1,12 +1,13 @@
 """One client connection: login, then the client->server half of the data plane.
 
-Owns: the startup phase (SSLRequest/GSSENCRequest answered 'N', CancelRequest handed to
-the app), client authentication (trust, plain, md5, SCRAM-SHA-256), the welcome, and on
-the data plane what a client's session carries (statement verdicts, SET / RESET, the
-audit, pins) and the asyncio side of the link: transport, flow control, pending bytes.
-What is owed and when a transaction is over is the linked server's `Link`
-(protocol/link.py), the one queue of outstanding requests. Holds no pool policy: it asks
-the pool for a server and tells it when the link may end.
+Owns: driving the login machine (protocol/startup.py's ClientLogin, which holds the wire
+protocol of the startup phase and the auth exchanges) with what needs IO or app state: TLS
+(answer 'S', direct TLS), CancelRequest handed to the app, credential lookups, the method
+choice and password checks, the pool and the welcome; then the asyncio side of the data
+plane: transport, flow control, bytes held while no server is linked. What is owed and when
+a transaction is over is the linked server's `Link` (protocol/link.py, one queue of
+outstanding requests); what the session carries is `ClientSession` (clientsession.py).
+Holds no pool policy: it asks the pool for a server and tells it when the link may end.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import auth, tls
 from .clientsession import ClientSession
 from .config import PoolMode
-from .loginstream import LoginStream
 from .netopts import apply_tcp_options
 from .prepared import ClientStatements
 from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, sync_sql
@@ -31,8 +31,7 @@ from .session import STATELESS, audit_sql, classify
 from .pool import ClientState
 from .protocol import messages as m
 from .protocol.constants import (
-    F_COPY_DATA, F_FUNCTION_CALL, F_PASSWORD, F_QUERY, F_SYNC, F_TERMINATE,
-    MAX_STARTUP_PACKET, TX_IDLE, TX_IN_BLOCK,
+    F_COPY_DATA, F_FUNCTION_CALL, F_QUERY, F_SYNC, F_TERMINATE, TX_IDLE, TX_IN_BLOCK,
 )
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
@@ -40,7 +39,10 @@ from .protocol.errors import (
 )
 from .protocol.framing import MessageScanner
 from .protocol.link import Link
-from .protocol.scram import ScramError, ScramServer
+from .protocol.scram import ScramServer
+from .protocol.startup import (
+    NEED_DATA, CancelRequest, ClientLogin, DirectTls, Event, Password, ScramDone, SslRequest, Startup, welcome,
+)
 
 try:   # under uvloop, direct TLS uses uvloop's TLS layer, as loop.start_tls does
     from uvloop.loop import Loop as UvLoop, SSLProtocol as UvSSLProtocol
@@ -130,7 +132,7 @@ class TlsHandshakeFailed(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
-    __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_task",
+    __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_waiter", "login_task",
                  "pending", "pending_size", "peer", "user", "database", "cancel_key", "session",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
                  "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement",
@@ -145,7 +147,8 @@ class ClientConnection(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.scanner: MessageScanner | None = None
         self.params: SessionParams | None = None
-        self.login: LoginStream | None = LoginStream(MAX_STARTUP_PACKET, "client")
+        self.login: ClientLogin | None = None     # the login machine, from connection_made until logged in
+        self.login_waiter: asyncio.Future | None = None   # the login coroutine waits for bytes
         self.login_task: asyncio.Task | None = None
         self.pending: list[bytes] = []           # bytes received while no server was linked
         self.pending_size = 0
@@ -186,12 +189,15 @@ class ClientConnection(asyncio.Protocol):
         apply_tcp_options(transport.get_extra_info("socket"), self.app.settings)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self.log_prefix = f"C-{self.id} {self.peer}"
+        contexts = self.app.tls     # one set for the whole login, even if a RELOAD swaps them meanwhile
+        self.login = ClientLogin(direct_tls=contexts.client is not None and self.peer != "unix")
         self.app.on_client_connected(self)
-        self.login_task = asyncio.get_running_loop().create_task(self._run_login())
+        self.login_task = asyncio.get_running_loop().create_task(self._run_login(contexts))
 
     def data_received(self, data: bytes) -> None:
         if self.login is not None:
-            self.login.feed(data)
+            self.login.receive_data(data)
+            self._wake_login()
             return
         if self.admin is not None:
             self.admin.feed(data)
@@ -247,7 +253,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.login is not None:
-            self.login.feed_eof()
+            self.login.receive_eof()
+            self._wake_login()
         if not self.closed:
             self._cleanup("client closed the connection" if exc is None else f"client connection lost: {exc}")
 
@@ -277,11 +284,11 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- login ---------------------------------------------------------------------------------
 
-    async def _run_login(self) -> None:
+    async def _run_login(self, contexts: tls.TlsContexts) -> None:
         settings = self.app.settings
         try:
             async with asyncio.timeout(settings.client_login_timeout or None):
-                await self._login()
+                await self._login(contexts)
         except ProtocolError as error:
             if self.pool is not None:
                 self.pool.stats.client_login_failures += 1
@@ -307,40 +314,30 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.login_task = None
 
-    async def _login(self) -> None:
-        assert self.login is not None
-        contexts = self.app.tls     # one set for the whole login, even if a RELOAD swaps them meanwhile
+    async def _login(self, contexts: tls.TlsContexts) -> None:
         unix = self.peer == "unix"
-        if contexts.client is not None and not unix and await self.login.peek_byte() == tls.TLS_RECORD_HANDSHAKE:
-            await self._start_direct_tls(contexts.client)
+        login = self.login
+        assert login is not None
         while True:
-            packet = await self.login.read_startup_packet(MAX_STARTUP_PACKET)
-            kind, payload = m.parse_startup_packet(packet)
-            if kind in (m.StartupKind.SSL, m.StartupKind.GSSENC):
-                if self.login.buffer:
-                    # Bytes after SSLRequest before our answer could be spliced into a TLS session later.
-                    raise ProtocolError(PROTOCOL_VIOLATION, "unexpected data after SSLRequest/GSSENCRequest")
-                if self.encrypted():
-                    raise ProtocolError(PROTOCOL_VIOLATION, "SSLRequest/GSSENCRequest inside a TLS session")
-                answer = tls.answer_ssl_request(contexts) if kind == m.StartupKind.SSL and not unix else b"N"
-                self.transport.write(answer)
-                if answer == b"S":
+            event = await self._next_login_event()
+            if isinstance(event, DirectTls):
+                await self._start_direct_tls(contexts.client, login.start_direct_tls())  # type: ignore[arg-type]
+            elif isinstance(event, SslRequest):
+                accept = not event.gssenc and not unix and tls.answer_ssl_request(contexts) == b"S"
+                login.answer_ssl(accept)
+                self._write_login_output()
+                if accept:
                     await self._start_tls(contexts.client)  # type: ignore[arg-type]
-                continue
-            if kind == m.StartupKind.CANCEL:
-                pid, key = payload  # type: ignore[misc]
-                self.app.forward_cancel(pid, key)
+            elif isinstance(event, CancelRequest):
+                self.app.forward_cancel(event.pid, event.key)
                 self.disconnect("cancel request", quiet=True)
                 return
-            break
-        startup: dict[str, str] = payload  # type: ignore[assignment]
-        protocol_options = [name for name in startup if name.startswith("_pq_.")]
-        if m.startup_minor_version(packet) > 0 or protocol_options:
-            self.transport.write(m.negotiate_protocol_version(0, protocol_options))
-        self.user = startup.get("user", "")
-        if not self.user:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, "no PostgreSQL user name specified in startup packet")
-        self.database = startup.get("database") or self.user
+            else:
+                break
+        assert isinstance(event, Startup)
+        startup = event.params
+        self.user = event.user
+        self.database = event.database
         self.log_prefix = f"C-{self.id} {self.database}/{self.user}@{self.peer}"
         self.app.check_client_limit(self)
         if not unix and not self.encrypted():
@@ -355,7 +352,9 @@ class ClientConnection(asyncio.Protocol):
         scram_keys = await self._authenticate(creds)
         if is_admin:
             self.admin = self.app.open_admin_console(self, creds)
-            self.transport.write(m.AUTHENTICATION_OK + self.app.admin_welcome(self.database))
+            login.authenticated()
+            login.finish(self.app.admin_welcome(self.database))
+            self._write_login_output()
             self._end_login(admin=True)
             return
         pool = self.app.get_pool(self.database, self.user, creds, self.replication)
@@ -363,7 +362,8 @@ class ClientConnection(asyncio.Protocol):
         self.mode = pool.conf.pool_mode
         if scram_keys is not None and pool.server_password is None:
             pool.scram_keys = scram_keys
-        self.transport.write(m.AUTHENTICATION_OK)
+        login.authenticated()
+        self._write_login_output()
         if self.replication:
             session = await self.app.open_replication_server(self, pool, startup)
         else:
@@ -371,12 +371,40 @@ class ClientConnection(asyncio.Protocol):
         session.remember_startup()
         self.params = session
         self.cancel_key = self.app.register_cancel_key(self)
-        welcome = [m.parameter_status(name, value) for name, value in session.reported.items()]
-        welcome.append(m.backend_key_data(*self.cancel_key))
-        welcome.append(m.READY_FOR_QUERY_IDLE)
-        self.transport.write(b"".join(welcome))
+        login.finish(welcome(session.reported, *self.cancel_key))
+        self._write_login_output()
         pool.stats.client_logins += 1
         self._end_login(admin=False)
+
+    async def _next_login_event(self) -> Event:
+        """The login machine's next event, awaiting bytes from data_received while it needs some.
+        What the machine has to write goes out first, also when it raises."""
+        login = self.login
+        assert login is not None
+        while True:
+            try:
+                event = login.next_event()
+            finally:
+                self._write_login_output()
+            if event is not NEED_DATA:
+                return event  # type: ignore[return-value]
+            if login.eof:
+                raise ConnectionResetError("client closed the connection during login")
+            self.login_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.login_waiter
+            finally:
+                self.login_waiter = None
+
+    def _write_login_output(self) -> None:
+        out = self.login.data_to_send()  # type: ignore[union-attr]
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _wake_login(self) -> None:
+        waiter = self.login_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         """TLS on this connection after answering 'S'; the handshake is bounded by client_login_timeout."""
@@ -388,13 +416,11 @@ class ClientConnection(asyncio.Protocol):
             raise TlsHandshakeFailed(tls.describe_tls_error(error)) from None
         self._after_handshake(direct=False)
 
-    async def _start_direct_tls(self, ctx: ssl.SSLContext) -> None:
-        """PostgreSQL 17's direct TLS: the ClientHello is already in the login buffer, so the TLS layer
+    async def _start_direct_tls(self, ctx: ssl.SSLContext, first: bytes) -> None:
+        """PostgreSQL 17's direct TLS: the ClientHello (`first`) was read already, so the TLS layer
         is put under this protocol by hand (what loop.start_tls does) and fed those bytes first."""
-        assert self.login is not None
         loop = asyncio.get_running_loop()
         handshake_done = loop.create_future()
-        first = self.login.take_rest()
         tls_layer = UvSSLProtocol if UvLoop is not None and isinstance(loop, UvLoop) else sslproto.SSLProtocol
         layer = tls_layer(loop, self, ctx, handshake_done, server_side=True,
                           ssl_handshake_timeout=self.app.settings.client_login_timeout or None,
@@ -427,8 +453,7 @@ class ClientConnection(asyncio.Protocol):
         return self.transport.get_extra_info("ssl_object") is not None
 
     def _end_login(self, admin: bool) -> None:
-        assert self.login is not None
-        rest = self.login.take_rest()
+        rest = self.login.take_rest() if self.login is not None else b""
         self.login = None
         if not admin:
             settings = self.app.settings
@@ -472,46 +497,36 @@ class ClientConnection(asyncio.Protocol):
         except ValueError as error:
             raise ProtocolError(FEATURE_NOT_SUPPORTED, str(error)) from None
         failed = ProtocolError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+        login = self.login
+        assert login is not None
         if method == "trust":
             if not creds.known and self.app.settings.auth_type == "trust" and self.app.auth_users:
                 raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
                                     f'"trust" authentication failed for user "{self.user}"')
             return None
         if method == "plain":
-            self.transport.write(m.AUTHENTICATION_CLEARTEXT)
-            if not auth.check_plain(creds, m.parse_password(await self._read_password())):
+            login.ask_password()
+            if not auth.check_plain(creds, await self._read_password()):
                 raise failed
             return None
         if method == "md5":
             salt = os.urandom(4)
-            self.transport.write(m.authentication_md5(salt))
-            if not auth.check_md5(creds, salt, m.parse_password(await self._read_password())):
+            login.ask_password(md5_salt=salt)
+            if not auth.check_md5(creds, salt, await self._read_password()):
                 raise failed
             return None
         verifier = auth.scram_verifier_for(creds)
-        exchange = ScramServer(verifier)
-        self.transport.write(m.authentication_sasl())
-        mechanism, data = m.parse_sasl_initial_response(await self._read_password())
-        if mechanism != "SCRAM-SHA-256":
-            raise ProtocolError(PROTOCOL_VIOLATION, f"client selected an invalid SASL authentication mechanism {mechanism!r}")
-        try:
-            self.transport.write(m.authentication_sasl_continue(exchange.handle_client_first(data)))
-            final = exchange.handle_client_final(await self._read_password())
-        except ScramError:
-            raise failed from None
-        if not creds.known:
-            raise failed
-        self.transport.write(m.authentication_sasl_final(final))
-        if exchange.client_key is not None and creds.kind is auth.SecretKind.SCRAM:
-            return exchange.client_key, verifier.server_key
+        login.ask_scram(ScramServer(verifier), known=creds.known)
+        done = await self._next_login_event()
+        assert isinstance(done, ScramDone)
+        if done.client_key is not None and creds.kind is auth.SecretKind.SCRAM:
+            return done.client_key, verifier.server_key
         return None
 
-    async def _read_password(self) -> bytes:
-        assert self.login is not None
-        msg_type, body = await self.login.read_message()
-        if msg_type != F_PASSWORD:
-            raise ProtocolError(PROTOCOL_VIOLATION, f"expected password response, got message type {chr(msg_type)!r}")
-        return body
+    async def _read_password(self) -> str:
+        event = await self._next_login_event()
+        assert isinstance(event, Password)
+        return event.password
 
     # ---- data plane: client -> server ----------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """One server connection: login to PostgreSQL, then the server->client half of the data plane.
 
-Owns: connecting and authenticating (cleartext, md5, SCRAM-SHA-256) within
+Owns: connecting, TLS and driving the login machine (protocol/startup.py's ServerLogin,
+which holds the wire protocol) with pgpool's secrets for the server, within
 server_connect_timeout; watching the replies that drive pooling (ReadyForQuery,
 ErrorResponse, ParameterStatus, CopyInResponse); swallowing the replies to queries pgpool
 itself injected (parameter sync, check, reset, rollback); closing. Pool policy lives in
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import auth, tls
 from .hosts import needs_writer, unfit
-from .loginstream import LoginStream
 from .netopts import apply_tcp_options
 from .params import SessionParams
 from .config import PoolMode
@@ -26,18 +26,17 @@ from .pool import ServerState
 from .prepared import ServerStatements
 from .protocol import messages as m
 from .protocol.constants import (
-    AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
-    B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_COMMAND_COMPLETE, B_ERROR_RESPONSE, B_PARAMETER_STATUS,
-    B_READY_FOR_QUERY, TX_IDLE,
+    B_COMMAND_COMPLETE, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
 )
 from .protocol.errors import (
-    CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, READ_ONLY_SQL_TRANSACTION,
+    CONNECTION_FAILURE, INVALID_PASSWORD, READ_ONLY_SQL_TRANSACTION,
     ProtocolError,
     parse_error_fields,
 )
 from .protocol.framing import MessageScanner
 from .protocol.link import WATCH_CORE, Done, Link
-from .protocol.scram import ScramClient, ScramError
+from .protocol.scram import ScramClient
+from .protocol.startup import NEED_DATA, Event, PasswordRequest, ScramRequest, ServerLogin, SslAnswer
 
 if TYPE_CHECKING:
     from .params import SessionChange
@@ -78,7 +77,7 @@ def unix_socket_path(directory: str, port: int) -> str:
 
 class ServerConnection(asyncio.Protocol):
     __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "link", "params", "backend_pid",
-                 "backend_key", "created_at", "last_used", "needs_reset", "close_needed", "_login", "_release",
+                 "backend_key", "created_at", "last_used", "needs_reset", "close_needed", "_login", "_login_waiter", "_release",
                  "write_paused", "reading_paused", "closed_reason", "log_prefix", "prepared", "cancels_in_flight",
                  "parked", "fatal_cause", "host", "address", "extra_startup")
 
@@ -109,7 +108,8 @@ class ServerConnection(asyncio.Protocol):
         self.parked = False                     # released while a cancel was in flight: held back
         self.needs_reset = False                # server_reset_query owed before reuse
         self.close_needed: str | None = None    # close instead of reuse, with this reason
-        self._login: LoginStream | None = None
+        self._login: ServerLogin | None = None        # the login machine, while connect_and_login runs
+        self._login_waiter: asyncio.Future | None = None   # connect_and_login waits for bytes
         self._release = False
         self.write_paused = False
         self.reading_paused = False
@@ -153,7 +153,8 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._login is not None:
-            self._login.feed(data)
+            self._login.receive_data(data)
+            self._wake_login()
             return
         try:
             out = self.scanner.feed(data)
@@ -177,7 +178,8 @@ class ServerConnection(asyncio.Protocol):
             if self.state != ServerState.CONNECTING and self.app.settings.log_disconnections:
                 log.info("%s: closed: %s", self.log_prefix, self.closed_reason)
         if self._login is not None:
-            self._login.feed_eof()
+            self._login.receive_eof()
+            self._wake_login()
         client = self.client
         if client is not None:
             client.on_server_lost(self.closed_reason)
@@ -211,15 +213,16 @@ class ServerConnection(asyncio.Protocol):
         pool = self.pool
         db = pool.db
         settings = self.app.settings
-        self._login = LoginStream(settings.max_packet_size, "server")
         where = f"{self.host}:{db.port}" if not self.host.startswith("/") else unix_socket_path(self.host, db.port)
+        self._login = ServerLogin(settings.max_packet_size, pool.name, where, f"{self.host}:{db.port}")
         try:
             async with asyncio.timeout(settings.server_connect_timeout):
                 await self._open(where)
                 await self._negotiate_tls(where)
                 await self._login_exchange()
                 if db.connect_query:
-                    await self._run_connect_query(db.connect_query)
+                    self._login.send_query(db.connect_query)
+                    await self._next_login_event()
         except TimeoutError:
             raise ProtocolError(CONNECTION_FAILURE,
                                 f"server_connect_timeout: no login to {where} for pool {pool.name} "
@@ -227,11 +230,40 @@ class ServerConnection(asyncio.Protocol):
         except ConnectionResetError as error:
             raise ProtocolError(CONNECTION_FAILURE, f"server {where} closed the connection during "
                                                     f"login for pool {pool.name}: {error}", transient=True) from None
+        login = self._login
         self._login = None
+        self.params.reported.update(login.reported)
+        self.backend_pid, self.backend_key = login.backend_pid, login.backend_key
+        self.tx_status = login.tx_status
         self.last_used = time.monotonic()
         if settings.log_connections:
             log.info("%s: new server connection (backend pid %d%s)", self.log_prefix, self.backend_pid,
                      ", TLS" if self.transport.get_extra_info("ssl_object") is not None else "")  # type: ignore[union-attr]
+
+    async def _next_login_event(self) -> Event:
+        """The login machine's next event, awaiting bytes from data_received while it needs some.
+        What the machine has to write goes out first."""
+        login = self._login
+        assert login is not None and self.transport is not None
+        while True:
+            event = login.next_event()
+            out = login.data_to_send()
+            if out:
+                self.transport.write(out)
+            if event is not NEED_DATA:
+                return event  # type: ignore[return-value]
+            if login.eof:
+                raise ConnectionResetError("server closed the connection during login")
+            self._login_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._login_waiter
+            finally:
+                self._login_waiter = None
+
+    def _wake_login(self) -> None:
+        waiter = self._login_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _open(self, where: str) -> None:
         """TCP, or the server's Unix socket when the entry's host is a directory (starts with '/')."""
@@ -256,13 +288,11 @@ class ServerConnection(asyncio.Protocol):
             return
         assert self.transport is not None and self._login is not None
         what = f"server {where} for pool {self.pool.name}"
-        self.transport.write(m.SSL_REQUEST)
-        answer = await self._login.read_byte()
-        if not tls.server_answer_means_tls(answer, contexts.server_mode, what):
+        self._login.request_ssl()
+        answer = await self._next_login_event()
+        assert isinstance(answer, SslAnswer)
+        if not tls.server_answer_means_tls(answer.answer, contexts.server_mode, what):
             return
-        if self._login.buffer:
-            # Bytes sent before the handshake could be spliced into the session (CVE-2021-23222).
-            raise ProtocolError(PROTOCOL_VIOLATION, f"server sent unencrypted data after SSL response: {what}")
         host = self.host   # the name from the host list (SNI, verify-full), not the address it resolved to
         try:
             self.transport = await asyncio.get_running_loop().start_tls(
@@ -277,68 +307,24 @@ class ServerConnection(asyncio.Protocol):
     async def _login_exchange(self) -> None:
         pool = self.pool
         db = pool.db
-        startup = {"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters(),
-                   **self.extra_startup}
-        assert self.transport is not None and self._login is not None
-        self.transport.write(m.startup_message(startup))
-        scram: ScramClient | None = None
+        login = self._login
+        assert login is not None
+        login.send_startup({"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters(),
+                            **self.extra_startup})
         while True:
-            msg_type, body = await self._login.read_message()
-            if msg_type == B_AUTHENTICATION:
-                code, data = m.parse_authentication(body)
-                if code == AUTH_OK:
-                    continue
-                if code == AUTH_CLEARTEXT:
-                    self.transport.write(m.password_message(self._plain_password("cleartext")))
-                elif code == AUTH_MD5:
+            event = await self._next_login_event()
+            if isinstance(event, PasswordRequest):
+                if event.method == "md5":
                     secret = pool.server_password
                     if secret is None:
                         raise self._no_password("md5")
-                    self.transport.write(m.password_message(auth.md5_response(secret, pool.server_user, data)))
-                elif code == AUTH_SASL:
-                    if "SCRAM-SHA-256" not in m.parse_sasl_mechanisms(data):
-                        raise ProtocolError(FEATURE_NOT_SUPPORTED, f"server offers no supported SASL mechanism "
-                                                                   f"for pool {pool.name}")
-                    scram = self._scram_client()
-                    self.transport.write(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
-                elif code == AUTH_SASL_CONTINUE and scram is not None:
-                    self.transport.write(m.sasl_response(self._scram_step(scram.handle_server_first, data)))
-                elif code == AUTH_SASL_FINAL and scram is not None:
-                    self._scram_step(scram.handle_server_final, data)
+                    login.send_password(auth.md5_response(secret, pool.server_user, event.salt))
                 else:
-                    raise ProtocolError(FEATURE_NOT_SUPPORTED,
-                                        f"server asked for unsupported authentication method {code} for pool {pool.name}")
-            elif msg_type == B_ERROR_RESPONSE:
-                fields = parse_error_fields(body)
-                raise ProtocolError(fields.get("C", CONNECTION_FAILURE), fields.get("M", "server login failed"),
-                                    detail=f"pgpool pool {pool.name} could not log into server {self.host}:{db.port}")
-            elif msg_type == B_PARAMETER_STATUS:
-                name, value = m.parse_parameter_status(body)
-                self.params.reported[name] = value
-            elif msg_type == B_BACKEND_KEY_DATA:
-                self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
-            elif msg_type == B_READY_FOR_QUERY:
-                self.tx_status = body[0] if body else TX_IDLE
-                return
-            # NoticeResponse and NegotiateProtocolVersion need no answer.
-
-    async def _run_connect_query(self, sql: str) -> None:
-        assert self.transport is not None and self._login is not None
-        self.transport.write(m.query(sql))
-        error = None
-        while True:
-            msg_type, body = await self._login.read_message()
-            if msg_type == B_ERROR_RESPONSE and error is None:
-                fields = parse_error_fields(body)
-                error = ProtocolError(fields.get("C", PROTOCOL_VIOLATION), f"connect_query failed for pool "
-                                      f"{self.pool.name}: {fields.get('M', '')}")
-            elif msg_type == B_PARAMETER_STATUS:
-                name, value = m.parse_parameter_status(body)
-                self.params.reported[name] = value
-            elif msg_type == B_READY_FOR_QUERY:
-                if error is not None:
-                    raise error
-                return
+                    login.send_password(self._plain_password("cleartext"))
+            elif isinstance(event, ScramRequest):
+                login.start_scram(self._scram_client())
+            else:
+                return      # Ready
 
     def _plain_password(self, method: str) -> str:
         secret = self.pool.server_password
@@ -362,12 +348,6 @@ class ServerConnection(asyncio.Protocol):
             client_key, server_key = self.pool.scram_keys
             return ScramClient(client_key=client_key, server_key=server_key)
         raise self._no_password("SCRAM-SHA-256")
-
-    def _scram_step(self, step: Callable[[bytes], bytes | None], data: bytes) -> bytes:
-        try:
-            return step(data) or b""
-        except ScramError as error:
-            raise ProtocolError(INVALID_PASSWORD, f"SCRAM login to server failed for pool {self.pool.name}: {error}") from None
 
     # ---- data plane ----------------------------------------------------------------------------
 
