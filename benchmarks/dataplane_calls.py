@@ -1,0 +1,126 @@
+"""pgpool's own Python per transaction, socket-free, with clients queueing for servers as under pgbench.
+
+Owns one measurement: the socket-free data plane of tests/protocol/fakes.py (the real App, Pool,
+ClientConnection and ServerConnection over fake transports) plays pgbench -S rounds in which
+--queue clients share one server (100 clients over a pool of 20 is 5): every client sends its
+request, the first gets the server and the others wait; each reply's ReadyForQuery gives the
+server back and links the next waiting client, whose request is flushed in the same call, as in
+the real process. It reports CPU µs per transaction (time.process_time) and, in a second pass under
+sys.setprofile, how many Python functions and C functions run per transaction, with the top ones.
+No kernel and no event loop: what it shows is exactly the part of pgpool's CPU that
+benchmarks/syscalls.py finds above the `floor` forwarder. It judges nothing.
+
+    python -m benchmarks.dataplane_calls [--mode simple,extended,prepared] [--queue 5]
+        [--transactions 20000] [--top 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from typing import Any, Callable
+
+SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = 4242;"
+
+
+def build_round(mode: str, queue: int) -> tuple[Callable[[], None], int]:
+    """A function playing one round (`queue` transactions on one server), and that count."""
+    from tests.protocol import fakes as f
+
+    plane = f.Plane(default_pool_size=1)   # full, as pgpool's 20 of 20 under pgbench: waiters queue
+    del plane.pool.release_server      # the recording wrapper: measure the real method alone
+    server = plane.servers[0]
+    clients = [plane.add_client() for _ in range(queue)]
+    if mode == "simple":
+        request, reply = f.query(SQL), f.select_reply(b"1234")
+    elif mode == "extended":
+        request, reply = f.extended(SQL), f.extended_reply(b"1234")
+    else:
+        # pgbench -M prepared: Parse once per client connection, then Bind/Describe/Execute/Sync.
+        statement = "P_0"
+        request = f.bind(statement=statement) + f.describe(b"P") + f.execute() + f.SYNC
+        reply = f.BIND_COMPLETE + f.row_description("v") + f.data_row(b"1234") + f.complete("SELECT 1") + f.ready()
+        for client in clients:
+            client.data_received(f.parse(SQL, statement) + f.SYNC)
+            if client.server is not None:
+                server.data_received(f.PARSE_COMPLETE + f.ready())
+            client.transport.writes.clear()
+    writes = [c.transport.writes for c in clients] + [server.transport.writes]
+
+    def one_round() -> None:
+        for client in clients:
+            client.data_received(request)
+        for _ in clients:
+            server.data_received(reply)
+        for w in writes:
+            w.clear()
+
+    for _ in range(200):   # warm up (3.11's specialising interpreter, caches) and check the flow
+        one_round()
+    assert server.client is None and all(c.server is None for c in clients), "each reply must release the server"
+    return one_round, queue
+
+
+def measure_cpu(one_round: Callable[[], None], per_round: int, transactions: int) -> float:
+    rounds = max(1, transactions // per_round)
+    start = time.process_time()
+    for _ in range(rounds):
+        one_round()
+    return (time.process_time() - start) * 1e6 / (rounds * per_round)
+
+
+def count_calls(one_round: Callable[[], None], per_round: int, rounds: int = 200) -> tuple[float, float, Any]:
+    """Python and C function calls per transaction, and a Counter of them by name."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            counts[f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}"] += 1
+        elif event == "c_call":
+            counts[f"C {getattr(arg, '__qualname__', arg)}"] += 1
+
+    sys.setprofile(profile)
+    try:
+        for _ in range(rounds):
+            one_round()
+    finally:
+        sys.setprofile(None)
+    counts.pop("C setprofile", None)
+    xacts = rounds * per_round
+    python = sum(n for k, n in counts.items() if not k.startswith("C ")) / xacts
+    c = sum(n for k, n in counts.items() if k.startswith("C ")) / xacts
+    return python, c, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dataplane_calls", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", default="simple,extended,prepared")
+    parser.add_argument("--queue", type=int, default=5, help="clients per server (pgbench 100 over a pool of 20: 5)")
+    parser.add_argument("--transactions", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3, help="CPU measurements per mode (median shown)")
+    parser.add_argument("--top", type=int, default=15, help="functions listed per mode, by calls")
+    args = parser.parse_args(argv)
+    import pgpool
+
+    print(f"pgpool {pgpool.describe_build()}; {args.queue} clients per server")
+    print(f"{'mode':>9} {'us/xact':>8} {'py calls/xact':>14} {'C calls/xact':>13}")
+    details = []
+    for mode in [m for m in args.mode.split(",") if m]:
+        one_round, per_round = build_round(mode, args.queue)
+        cpu = sorted(measure_cpu(one_round, per_round, args.transactions) for _ in range(args.rounds))
+        python, c, counts = count_calls(one_round, per_round)
+        print(f"{mode:>9} {cpu[len(cpu) // 2]:8.2f} {python:14.1f} {c:13.1f}")
+        details.append((mode, counts, 200 * per_round))
+    for mode, counts, xacts in details:
+        if args.top:
+            print(f"\n{mode}: calls per transaction")
+            for name, n in counts.most_common(args.top):
+                print(f"  {n / xacts:5.2f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
