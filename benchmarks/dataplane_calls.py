@@ -11,30 +11,42 @@ No kernel and no event loop: what it shows is exactly the part of pgpool's CPU t
 benchmarks/syscalls.py finds above the `floor` forwarder. It judges nothing.
 
     python -m benchmarks.dataplane_calls [--mode simple,extended,prepared] [--queue 5]
-        [--transactions 20000] [--top 15]
+        [--transactions 20000] [--top 15] [--set SETTING=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import itertools
+import random
 import sys
 import time
 from typing import Any, Callable
 
-SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = 4242;"
+# pgbench -S's statement; in simple mode the literal changes every time (a random aid), which matters:
+# pgpool's statement classification is cached per text.
+SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+SIMPLE_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+DISTINCT_TEXTS = 100_000      # pgbench -i -s 1: aid in 1..100000
 
 
-def build_round(mode: str, queue: int) -> tuple[Callable[[], None], int]:
+def build_round(mode: str, queue: int, settings: dict[str, str]) -> tuple[Callable[[], None], int]:
     """A function playing one round (`queue` transactions on one server), and that count."""
     from tests.protocol import fakes as f
 
-    plane = f.Plane(default_pool_size=1)   # full, as pgpool's 20 of 20 under pgbench: waiters queue
+    # A full pool, as pgpool's 20 of 20 under pgbench: the waiters queue.
+    plane = f.Plane(**{"default_pool_size": "1", **settings})
     del plane.pool.release_server      # the recording wrapper: measure the real method alone
     server = plane.servers[0]
     clients = [plane.add_client() for _ in range(queue)]
+    requests = None
     if mode == "simple":
-        request, reply = f.query(SQL), f.select_reply(b"1234")
+        # Drawn from a fixed-seed shuffle, so every run sees the same sequence of texts.
+        aids = list(range(1, DISTINCT_TEXTS + 1))
+        random.Random(42).shuffle(aids)
+        requests = itertools.cycle([f.query(SIMPLE_SQL.format(aid)) for aid in aids])
+        request, reply = f.query(SIMPLE_SQL.format(1)), f.select_reply(b"1234")
     elif mode == "extended":
         request, reply = f.extended(SQL), f.extended_reply(b"1234")
     else:
@@ -51,7 +63,7 @@ def build_round(mode: str, queue: int) -> tuple[Callable[[], None], int]:
 
     def one_round() -> None:
         for client in clients:
-            client.data_received(request)
+            client.data_received(request if requests is None else next(requests))
         for _ in clients:
             server.data_received(reply)
         for w in writes:
@@ -102,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3, help="CPU measurements per mode (median shown)")
     parser.add_argument("--top", type=int, default=15, help="functions listed per mode, by calls")
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="a pgpool setting for the plane, e.g. max_prepared_statements=0 (repeatable)")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.set):
+        parser.error("--set expects SETTING=VALUE")
+    settings = dict(item.split("=", 1) for item in args.set)
     import pgpool
 
-    print(f"pgpool {pgpool.describe_build()}; {args.queue} clients per server")
+    print(f"pgpool {pgpool.describe_build()}; {args.queue} clients per server; settings {settings or 'default'}")
     print(f"{'mode':>9} {'us/xact':>8} {'py calls/xact':>14} {'C calls/xact':>13}")
     details = []
     for mode in [m for m in args.mode.split(",") if m]:
-        one_round, per_round = build_round(mode, args.queue)
+        one_round, per_round = build_round(mode, args.queue, settings)
         cpu = sorted(measure_cpu(one_round, per_round, args.transactions) for _ in range(args.rounds))
         python, c, counts = count_calls(one_round, per_round)
         print(f"{mode:>9} {cpu[len(cpu) // 2]:8.2f} {python:14.1f} {c:13.1f}")
