@@ -17,7 +17,7 @@ and starts nothing that outlives it: every process it starts is stopped by PID.
 
     python -m benchmarks.syscalls [--targets pgpool,pgbouncer] [--mode simple,extended,prepared]
         [--clients 100] [--pool-size 20] [--window 1.5] [--tracer perf|strace] [--json FILE]
-        [--pgpool-env KEY=VALUE]
+        [--pgpool-env KEY=VALUE] [--targets pgpool,pgpool-alt --alt-tree DIR]
 
 Needs root or kernel.perf_event_paranoid <= 1 for perf (ptrace rights for strace).
 """
@@ -44,7 +44,8 @@ from benchmarks.pgbench_compare import (
 )
 from benchmarks.targets import LOOPBACK, REPO_ROOT, PostgresCluster, find_client_program, free_port
 
-POOLERS = ("pgpool", "pgbouncer", "pgpool-pure", "floor")
+# pgpool-alt: pgpool run from another checkout (--alt-tree), to measure a patch beside the unpatched tree.
+POOLERS = ("pgpool", "pgbouncer", "pgpool-pure", "pgpool-alt", "floor")
 # The syscalls a pooler's data plane makes, each counted by its own tracepoint; the rest is "other".
 SYSCALLS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait",
             "epoll_pwait", "epoll_ctl", "getsockopt", "setsockopt", "accept4", "close", "futex", "ioctl",
@@ -93,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tracer", choices=("perf", "strace"), default=None,
                         help="default: perf if installed, else strace")
     parser.add_argument("--pgpool-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--alt-tree", type=Path, help="a checkout whose pgpool package target pgpool-alt runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     args.modes = [m for m in args.mode.split(",") if m]
@@ -106,6 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if any("=" not in item for item in args.pgpool_env):
         parser.error("--pgpool-env expects KEY=VALUE")
     args.pgpool_env = dict(item.split("=", 1) for item in args.pgpool_env)
+    if ("pgpool-alt" in args.target_names) != (args.alt_tree is not None):
+        parser.error("target pgpool-alt and --alt-tree go together")
+    if args.alt_tree is not None and not (args.alt_tree / "pgpool" / "__init__.py").is_file():
+        parser.error(f"--alt-tree {args.alt_tree}: no pgpool package there")
     args.threads = args.threads or max(1, min(args.clients, os.cpu_count() or 1))
     args.tracer = args.tracer or ("perf" if shutil.which("perf") else "strace")
     if not shutil.which(args.tracer):
@@ -152,6 +158,13 @@ class FloorProcess:
 
 
 def start_pooler(name: str, pg: PostgresCluster, args: argparse.Namespace) -> Target:
+    if name == "pgpool-alt":
+        # PYTHONPATH from --pgpool-env wins over the tree's own (targets.PgpoolProcess._environment).
+        alt = argparse.Namespace(**{**vars(args), "pgpool_env": {**args.pgpool_env,
+                                                                  "PYTHONPATH": str(args.alt_tree.resolve())}})
+        target = start_target("pgpool", pg, alt)
+        target.name = name
+        return target
     if name != "floor":
         return start_target(name, pg, args)
     target = Target(name)
