@@ -4,8 +4,10 @@ Owns one measurement: a throwaway cluster, the poolers started as pgbench_compar
 (same pool size, same settings), and per (mode, pooler) one bounded pgbench run with two
 windows taken from its steady state (after every client logged in):
 
-- a CPU window, untraced: user and system CPU of the pooler from /proc/PID/stat, and its
-  voluntary context switches (each one an epoll wait that slept), per transaction;
+- a CPU window, untraced: the pooler's CPU from the scheduler's run time of each thread
+  (/proc/PID/task/*/schedstat, nanoseconds), split into user and system in the ratio of
+  /proc/PID/stat's ticks, its context switches (voluntary: an epoll wait that slept) and minor
+  faults, per transaction;
 - a syscall window: `perf stat` counting the pooler's syscalls by tracepoint (cheap: no stop
   per syscall), switched on and off through perf's control FIFO so the window is exact; or
   `strace -c -f` where perf is missing (slower, and it slows the pooler, but the counts per
@@ -60,8 +62,9 @@ class Window:
 
     seconds: float = 0.0
     xacts: int = 0
-    user_us: float = 0.0            # pooler CPU per transaction, user space (Python, uvloop, libevent)
-    system_us: float = 0.0          # ... in the kernel (socket reads and writes, epoll)
+    cpu_us: float = 0.0             # pooler CPU per transaction, from the scheduler's ns run time (exact)
+    user_us: float = 0.0            # ... of which in user space (Python, uvloop, libevent): cpu_us split in
+    system_us: float = 0.0          # the ratio of /proc's utime to stime (10 ms ticks) ... and in the kernel
     switches: float = 0.0           # voluntary context switches per transaction (sleeps in epoll_wait)
     preempted: float = 0.0          # involuntary ones: the CPU taken away (2 cores shared with pgbench, Postgres)
     faults: float = 0.0             # minor page faults per transaction (kernel time spent on the allocator's behalf)
@@ -188,12 +191,18 @@ def process_ids(pid: int) -> list[int]:
     return ids
 
 
-def read_cpu(pids: list[int]) -> tuple[float, float, int, int, int]:
-    """(user seconds, system seconds, voluntary and involuntary context switches, minor faults),
-    summed over the processes (/proc/PID/stat fields 10, 14, 15 and /proc/PID/status)."""
-    user = system = 0.0
+def read_cpu(pids: list[int]) -> tuple[float, float, float, int, int, int]:
+    """(run seconds, user seconds, system seconds, voluntary and involuntary context switches, minor
+    faults), summed over the processes: run time from each thread's /proc/PID/task/TID/schedstat
+    (nanoseconds), the rest from /proc/PID/stat fields 10, 14, 15 (ticks) and /proc/PID/status."""
+    run = user = system = 0.0
     switches = preempted = faults = 0
     for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                run += int(task.read_text().split()[0]) / 1e9
+            except (OSError, IndexError, ValueError):
+                continue   # a thread that just ended
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         faults += int(fields[7])
         user += int(fields[11]) / CLOCK_TICKS
@@ -203,7 +212,7 @@ def read_cpu(pids: list[int]) -> tuple[float, float, int, int, int]:
                 switches += int(line.split()[1])
             elif line.startswith("nonvoluntary_ctxt_switches:"):
                 preempted += int(line.split()[1])
-    return user, system, switches, preempted, faults
+    return run, user, system, switches, preempted, faults
 
 
 def count_xacts(log_dir: Path, start: float, end: float) -> int:
@@ -339,9 +348,9 @@ def measure(pgbench: str, target: Target, mode: str, args: argparse.Namespace) -
         time.sleep(WARMUP)
 
         cpu = Window()
-        wall0, (user0, sys0, sw0, pre0, flt0) = time.time(), read_cpu(pids)
+        wall0, (run0, user0, sys0, sw0, pre0, flt0) = time.time(), read_cpu(pids)
         time.sleep(args.window)
-        wall1, (user1, sys1, sw1, pre1, flt1) = time.time(), read_cpu(pids)
+        wall1, (run1, user1, sys1, sw1, pre1, flt1) = time.time(), read_cpu(pids)
         cpu.seconds = wall1 - wall0
 
         counter.enable()
@@ -360,8 +369,11 @@ def measure(pgbench: str, target: Target, mode: str, args: argparse.Namespace) -
         cpu.xacts = count_xacts(work, wall0, wall1)
         if not cpu.xacts:
             raise RuntimeError("no transactions in the CPU window")
-        cpu.user_us = (user1 - user0) * 1e6 / cpu.xacts
-        cpu.system_us = (sys1 - sys0) * 1e6 / cpu.xacts
+        cpu.cpu_us = (run1 - run0) * 1e6 / cpu.xacts
+        ticks = (user1 - user0) + (sys1 - sys0)
+        user_share = (user1 - user0) / ticks if ticks else 0.0
+        cpu.user_us = cpu.cpu_us * user_share
+        cpu.system_us = cpu.cpu_us - cpu.user_us
         cpu.switches = (sw1 - sw0) / cpu.xacts
         cpu.preempted = (pre1 - pre0) / cpu.xacts
         cpu.faults = (flt1 - flt0) / cpu.xacts
@@ -407,15 +419,16 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
             continue
         c, t = r.cpu, r.traced
         rows.append([r.mode, r.target, f"{c.tps:,.0f}", f"{c.user_us:.1f}", f"{c.system_us:.1f}",
-                     f"{c.user_us + c.system_us:.1f}", f"{c.switches:.2f}", f"{c.preempted:.2f}", f"{c.faults:.2f}",
+                     f"{c.cpu_us:.1f}", f"{c.switches:.2f}", f"{c.preempted:.2f}", f"{c.faults:.2f}",
                      *(f"{t.syscalls.get(n, 0):.2f}" for n in shown)])
     full = [row for row in rows if len(row) == len(headers)]
     widths = [max([len(h), *(len(row[i]) for row in full)]) for i, h in enumerate(headers)]
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-    print("(user/sys/cpu us, sleeps (voluntary context switches), preempt (involuntary ones) and faults (minor)\n"
-          " are from the untraced window, the syscall columns from the traced one; all per transaction)")
+    print("(cpu us: the scheduler's run time, split into user/sys in the ratio of /proc's ticks; sleeps:\n"
+          " voluntary context switches; preempt: involuntary ones; faults: minor. These from the untraced window,\n"
+          " the syscall columns from the traced one; all per transaction)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     assert result.cpu is not None and result.traced is not None
                     log(f"{mode:8} {target.name:10} {result.cpu.tps:8,.0f} tps, "
-                        f"{result.cpu.user_us + result.cpu.system_us:5.1f} us CPU/xact, "
+                        f"{result.cpu.cpu_us:5.1f} us CPU/xact, "
                         f"{result.traced.syscalls.get('total', 0):5.2f} syscalls/xact")
     finally:
         for target in targets:
