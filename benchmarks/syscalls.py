@@ -452,8 +452,10 @@ def main(argv: list[str] | None = None) -> int:
                 results += [Result(mode, name, error=target.error) for mode in args.modes]
             else:
                 targets.append(target)
-        for mode in args.modes:
-            for target in targets:
+        for number, mode in enumerate(args.modes):
+            # Rotate the order per mode, so no target always runs first (the machine's load drifts).
+            shift = number % max(1, len(targets))
+            for target in targets[shift:] + targets[:shift]:
                 result = measure(pgbench, target, mode, args)
                 results.append(result)
                 if result.error:
