@@ -383,7 +383,8 @@ def measure(pgbench: str, target: Target, mode: str, args: argparse.Namespace) -
         listed = sum(v for k, v in counts.items() if k not in ("total", "other"))
         counts.setdefault("other", 0)
         if args.tracer == "perf":
-            counts["other"] = counts["total"] - listed
+            # The counters open one by one: a few calls apart at most, never below zero.
+            counts["other"] = max(0, counts["total"] - listed)
         traced.syscalls = {name: n / traced.xacts for name, n in counts.items() if n}
         result.cpu, result.traced = cpu, traced
     except Exception as exc:   # report and go on with the next run
