@@ -23,7 +23,8 @@ import random
 import struct
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # pgbench -S's statement; in simple mode the literal changes every time (a random aid), which matters:
 # pgpool's statement classification is cached per text.
@@ -88,19 +89,19 @@ class BarePool:
         self.idle: list[BareServer] = []
         self.waiting: collections.deque[BareClient] = collections.deque()
 
-    def request(self, client: "BareClient") -> None:
+    def request(self, client: BareClient) -> None:
         if self.idle:
             self.link(client, self.idle.pop())
         else:
             self.waiting.append(client)
 
-    def link(self, client: "BareClient", server: "BareServer") -> None:
+    def link(self, client: BareClient, server: BareServer) -> None:
         client.server, server.client = server, client
         data, client.pending = client.pending, None
         if data is not None:
             client.forward(data)
 
-    def release(self, server: "BareServer") -> None:
+    def release(self, server: BareServer) -> None:
         client = server.client
         if client is not None:
             client.server = server.client = None

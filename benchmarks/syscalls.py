@@ -42,9 +42,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.pgbench_compare import (
-    APP_DATABASE, CLOCK_TICKS, MODES, USER, Target, log, pgbench_env, raise_nofile_limit, run_pgbench, start_target,
+    APP_DATABASE,
+    CLOCK_TICKS,
+    MODES,
+    USER,
+    Target,
+    log,
+    pgbench_env,
+    raise_nofile_limit,
+    run_pgbench,
+    start_target,
 )
-from benchmarks.targets import LOOPBACK, REPO_ROOT, PostgresCluster, find_client_program, free_port
+from benchmarks.targets import (
+    LOOPBACK,
+    REPO_ROOT,
+    PostgresCluster,
+    find_client_program,
+    free_port,
+)
 
 # pgpool-alt: pgpool run from another checkout (--alt-tree), to measure a patch beside the unpatched tree.
 POOLERS = ("pgpool", "pgbouncer", "pgpool-pure", "pgpool-alt", "floor")
@@ -129,7 +144,8 @@ class FloorProcess:
 
     def __init__(self, backend_host: str, backend_port: int) -> None:
         self.host, self.port = LOOPBACK, free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.floor_proxy", "--port", str(self.port),
              "--backend-host", backend_host, "--backend-port", str(backend_port)],
@@ -390,16 +406,10 @@ def measure(pgbench: str, target: Target, mode: str, args: argparse.Namespace) -
     except Exception as exc:   # report and go on with the next run
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        if counter is not None:
-            try:
-                if isinstance(counter, StraceCounter) and counter.proc is not None:
-                    counter.proc.kill()
-                    counter.proc.wait()
-                elif isinstance(counter, PerfCounter):
-                    counter.proc.kill()
-                    counter.proc.wait()
-            except OSError:
-                pass
+        tracer = counter.proc if counter is not None else None
+        if tracer is not None and tracer.poll() is None:   # a window that failed half-way
+            tracer.kill()
+            tracer.wait()
         if bench.poll() is None:
             bench.kill()
             bench.wait()
