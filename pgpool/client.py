@@ -149,7 +149,8 @@ class ClientConnection(asyncio.Protocol):
         self.params: SessionParams | None = None
         self.login: LoginStream | None = LoginStream(MAX_STARTUP_PACKET, "client")
         self.login_task: asyncio.Task | None = None
-        self.pending: list[bytes] = []           # bytes received while no server was linked
+        # An idle client holds no containers: each list is () and each dict None until first needed.
+        self.pending: list[bytes] | tuple[()] = ()   # bytes received while no server was linked
         self.pending_size = 0
         self.peer = "?"
         self.user = ""
@@ -162,8 +163,8 @@ class ClientConnection(asyncio.Protocol):
         self.syncs_since_execute = 0             # Syncs sent between the last Execute/Query and CopyDone
         self.rfq_seen = 0                        # ReadyForQuery received so far: numbers the replies
         # SET/RESET sent, not yet answered, each with the number of the ReadyForQuery that answers it.
-        self.pending_changes: list[tuple[int, SessionChange]] = []
-        self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
+        self.pending_changes: list[tuple[int, SessionChange]] | tuple[()] = ()
+        self.tx_changes: list[SessionChange] | tuple[()] = ()   # SET/RESET inside a transaction, kept if it commits
         self.tx_snapshot: tuple[dict[str, str], dict[str, str]] | None = None   # statements before them
         self.query_failed = False
         self.last_tag = b""
@@ -188,13 +189,13 @@ class ClientConnection(asyncio.Protocol):
         self.auditing = False                    # an audit is on its way: its answer may pin
         self.audit_cause = ""                    # the statement that made the audit due, for the log
         self.resync_due = False                  # a RESET left the server off the client's startup values
-        self.resync_reported: list[str] = []     # reported names to announce once the server has them again
+        self.resync_reported: list[str] | tuple[()] = ()   # reported names to announce once the server has them again
         self.query_start = now
         self.statements = ClientStatements()     # this client's names of protocol-level prepared statements
         # Verdicts of what is not stateless: statement name -> verdict, portal name -> verdict. A
         # verdict belongs to the statement and counts at every Execute, in whatever transaction.
-        self.stmt_verdicts: dict[bytes, Verdict] = {}
-        self.portal_verdicts: dict[bytes, Verdict] = {}
+        self.stmt_verdicts: dict[bytes, Verdict] | None = None
+        self.portal_verdicts: dict[bytes, Verdict] | None = None
         self.replication: str | None = None      # "physical" / "logical": passed through, never pooled
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
@@ -237,7 +238,10 @@ class ClientConnection(asyncio.Protocol):
                     pool.stats.client_parse_count += 1  # type: ignore[union-attr]
                     self.transport.write(PARSE_COMPLETE_READY)
                     return
-            self.pending.append(data)
+            if self.pending:
+                self.pending.append(data)  # type: ignore[union-attr]
+            else:
+                self.pending = [data]
             self.pending_size += len(data)
             if server is None and self.state == ClientState.IDLE:
                 pool.request_server(self)  # type: ignore[union-attr]
@@ -247,8 +251,14 @@ class ClientConnection(asyncio.Protocol):
         self._forward(data)
 
     def _forward(self, data: bytes) -> None:
+        scanner = self.scanner
+        if scanner is None:   # made at the first request, not at login: an idle client needs none
+            settings = self.app.settings
+            # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
+            scanner = self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
+                                                    max_inspect=min(settings.max_packet_size, MAX_REWRITE))
         try:
-            out = self.scanner.feed(data)  # type: ignore[union-attr]
+            out = scanner.feed(data)
         except ProtocolError as error:
             self.disconnect(f"protocol error: {error.message}", error)
             return
@@ -395,7 +405,7 @@ class ClientConnection(asyncio.Protocol):
         session.remember_startup()
         self.params = session
         self.cancel_key = self.app.register_cancel_key(self)
-        welcome = [m.parameter_status(name, value) for name, value in session.reported.items()]
+        welcome = [m.parameter_status(name, value) for name, value in session.reported_items()]
         welcome.append(m.backend_key_data(*self.cancel_key))
         welcome.append(m.READY_FOR_QUERY_IDLE)
         self.transport.write(b"".join(welcome))
@@ -455,10 +465,6 @@ class ClientConnection(asyncio.Protocol):
         rest = self.login.take_rest()
         self.login = None
         if not admin:
-            settings = self.app.settings
-            # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
-            self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
-                                          max_inspect=min(settings.max_packet_size, MAX_REWRITE))
             # Shared prepared statements are keyed by search_path too.
             self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
@@ -583,10 +589,12 @@ class ClientConnection(asyncio.Protocol):
                 if (self.stmt_verdicts or self.portal_verdicts) and buf is not None:
                     portal_end = buf.find(b"\x00", start, end)
                     statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
-                    verdict = self.stmt_verdicts.get(statement)
+                    verdict = self.stmt_verdicts.get(statement) if self.stmt_verdicts else None
                     if verdict is not None:
+                        if self.portal_verdicts is None:
+                            self.portal_verdicts = {}
                         self.portal_verdicts[buf[start:portal_end]] = verdict
-                    else:
+                    elif self.portal_verdicts:
                         self.portal_verdicts.pop(buf[start:portal_end], None)
             elif msg_type == F_PARSE and buf is not None:
                 name_end = buf.find(b"\x00", start, end)
@@ -598,6 +606,8 @@ class ClientConnection(asyncio.Protocol):
                             self.stmt_verdicts.pop(buf[start:name_end], None)
                     else:
                         name = buf[start:name_end]
+                        if self.stmt_verdicts is None:
+                            self.stmt_verdicts = {}
                         self.stmt_verdicts[name] = verdict
                         if verdict.flags & REFUSE and self._refuses():
                             self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
@@ -634,7 +644,9 @@ class ClientConnection(asyncio.Protocol):
             self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
             return True
         for change in verdict.changes:
-            self.pending_changes.append((answer, change))
+            if not self.pending_changes:
+                self.pending_changes = []
+            self.pending_changes.append((answer, change))  # type: ignore[union-attr]
         if self.mode == PoolMode.SESSION:
             return False
         if flags & AUDIT or (flags & DROPS and (self.pinned or self.auditing)) or \
@@ -786,7 +798,7 @@ class ClientConnection(asyncio.Protocol):
         """ParameterStatus for reported values a RESET put back to the client's startup value."""
         names = self.resync_reported or [name for name in self.pool.reported_names  # type: ignore[union-attr]
                                          if self.params.reported.get(name) != server.params.reported.get(name)]  # type: ignore[union-attr]
-        self.resync_reported = []
+        self.resync_reported = ()
         return b"".join(m.parameter_status(name, self.params.reported[name])  # type: ignore[union-attr]
                         for name in names if name in self.params.reported)  # type: ignore[union-attr]
 
@@ -831,15 +843,16 @@ class ClientConnection(asyncio.Protocol):
             return
         if status == TX_IN_BLOCK:
             if not self.tx_changes:
+                self.tx_changes = []
                 server_statements = dict(self.server.params.statements) if self.server is not None else {}
                 self.tx_snapshot = (dict(self.params.statements), server_statements)  # type: ignore[union-attr]
-            self.tx_changes.extend(answered)
+            self.tx_changes.extend(answered)  # type: ignore[union-attr]
             if self.server is not None:
                 self.server.scanner.watch = self.server.normal_watch()
         self._apply_changes(answered)
 
     def _settle_tx_changes(self) -> None:
-        self.tx_changes = []
+        self.tx_changes = ()
         snapshot, self.tx_snapshot = self.tx_snapshot, None
         if self.server is not None:
             self.server.scanner.watch = self.server.normal_watch()
@@ -863,7 +876,7 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def prepared_count(self) -> int:
-        return len(self.statements.names)
+        return self.statements.count()
 
     def on_command_complete(self, tag: bytes) -> None:
         self.last_tag = tag
@@ -913,13 +926,13 @@ class ClientConnection(asyncio.Protocol):
         if error is not None:
             server.close(f"could not restore session parameters{when}: {error.message}")
             return None
-        server.params.statements = dict(self.params.statements)  # type: ignore[union-attr]
+        server.params.statements = self.params.copy_statements()  # type: ignore[union-attr]
         return server
 
     def _flush_pending(self) -> None:
         if self.pending:
             data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
-            self.pending.clear()
+            self.pending = ()
             self.pending_size = 0
             self._forward(data)
         if self.cancel_deferred:
@@ -938,7 +951,7 @@ class ClientConnection(asyncio.Protocol):
         self.cancel_deferred = False
         if server.prepared is not None and not server.prepared.unlink():
             server.close("released with prepared statement replies outstanding")
-        self.tx_changes.clear()   # a SET inside an unfinished transaction dies with it
+        self.tx_changes = ()   # a SET inside an unfinished transaction dies with it
         self.tx_snapshot = None
         if not server.injected:
             server.scanner.watch = server.normal_watch()
@@ -972,7 +985,7 @@ class ClientConnection(asyncio.Protocol):
             pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
         if pos != len(data) or last_type not in (F_QUERY, F_SYNC, F_FUNCTION_CALL):
             return False
-        self.pending.clear()
+        self.pending = ()
         self.pending_size = 0
         self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
         self.pool.stats.count_error("cancelled_while_waiting")  # type: ignore[union-attr]
