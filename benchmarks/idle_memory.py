@@ -5,19 +5,21 @@ the load generator's own memory must not matter):
 
 * the ratio: each pooler's RSS growth (/proc/PID/status VmRSS) from before the clients connect to
   when all N are logged in and idle, per client, pgpool and PgBouncer started side by side
-  against one throwaway cluster;
+  against one throwaway cluster, and beside them the floor: a bare uvloop server whose protocol
+  object holds only its transport (what pgpool's event loop costs per connection before pgpool
+  keeps anything);
 * the breakdown (pgpool only): pgpool run in-process under a probe (`idle_memory probe ...`) that
   snapshots the Python heap before and after the N logins and reports, per client, the bytes of
   new objects by type, the bytes reachable from each attribute of a ClientConnection (objects
   that existed before the logins, and objects shared between clients, are counted once, not per
-  client), the allocation sites tracemalloc saw, and RSS against what Python allocated (the
-  difference is malloc/arena waste and memory Python never sees, such as the kernel's socket
-  buffers are not: they are not in RSS).
+  client), the allocation sites tracemalloc saw (it sees C allocations too: uvloop's libuv
+  handles), and RSS against what Python allocated (the difference is malloc/arena waste, e.g.
+  left by the login coroutines; kernel socket buffers are not in RSS at all).
 
 It judges nothing (no pass/fail): it prints numbers. The RSS run and the breakdown run are
 separate processes, as tracemalloc costs memory of its own.
 
-    python -m benchmarks.idle_memory [--clients 10000] [--targets pgpool,pgbouncer] [--no-breakdown]
+    python -m benchmarks.idle_memory [--clients 10000] [--targets pgpool,pgbouncer,uvloop-floor] [--no-breakdown]
         [--top 25] [--json FILE] [--pgpool-env K=V]
 """
 
@@ -42,6 +44,8 @@ from benchmarks.pgbench_compare import Target, close_idle_clients, open_idle_cli
 from benchmarks.targets import ROLES, PgBouncerProcess, PgpoolProcess, PostgresCluster, find_pgbouncer
 
 POOLERS = ("pgpool", "pgbouncer")
+# uvloop-floor: a bare uvloop server (one-slot protocol, no login): what the event loop's transport costs.
+TARGETS = (*POOLERS, "uvloop-floor")
 
 
 # ---- the probe: runs inside the pgpool process --------------------------------------------------
@@ -257,6 +261,66 @@ class ProbedPgpool(PgpoolProcess):
                 *(["--trace"] if self.trace else []), "--", *pgpool_args]
 
 
+# ---- the floor: what one idle uvloop transport costs, with nothing of pgpool on it -----------------
+
+class _BareProtocol(asyncio.Protocol):
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport   # type: ignore[assignment]
+        transport.get_extra_info("peername")   # as pgpool does: uvloop caches a socket object for it
+        transport.get_extra_info("socket")
+
+
+def run_floor(argv: list[str]) -> int:
+    """`floor PORT`: a uvloop server whose protocol holds its transport and nothing else."""
+    import uvloop
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(_BareProtocol, "127.0.0.1", int(argv[0]), backlog=1024)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(serve())
+    return 0
+
+
+def measure_floor(clients: int) -> dict[str, object]:
+    """RSS per connection of the bare uvloop server: the part of pgpool's figure that its event loop costs."""
+    import subprocess
+
+    from benchmarks.targets import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.idle_memory", "floor", str(port)],
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+
+        async def run() -> tuple[int, int]:
+            gate = asyncio.Semaphore(100)
+
+            async def one() -> asyncio.StreamWriter:
+                async with gate:
+                    return (await asyncio.open_connection("127.0.0.1", port))[1]
+
+            first = await one()
+            before = read_rss_kib(proc.pid)
+            writers = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(clients))), timeout=60 + clients / 50)
+            await asyncio.sleep(0.5)   # the server has accepted them all
+            after = read_rss_kib(proc.pid)
+            for writer in [first, *writers]:
+                writer.close()
+            return before, after
+
+        before, after = asyncio.run(run())
+    finally:
+        proc.kill()
+        proc.wait()
+    return {"clients": clients, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_client": (after - before) / clients, "login_seconds": 0.0}
+
+
 # ---- the benchmark -------------------------------------------------------------------------------
 
 def pooler_settings(clients: int) -> dict[str, object]:
@@ -310,13 +374,17 @@ def print_report(rss: dict[str, dict[str, object]], breakdowns: dict[str, dict[s
     print("\nidle logged-in clients: RSS growth of the pooler process per client")
     for name, result in rss.items():
         if "error" in result:
-            print(f"  {name:10} failed: {result['error']}")
+            print(f"  {name:12} failed: {result['error']}")
             continue
-        print(f"  {name:10} {result['clients']} clients in {result['login_seconds']}s: RSS {result['rss_before_kib']} -> "
+        what = "connections (no login)" if name == "uvloop-floor" else f"clients logged in in {result['login_seconds']}s"
+        print(f"  {name:12} {result['clients']} {what}: RSS {result['rss_before_kib']} -> "
               f"{result['rss_after_kib']} KiB, {result['kib_per_client']:.2f} KiB per client")
     ok = {n: r for n, r in rss.items() if "error" not in r}
     if "pgpool" in ok and "pgbouncer" in ok and ok["pgbouncer"]["kib_per_client"]:
         print(f"  pgpool/pgbouncer: {ok['pgpool']['kib_per_client'] / ok['pgbouncer']['kib_per_client']:.2f}x")
+    if "pgpool" in ok and "uvloop-floor" in ok:
+        own = ok["pgpool"]["kib_per_client"] - ok["uvloop-floor"]["kib_per_client"]   # type: ignore[operator]
+        print(f"  pgpool above the uvloop floor (its own objects per client): {own:.2f} KiB")
     for label, report in breakdowns.items():
         if "error" in report:
             print(f"\nbreakdown ({label}) failed: {report['error']}")
@@ -347,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["probe"]:
         return run_probe(argv[1:])
+    if argv[:1] == ["floor"]:
+        return run_floor(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.idle_memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=10000, help="idle clients per pooler")
-    parser.add_argument("--targets", default=",".join(POOLERS), help="comma-separated subset of " + ",".join(POOLERS))
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--no-breakdown", action="store_true", help="only the RSS ratio")
     parser.add_argument("--no-trace", action="store_true", help="breakdown without tracemalloc (allocation sites)")
     parser.add_argument("--top", type=int, default=25, help="rows per breakdown table")
@@ -369,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pg.start()
         for name in names:
+            if name == "uvloop-floor":
+                try:
+                    rss[name] = measure_floor(args.clients)
+                except Exception as exc:
+                    rss[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
             if name == "pgbouncer" and find_pgbouncer() is None:
                 rss[name] = {"error": "pgbouncer is not installed"}
                 continue
