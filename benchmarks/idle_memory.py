@@ -20,7 +20,7 @@ It judges nothing (no pass/fail): it prints numbers. The RSS run and the breakdo
 separate processes, as tracemalloc costs memory of its own.
 
     python -m benchmarks.idle_memory [--clients 10000] [--targets pgpool,pgbouncer,uvloop-floor] [--no-breakdown]
-        [--top 25] [--json FILE] [--pgpool-env K=V]
+        [--login-phase] [--top 25] [--json FILE] [--pgpool-env K=V]
 """
 
 from __future__ import annotations
@@ -347,7 +347,10 @@ def measure_rss(proc: PgpoolProcess | PgBouncerProcess, name: str, clients: int)
             "kib_per_client": (after - before) / clients, "login_seconds": round(elapsed, 2)}
 
 
-def measure_breakdown(pg: PostgresCluster, clients: int, top: int, trace: bool, env: dict[str, str]) -> dict[str, object]:
+def measure_breakdown(pg: PostgresCluster, clients: int, top: int, trace: bool, env: dict[str, str],
+                      login_phase: bool) -> dict[str, dict[str, object]]:
+    """The probe's reports: N idle logged-in clients; with `login_phase`, also N clients that connected
+    and sent nothing yet (each holds its login coroutine, Task and login buffer meanwhile)."""
     with tempfile.TemporaryDirectory(prefix="idle-memory-") as tmp:
         path = os.path.join(tmp, "probe.sock")
         proc = ProbedPgpool(path, trace, backend_host=pg.host, backend_port=pg.port, users=dict(ROLES),
@@ -356,14 +359,30 @@ def measure_breakdown(pg: PostgresCluster, clients: int, top: int, trace: bool, 
         try:
             target = Target("pgpool", proc.host, proc.port, proc)
 
-            async def run() -> dict[str, object]:
+            async def run() -> dict[str, dict[str, object]]:
+                reports = {}
                 # One client first, so one-time costs (the pool, its first server, caches) are in "before".
                 first = await open_idle_clients(target, 1)
                 await asyncio.to_thread(ask_probe, path, "before")
                 writers = await open_idle_clients(target, clients)
-                report = await asyncio.to_thread(ask_probe, path, f"after {clients} {top}")
-                await close_idle_clients(writers + first)
-                return report
+                reports["idle, logged in"] = await asyncio.to_thread(ask_probe, path, f"after {clients} {top}")
+                await close_idle_clients(writers)
+                if login_phase:
+                    await asyncio.to_thread(ask_probe, path, "before")
+                    gate = asyncio.Semaphore(100)
+
+                    async def connect() -> asyncio.StreamWriter:
+                        async with gate:
+                            return (await asyncio.open_connection(proc.host, proc.port))[1]
+
+                    silent = await asyncio.gather(*(connect() for _ in range(clients)))
+                    await asyncio.sleep(1)   # a benchmark, not a test: pgpool has accepted them all by then
+                    reports["mid-login, no startup packet yet"] = await asyncio.to_thread(
+                        ask_probe, path, f"after {clients} {top}")
+                    for writer in silent:
+                        writer.close()
+                await close_idle_clients(first)
+                return reports
 
             return asyncio.run(run())
         finally:
@@ -389,7 +408,7 @@ def print_report(rss: dict[str, dict[str, object]], breakdowns: dict[str, dict[s
         if "error" in report:
             print(f"\nbreakdown ({label}) failed: {report['error']}")
             continue
-        print(f"\npgpool in-process breakdown ({label}), bytes per idle client:")
+        print(f"\npgpool in-process breakdown ({label}), bytes per client:")
         print(f"  RSS growth {report['rss_per_client_bytes']:.0f}; Python objects {report['new_object_bytes_per_client']:.0f} "
               f"({report['new_objects_per_client']:.1f} objects)", end="")
         if "traced_per_client_bytes" in report:
@@ -422,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--no-breakdown", action="store_true", help="only the RSS ratio")
     parser.add_argument("--no-trace", action="store_true", help="breakdown without tracemalloc (allocation sites)")
+    parser.add_argument("--login-phase", action="store_true",
+                        help="also break down N clients that connected and sent no startup packet yet")
     parser.add_argument("--top", type=int, default=25, help="rows per breakdown table")
     parser.add_argument("--pgpool-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the pgpool processes (repeatable), e.g. PGPOOL_PURE_PYTHON=1")
@@ -464,7 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         if "pgpool" in names and not args.no_breakdown:
             label = "tracemalloc" if not args.no_trace else "no tracemalloc"
             try:
-                breakdowns[label] = measure_breakdown(pg, args.clients, args.top, not args.no_trace, env)
+                for phase, report in measure_breakdown(pg, args.clients, args.top, not args.no_trace, env,
+                                                       args.login_phase).items():
+                    breakdowns[f"{phase}; {label}"] = report
             except Exception as exc:
                 breakdowns[label] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
