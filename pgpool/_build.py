@@ -26,12 +26,14 @@ from pathlib import Path
 COMPILED_MODULES = (
     "pgpool.protocol.framing",
     "pgpool.protocol.messages",
+    "pgpool.protocol.link",
     "pgpool.client",
     "pgpool.server",
     "pgpool.pool",
     "pgpool.prepared",
     "pgpool.params",
     "pgpool.session",
+    "pgpool.clientsession",
     "pgpool.stats",
 )
 MANIFEST_NAME = "_compiled.json"

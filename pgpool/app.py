@@ -397,7 +397,7 @@ class App(Controls):
             client.cancel_deferred = True
             return
         # Only a query in flight is cancelled: an idle link has nothing of this client's to stop.
-        if server is not None and (client.pending_rfq or client.open_extended or client.copy_in) and server.backend_pid:
+        if server is not None and client.busy and server.backend_pid:
             # Until Postgres has handled it, the server is not lent to anyone else (see release_server).
             server.cancels_in_flight += 1
             self.cancel.send(server.address, server.pool.db.port, server.backend_pid, server.backend_key,

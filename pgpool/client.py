@@ -1,11 +1,13 @@
 """One client connection: login, then the client->server half of the data plane.
 
-Owns: the startup phase (SSLRequest/GSSENCRequest answered 'N', CancelRequest handed to
-the app), client authentication (trust, plain, md5, SCRAM-SHA-256), the welcome, and on
-the data plane the request counting that says when a transaction is over: every Query,
-Sync and FunctionCall is owed one ReadyForQuery; an extended-protocol message since the
-last Sync keeps the server linked; COPY IN ignores Syncs until it ends. Holds no pool
-policy: it asks the pool for a server and tells it when the link may end.
+Owns: driving the login machine (protocol/startup.py's ClientLogin, which holds the wire
+protocol of the startup phase and the auth exchanges) with what needs IO or app state: TLS
+(answer 'S', direct TLS), CancelRequest handed to the app, credential lookups, the method
+choice and password checks, the pool and the welcome; then the asyncio side of the data
+plane: transport, flow control, bytes held while no server is linked. What is owed and when
+a transaction is over is the linked server's `Link` (protocol/link.py, one queue of
+outstanding requests); what the session carries is `ClientSession` (clientsession.py).
+Holds no pool policy: it asks the pool for a server and tells it when the link may end.
 """
 
 from __future__ import annotations
@@ -20,25 +22,27 @@ from asyncio import sslproto
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import auth, tls
+from .clientsession import ClientSession
 from .config import PoolMode
-from .loginstream import LoginStream
 from .netopts import apply_tcp_options
 from .prepared import ClientStatements
-from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, \
-    set_config_sql, sync_sql
-from .session import AUDIT, DROPS, REFUSE, STATELESS, UNDO, Verdict, audit_sql, classify, parse_audit, refusal_sql
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, sync_sql
+from .session import STATELESS, audit_sql, classify
 from .pool import ClientState
 from .protocol import messages as m
 from .protocol.constants import (
-    F_BIND, F_CLOSE, F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL, F_DESCRIBE, F_EXECUTE, F_FLUSH, F_FUNCTION_CALL,
-    F_PARSE, F_PASSWORD, F_QUERY, F_SYNC, F_TERMINATE, MAX_STARTUP_PACKET, TX_FAILED, TX_IDLE, TX_IN_BLOCK,
+    F_COPY_DATA, F_FUNCTION_CALL, F_QUERY, F_SYNC, F_TERMINATE, TX_IDLE, TX_IN_BLOCK,
 )
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
     INVALID_PASSWORD, PROTOCOL_VIOLATION, QUERY_CANCELED, ProtocolError,
 )
 from .protocol.framing import MessageScanner
-from .protocol.scram import ScramError, ScramServer
+from .protocol.link import Link
+from .protocol.scram import ScramServer
+from .protocol.startup import (
+    NEED_DATA, CancelRequest, ClientLogin, DirectTls, Event, Password, ScramDone, SslRequest, Startup, welcome,
+)
 
 try:   # under uvloop, direct TLS uses uvloop's TLS layer, as loop.start_tls does
     from uvloop.loop import Loop as UvLoop, SSLProtocol as UvSSLProtocol
@@ -84,8 +88,6 @@ class ClientHost(Protocol):
 
 # Every type but CopyData is looked at: the ones that drive pooling, and the invalid ones to refuse.
 WATCH_CLIENT = bytes(0 if t == F_COPY_DATA else 1 for t in range(256))
-# Messages that leave state on the server until a Sync. Flush is not one: alone it asks for nothing.
-_EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE))
 
 # Bytes a client may send while it waits for a server before pgpool stops reading it.
 PENDING_LIMIT = 256 * 1024
@@ -130,13 +132,11 @@ class TlsHandshakeFailed(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
-    __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_task",
-                 "pending", "pending_size", "peer", "user", "database", "cancel_key", "pending_rfq", "open_extended",
-                 "copy_in", "copy_end_seen", "syncs_since_execute", "rfq_seen", "pending_changes", "tx_changes", "query_failed", "last_tag",
+    __slots__ = ("app", "id", "transport", "state", "pool", "server", "scanner", "params", "login", "login_waiter", "login_task",
+                 "pending", "pending_size", "peer", "user", "database", "cancel_key", "session",
                  "xact_start", "last_activity", "wait_start", "connected_at", "write_paused", "reading_paused",
-                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement", "pinned",
-                 "audit_due", "auditing", "audit_cause", "resync_due", "resync_reported", "tx_snapshot", "query_start",
-                 "statements", "stmt_verdicts", "portal_verdicts", "cancel_deferred", "replication")
+                 "syncing", "closing", "closed", "admin", "log_prefix", "mode", "drain", "rfq_replacement",
+                 "query_start", "statements", "cancel_deferred", "replication")
 
     def __init__(self, app: ClientHost):
         self.app = app
@@ -147,27 +147,17 @@ class ClientConnection(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.scanner: MessageScanner | None = None
         self.params: SessionParams | None = None
-        self.login: LoginStream | None = LoginStream(MAX_STARTUP_PACKET, "client")
+        self.login: ClientLogin | None = None     # the login machine, from connection_made until logged in
+        self.login_waiter: asyncio.Future | None = None   # the login coroutine waits for bytes
         self.login_task: asyncio.Task | None = None
-        # An idle client holds no containers: each list is () and each dict None until first needed.
+        # An idle client holds no containers: a list is () and the scanner None until first needed.
         self.pending: list[bytes] | tuple[()] = ()   # bytes received while no server was linked
         self.pending_size = 0
         self.peer = "?"
         self.user = ""
         self.database = ""
         self.cancel_key: tuple[int, int] | None = None
-        self.pending_rfq = 0                     # ReadyForQuery owed for Query / Sync / FunctionCall sent
-        self.open_extended = False               # extended-protocol messages sent since the last Sync
-        self.copy_in = False                     # in COPY FROM STDIN: the server ignores Syncs
-        self.copy_end_seen = False               # CopyDone/CopyFail sent since the last Execute/Query
-        self.syncs_since_execute = 0             # Syncs sent between the last Execute/Query and CopyDone
-        self.rfq_seen = 0                        # ReadyForQuery received so far: numbers the replies
-        # SET/RESET sent, not yet answered, each with the number of the ReadyForQuery that answers it.
-        self.pending_changes: list[tuple[int, SessionChange]] | tuple[()] = ()
-        self.tx_changes: list[SessionChange] | tuple[()] = ()   # SET/RESET inside a transaction, kept if it commits
-        self.tx_snapshot: tuple[dict[str, str], dict[str, str]] | None = None   # statements before them
-        self.query_failed = False
-        self.last_tag = b""
+        self.session: ClientSession | None = None   # what the session carries, from login on
         now = time.monotonic()
         self.xact_start = now
         self.last_activity = now
@@ -184,18 +174,8 @@ class ClientConnection(asyncio.Protocol):
         self.mode = PoolMode.TRANSACTION
         self.drain = False                       # shutting down: leave at the next transaction boundary
         self.rfq_replacement: bytes | None = None  # what the client sees instead of a ReadyForQuery
-        self.pinned = False                      # keeps its server: it holds unshareable session state
-        self.audit_due = False                   # ask the server about session state at the transaction's end
-        self.auditing = False                    # an audit is on its way: its answer may pin
-        self.audit_cause = ""                    # the statement that made the audit due, for the log
-        self.resync_due = False                  # a RESET left the server off the client's startup values
-        self.resync_reported: list[str] | tuple[()] = ()   # reported names to announce once the server has them again
         self.query_start = now
         self.statements = ClientStatements()     # this client's names of protocol-level prepared statements
-        # Verdicts of what is not stateless: statement name -> verdict, portal name -> verdict. A
-        # verdict belongs to the statement and counts at every Execute, in whatever transaction.
-        self.stmt_verdicts: dict[bytes, Verdict] | None = None
-        self.portal_verdicts: dict[bytes, Verdict] | None = None
         self.replication: str | None = None      # "physical" / "logical": passed through, never pooled
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
@@ -210,12 +190,15 @@ class ClientConnection(asyncio.Protocol):
         apply_tcp_options(transport.get_extra_info("socket"), self.app.settings)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self.log_prefix = f"C-{self.id} {self.peer}"
+        contexts = self.app.tls     # one set for the whole login, even if a RELOAD swaps them meanwhile
+        self.login = ClientLogin(direct_tls=contexts.client is not None and self.peer != "unix")
         self.app.on_client_connected(self)
-        self.login_task = asyncio.get_running_loop().create_task(self._run_login())
+        self.login_task = asyncio.get_running_loop().create_task(self._run_login(contexts))
 
     def data_received(self, data: bytes) -> None:
         if self.login is not None:
-            self.login.feed(data)
+            self.login.receive_data(data)
+            self._wake_login()
             return
         if self.admin is not None:
             self.admin.feed(data)
@@ -270,18 +253,18 @@ class ClientConnection(asyncio.Protocol):
         if server is not None:
             if out:
                 server.transport.write(out)
-            if server.prepared is not None:
-                made_up = server.prepared.take_client_output()
-                if made_up:
-                    self.transport.write(made_up)
-                if not server.injected:
-                    server.scanner.watch = server.normal_watch()
+            link = server.link
+            made_up = link.take_client_output()
+            if made_up:
+                self.transport.write(made_up)
+            link.update_watch()
         if self.closing:
             self.disconnect("client close request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.login is not None:
-            self.login.feed_eof()
+            self.login.receive_eof()
+            self._wake_login()
         if not self.closed:
             self._cleanup("client closed the connection" if exc is None else f"client connection lost: {exc}")
 
@@ -311,11 +294,11 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- login ---------------------------------------------------------------------------------
 
-    async def _run_login(self) -> None:
+    async def _run_login(self, contexts: tls.TlsContexts) -> None:
         settings = self.app.settings
         try:
             async with asyncio.timeout(settings.client_login_timeout or None):
-                await self._login()
+                await self._login(contexts)
         except ProtocolError as error:
             if self.pool is not None:
                 self.pool.stats.client_login_failures += 1
@@ -341,40 +324,30 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.login_task = None
 
-    async def _login(self) -> None:
-        assert self.login is not None
-        contexts = self.app.tls     # one set for the whole login, even if a RELOAD swaps them meanwhile
+    async def _login(self, contexts: tls.TlsContexts) -> None:
         unix = self.peer == "unix"
-        if contexts.client is not None and not unix and await self.login.peek_byte() == tls.TLS_RECORD_HANDSHAKE:
-            await self._start_direct_tls(contexts.client)
+        login = self.login
+        assert login is not None
         while True:
-            packet = await self.login.read_startup_packet(MAX_STARTUP_PACKET)
-            kind, payload = m.parse_startup_packet(packet)
-            if kind in (m.StartupKind.SSL, m.StartupKind.GSSENC):
-                if self.login.buffer:
-                    # Bytes after SSLRequest before our answer could be spliced into a TLS session later.
-                    raise ProtocolError(PROTOCOL_VIOLATION, "unexpected data after SSLRequest/GSSENCRequest")
-                if self.encrypted():
-                    raise ProtocolError(PROTOCOL_VIOLATION, "SSLRequest/GSSENCRequest inside a TLS session")
-                answer = tls.answer_ssl_request(contexts) if kind == m.StartupKind.SSL and not unix else b"N"
-                self.transport.write(answer)
-                if answer == b"S":
+            event = await self._next_login_event()
+            if isinstance(event, DirectTls):
+                await self._start_direct_tls(contexts.client, login.start_direct_tls())  # type: ignore[arg-type]
+            elif isinstance(event, SslRequest):
+                accept = not event.gssenc and not unix and tls.answer_ssl_request(contexts) == b"S"
+                login.answer_ssl(accept)
+                self._write_login_output()
+                if accept:
                     await self._start_tls(contexts.client)  # type: ignore[arg-type]
-                continue
-            if kind == m.StartupKind.CANCEL:
-                pid, key = payload  # type: ignore[misc]
-                self.app.forward_cancel(pid, key)
+            elif isinstance(event, CancelRequest):
+                self.app.forward_cancel(event.pid, event.key)
                 self.disconnect("cancel request", quiet=True)
                 return
-            break
-        startup: dict[str, str] = payload  # type: ignore[assignment]
-        protocol_options = [name for name in startup if name.startswith("_pq_.")]
-        if m.startup_minor_version(packet) > 0 or protocol_options:
-            self.transport.write(m.negotiate_protocol_version(0, protocol_options))
-        self.user = startup.get("user", "")
-        if not self.user:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, "no PostgreSQL user name specified in startup packet")
-        self.database = startup.get("database") or self.user
+            else:
+                break
+        assert isinstance(event, Startup)
+        startup = event.params
+        self.user = event.user
+        self.database = event.database
         self.log_prefix = f"C-{self.id} {self.database}/{self.user}@{self.peer}"
         self.app.check_client_limit(self)
         if not unix and not self.encrypted():
@@ -389,7 +362,9 @@ class ClientConnection(asyncio.Protocol):
         scram_keys = await self._authenticate(creds)
         if is_admin:
             self.admin = self.app.open_admin_console(self, creds)
-            self.transport.write(m.AUTHENTICATION_OK + self.app.admin_welcome(self.database))
+            login.authenticated()
+            login.finish(self.app.admin_welcome(self.database))
+            self._write_login_output()
             self._end_login(admin=True)
             return
         pool = self.app.get_pool(self.database, self.user, creds, self.replication)
@@ -397,7 +372,8 @@ class ClientConnection(asyncio.Protocol):
         self.mode = pool.conf.pool_mode
         if scram_keys is not None and pool.server_password is None:
             pool.scram_keys = scram_keys
-        self.transport.write(m.AUTHENTICATION_OK)
+        login.authenticated()
+        self._write_login_output()
         if self.replication:
             session = await self.app.open_replication_server(self, pool, startup)
         else:
@@ -405,12 +381,40 @@ class ClientConnection(asyncio.Protocol):
         session.remember_startup()
         self.params = session
         self.cancel_key = self.app.register_cancel_key(self)
-        welcome = [m.parameter_status(name, value) for name, value in session.reported_items()]
-        welcome.append(m.backend_key_data(*self.cancel_key))
-        welcome.append(m.READY_FOR_QUERY_IDLE)
-        self.transport.write(b"".join(welcome))
+        login.finish(welcome(session.reported_view(), *self.cancel_key))
+        self._write_login_output()
         pool.stats.client_logins += 1
         self._end_login(admin=False)
+
+    async def _next_login_event(self) -> Event:
+        """The login machine's next event, awaiting bytes from data_received while it needs some.
+        What the machine has to write goes out first, also when it raises."""
+        login = self.login
+        assert login is not None
+        while True:
+            try:
+                event = login.next_event()
+            finally:
+                self._write_login_output()
+            if event is not NEED_DATA:
+                return event  # type: ignore[return-value]
+            if login.eof:
+                raise ConnectionResetError("client closed the connection during login")
+            self.login_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.login_waiter
+            finally:
+                self.login_waiter = None
+
+    def _write_login_output(self) -> None:
+        out = self.login.data_to_send()  # type: ignore[union-attr]
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _wake_login(self) -> None:
+        waiter = self.login_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         """TLS on this connection after answering 'S'; the handshake is bounded by client_login_timeout."""
@@ -422,13 +426,11 @@ class ClientConnection(asyncio.Protocol):
             raise TlsHandshakeFailed(tls.describe_tls_error(error)) from None
         self._after_handshake(direct=False)
 
-    async def _start_direct_tls(self, ctx: ssl.SSLContext) -> None:
-        """PostgreSQL 17's direct TLS: the ClientHello is already in the login buffer, so the TLS layer
+    async def _start_direct_tls(self, ctx: ssl.SSLContext, first: bytes) -> None:
+        """PostgreSQL 17's direct TLS: the ClientHello (`first`) was read already, so the TLS layer
         is put under this protocol by hand (what loop.start_tls does) and fed those bytes first."""
-        assert self.login is not None
         loop = asyncio.get_running_loop()
         handshake_done = loop.create_future()
-        first = self.login.take_rest()
         tls_layer = UvSSLProtocol if UvLoop is not None and isinstance(loop, UvLoop) else sslproto.SSLProtocol
         layer = tls_layer(loop, self, ctx, handshake_done, server_side=True,
                           ssl_handshake_timeout=self.app.settings.client_login_timeout or None,
@@ -461,12 +463,13 @@ class ClientConnection(asyncio.Protocol):
         return self.transport.get_extra_info("ssl_object") is not None
 
     def _end_login(self, admin: bool) -> None:
-        assert self.login is not None
-        rest = self.login.take_rest()
+        rest = self.login.take_rest() if self.login is not None else b""
         self.login = None
         if not admin:
-            # Shared prepared statements are keyed by search_path too.
-            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
+            pool = self.pool
+            self.session = ClientSession(self.app, self.params, self.statements, pool.stats, pool.name,  # type: ignore[arg-type,union-attr]
+                                         pool.reported_names, self.mode == PoolMode.SESSION,  # type: ignore[union-attr]
+                                         self.log_prefix)
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
             self.app.on_client_logged_in(self)
         if self.app.settings.log_connections:
@@ -500,288 +503,119 @@ class ClientConnection(asyncio.Protocol):
         except ValueError as error:
             raise ProtocolError(FEATURE_NOT_SUPPORTED, str(error)) from None
         failed = ProtocolError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+        login = self.login
+        assert login is not None
         if method == "trust":
             if not creds.known and self.app.settings.auth_type == "trust" and self.app.auth_users:
                 raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
                                     f'"trust" authentication failed for user "{self.user}"')
             return None
         if method == "plain":
-            self.transport.write(m.AUTHENTICATION_CLEARTEXT)
-            if not auth.check_plain(creds, m.parse_password(await self._read_password())):
+            login.ask_password()
+            if not auth.check_plain(creds, await self._read_password()):
                 raise failed
             return None
         if method == "md5":
             salt = os.urandom(4)
-            self.transport.write(m.authentication_md5(salt))
-            if not auth.check_md5(creds, salt, m.parse_password(await self._read_password())):
+            login.ask_password(md5_salt=salt)
+            if not auth.check_md5(creds, salt, await self._read_password()):
                 raise failed
             return None
         verifier = auth.scram_verifier_for(creds)
-        exchange = ScramServer(verifier)
-        self.transport.write(m.authentication_sasl())
-        mechanism, data = m.parse_sasl_initial_response(await self._read_password())
-        if mechanism != "SCRAM-SHA-256":
-            raise ProtocolError(PROTOCOL_VIOLATION, f"client selected an invalid SASL authentication mechanism {mechanism!r}")
-        try:
-            self.transport.write(m.authentication_sasl_continue(exchange.handle_client_first(data)))
-            final = exchange.handle_client_final(await self._read_password())
-        except ScramError:
-            raise failed from None
-        if not creds.known:
-            raise failed
-        self.transport.write(m.authentication_sasl_final(final))
-        if exchange.client_key is not None and creds.kind is auth.SecretKind.SCRAM:
-            return exchange.client_key, verifier.server_key
+        login.ask_scram(ScramServer(verifier), known=creds.known)
+        done = await self._next_login_event()
+        assert isinstance(done, ScramDone)
+        if done.client_key is not None and creds.kind is auth.SecretKind.SCRAM:
+            return done.client_key, verifier.server_key
         return None
 
-    async def _read_password(self) -> bytes:
-        assert self.login is not None
-        msg_type, body = await self.login.read_message()
-        if msg_type != F_PASSWORD:
-            raise ProtocolError(PROTOCOL_VIOLATION, f"expected password response, got message type {chr(msg_type)!r}")
-        return body
+    async def _read_password(self) -> str:
+        event = await self._next_login_event()
+        assert isinstance(event, Password)
+        return event.password
 
     # ---- data plane: client -> server ----------------------------------------------------------
 
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        out = self._track_message(msg_type, buf, start, end)
-        server = self.server
-        if server is not None and server.prepared is not None and msg_type != F_TERMINATE:
-            if out:   # pgpool replaced the message (a refusal): the tracker sees what is sent
-                tracked = server.prepared.on_client_message(msg_type, out, 5, len(out))
-                return out if tracked is None else tracked
-            return server.prepared.on_client_message(msg_type, buf, start, end)
-        return out
-
-    def _track_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        """The core's bookkeeping: requests owed a ReadyForQuery, session changes, Terminate."""
-        if msg_type == F_QUERY:
-            if not self.pending_rfq:
-                self.query_start = time.monotonic()
-            self.pending_rfq += 1
-            self.syncs_since_execute = 0
-            self.copy_end_seen = False
-            if buf is not None:
-                verdict = classify(buf, start, end - 1)
-                if verdict is not STATELESS:
-                    # Its changes settle at the ReadyForQuery that answers this Query.
-                    if self._note_verdict(verdict, self.rfq_seen + self.pending_rfq):
-                        return m.query(refusal_sql(self.pool.name, buf[start:end - 1].decode(  # type: ignore[union-attr]
-                            "utf-8", "replace")))
-        elif msg_type == F_SYNC:
-            if not self.copy_in:
-                if not self.pending_rfq:
-                    self.query_start = time.monotonic()
-                self.pending_rfq += 1
-                if not self.copy_end_seen:
-                    self.syncs_since_execute += 1
-            self.open_extended = False
-        elif msg_type in _EXTENDED:
-            self.open_extended = True
-            if msg_type == F_EXECUTE:
-                self.syncs_since_execute = 0
-                self.copy_end_seen = False
-                if self.portal_verdicts and buf is not None:
-                    verdict = self.portal_verdicts.get(buf[start:buf.find(b"\x00", start, end)])
-                    if verdict is not None:   # settles at the ReadyForQuery of the next Sync
-                        self._note_verdict(verdict, self.rfq_seen + self.pending_rfq + 1)
-            elif msg_type == F_BIND:
-                if (self.stmt_verdicts or self.portal_verdicts) and buf is not None:
-                    portal_end = buf.find(b"\x00", start, end)
-                    statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
-                    verdict = self.stmt_verdicts.get(statement) if self.stmt_verdicts else None
-                    if verdict is not None:
-                        if self.portal_verdicts is None:
-                            self.portal_verdicts = {}
-                        self.portal_verdicts[buf[start:portal_end]] = verdict
-                    elif self.portal_verdicts:
-                        self.portal_verdicts.pop(buf[start:portal_end], None)
-            elif msg_type == F_PARSE and buf is not None:
-                name_end = buf.find(b"\x00", start, end)
-                query_end = buf.find(b"\x00", name_end + 1, end)
-                if 0 <= name_end < query_end:
-                    verdict = classify(buf, name_end + 1, query_end)
-                    if verdict is STATELESS:
-                        if self.stmt_verdicts:
-                            self.stmt_verdicts.pop(buf[start:name_end], None)
-                    else:
-                        name = buf[start:name_end]
-                        if self.stmt_verdicts is None:
-                            self.stmt_verdicts = {}
-                        self.stmt_verdicts[name] = verdict
-                        if verdict.flags & REFUSE and self._refuses():
-                            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
-                            sql = refusal_sql(self.pool.name,  # type: ignore[union-attr]
-                                              buf[name_end + 1:query_end].decode("utf-8", "replace"))
-                            return m.message(b"P", name + b"\x00" + m.cstring(sql) + b"\x00\x00")
-        elif msg_type == F_FUNCTION_CALL:
-            self.pending_rfq += 1
-        elif msg_type == F_FLUSH:
-            if end != start:
-                # Postgres fails a Flush with a body and skips to the next Sync: a reply is owed.
-                self.open_extended = True
-        elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
-            self.copy_in = False
-            self.copy_end_seen = True
-        elif msg_type == F_TERMINATE:
+        if msg_type == F_TERMINATE:
             self.closing = True
             return b""
-        else:
-            raise ProtocolError(PROTOCOL_VIOLATION, f"invalid frontend message type {msg_type} ({chr(msg_type)!r})")
-        return None
+        link = self.server.link  # type: ignore[union-attr]   # the scanner runs only while a server is linked
+        out = self._track_message(link, msg_type, buf, start, end)
+        if out:   # pgpool replaced the message (a refusal): the link sees what is sent
+            tracked = link.on_client_message(msg_type, out, 5, len(out))
+            return out if tracked is None else tracked
+        return link.on_client_message(msg_type, buf, start, end)
 
-    def _refuses(self) -> bool:
-        return self.mode != PoolMode.SESSION and not self.app.settings.session_pinning
-
-    def _note_verdict(self, verdict: Verdict, answer: int) -> bool:
-        """A statement that is not proven stateless is being executed; True: refuse it instead.
-
-        Its SET / RESETs wait for ReadyForQuery number `answer`; whatever else it may do makes
-        the audit due at the end of the transaction (dropping state matters to a pinned client only).
-        """
-        flags = verdict.flags
-        if flags & REFUSE and self._refuses():
-            self.pool.stats.count_error("session_state_refused")  # type: ignore[union-attr]
-            return True
-        for change in verdict.changes:
-            if not self.pending_changes:
-                self.pending_changes = []
-            self.pending_changes.append((answer, change))  # type: ignore[union-attr]
-        if self.mode == PoolMode.SESSION:
-            return False
-        if flags & AUDIT or (flags & DROPS and (self.pinned or self.auditing)) or \
-                (flags & UNDO and (self.tx_changes or self.pending_changes)):
-            if not self.audit_due:
-                self.audit_due = True
-                self.audit_cause = verdict.cause or ("ROLLBACK TO SAVEPOINT after SET" if flags & UNDO
-                                                     else "a statement that may drop session state")
-        return False
+    def _track_message(self, link: Link, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+        """When a request starts the clock, and what it does to the session: None, or a refusal to send."""
+        if (msg_type == F_QUERY or msg_type == F_SYNC or msg_type == F_FUNCTION_CALL) and link.idle:
+            self.query_start = time.monotonic()
+        return self.session.on_request(link, msg_type, buf, start, end)  # type: ignore[union-attr]
 
     def _on_audited(self, error: ProtocolError | None) -> None:
         """The server said what session state it holds: adopt settings, pin or unpin, then release."""
-        self.auditing = False
+        session = self.session
         server = self.server
         if server is None:
+            session.auditing = False  # type: ignore[union-attr]
             return
-        pool = self.pool
-        stats = pool.stats  # type: ignore[union-attr]
-        stats.session_audits += 1
-        try:
-            if error is not None:
-                raise ValueError(f"{error.message} ({error.sqlstate})")
-            result = parse_audit(server.injected_rows)
-        except ValueError as problem:
-            log.warning("%s: session audit failed (%s); keeping the server pinned", self.log_prefix, problem)
-            self._set_pins(("unknown",), server)
-        else:
-            self._adopt_settings(result.settings, server)
-            self._set_pins(result.pins, server)
-        if self.resync_due and self.pinned:
+        failure = None if error is None else f"{error.message} ({error.sqlstate})"
+        session.adopt_audit(server.injected_rows, failure, server)  # type: ignore[union-attr]
+        if session.resync_due and session.pinned:  # type: ignore[union-attr]
             self._resync()
             return
         self._release_if_done(server)
 
-    def _adopt_settings(self, found: dict[str, str], server: "ServerConnection") -> None:
-        """Settings the audit found are the truth for both sides: follow them, forget what is gone."""
-        reported = self.pool.reported_names  # type: ignore[union-attr]
-        client_statements = self.params.statements  # type: ignore[union-attr]
-        server_statements = server.params.statements
-        for name, value in found.items():
-            if name in reported:
-                continue   # followed through ParameterStatus
-            sql = set_config_sql(name, value)
-            if name not in server_statements:
-                self.pool.stats.settings_adopted += 1  # type: ignore[union-attr]
-                log.info("%s: follows setting %s = %r found by the session audit (after: %s)", self.log_prefix,
-                         name, value, self.audit_cause)
-            client_statements[name] = sql
-            server_statements[name] = sql
-        for name in [name for name in server_statements if name not in found]:
-            del server_statements[name]   # undone on the server (ROLLBACK TO SAVEPOINT, RESET in a function)
-            client_statements.pop(name, None)
-        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
-
-    def _set_pins(self, pins: tuple[str, ...], server: "ServerConnection") -> None:
-        if pins and not self.app.settings.session_pinning:
-            # Nothing refused it up front (a function, a DO block): never hand the state over.
-            log.warning("%s: session state (%s) left by %s and session_pinning is off: the server is reset "
-                        "before reuse", self.log_prefix, ", ".join(pins), self.audit_cause)
-            server.needs_reset = True
-            if not self.app.settings.server_reset_query:
-                server.close_needed = "session state left on it, session_pinning off, server_reset_query empty"
-            pins = ()
-        if pins and not self.pinned:
-            self.pinned = True
-            stats = self.pool.stats  # type: ignore[union-attr]
-            for cause in pins:
-                stats.pins[cause] = stats.pins.get(cause, 0) + 1
-            log.info("%s: pinned to server %s: session state (%s) from: %s", self.log_prefix,
-                     server.log_prefix, ", ".join(pins), self.audit_cause)
-        elif not pins and self.pinned:
-            self.pinned = False
-            log.info("%s: unpinned: no session state left on server %s", self.log_prefix, server.log_prefix)
-
     def _release_if_done(self, server: "ServerConnection") -> None:
-        if (not self.pinned and not (self.pending_rfq or self.open_extended or self.copy_in)
-                and server.tx_status == TX_IDLE and self.mode != PoolMode.SESSION):
-            if self.resync_due:   # the next server gets the startup values at attach; tell the client now
-                self.resync_due = False
-                self.transport.write(self._reported_after_reset(server))
+        session: ClientSession = self.session  # type: ignore[assignment]
+        if not session.pinned and server.link.releasable and self.mode != PoolMode.SESSION:
+            if session.resync_due:   # the next server gets the startup values at attach; tell the client now
+                session.resync_due = False
+                self.transport.write(session.reported_after_reset(server))
             server.request_release()
 
     # ---- data plane: what the server said ------------------------------------------------------
 
     def on_ready_for_query(self, status: int) -> bool:
         """A ReadyForQuery reached this client; True when the server may go back to the pool."""
-        if self.pending_rfq:
-            self.pending_rfq -= 1
-        self.rfq_seen += 1
-        self.copy_in = False      # ReadyForQuery: the backend has left any COPY
+        session: ClientSession = self.session  # type: ignore[assignment]
+        server = self.server
+        session.on_ready(status, server)
         pool = self.pool
         stats = pool.stats  # type: ignore[union-attr]
         now = time.monotonic()
         stats.query_count += 1
         stats.query_time += now - self.query_start
         self.query_start = now
-        if self.pending_changes:
-            self._settle_changes(status)
-        if self.tx_changes and status == TX_IDLE:
-            self._settle_tx_changes()
-        self.query_failed = False
-        if self.pending_rfq or self.open_extended or self.copy_in:
+        if server is not None and not server.link.settled:
             return False
-        server = self.server
         if status == TX_IDLE:
             elapsed = now - self.xact_start
             stats.xact_count += 1
             stats.xact_time += elapsed
             stats.xact_hist.observe(elapsed)
             self.xact_start = now
-            if self.portal_verdicts:
-                self.portal_verdicts.clear()   # portals end with their transaction
+            session.end_transaction()
             if self.drain:
                 self.app.loop.call_soon(self._drain_now)
             if server is None:
                 return False
             if self.mode == PoolMode.SESSION:
-                if self.resync_due:
+                if session.resync_due:
                     self._resync()
                 return False
-            if self.audit_due or self.app.settings.session_audit == "always":
-                if not self.audit_due:
-                    self.audit_cause = "session_audit = always"
-                self.audit_due = False
-                self.auditing = True
+            if session.start_audit(self.app.settings.session_audit == "always"):
                 server.inject(audit_sql(pool.server_user), self._on_audited)
                 return False
-            if self.pinned:
-                if self.resync_due:
+            if session.pinned:
+                if session.resync_due:
                     self._resync()
                 return False
-            if self.resync_due:
+            if session.resync_due:
                 # Released here: the next server is given the startup values at attach.
-                self.resync_due = False
-                self.rfq_replacement = self._reported_after_reset(server) + m.READY_FOR_QUERY_IDLE
+                session.resync_due = False
+                self.rfq_replacement = session.reported_after_reset(server) + m.READY_FOR_QUERY_IDLE
             return True
         if self.mode == PoolMode.STATEMENT:
             # The client sees its BEGIN fail; the server is rolled back on release.
@@ -790,28 +624,17 @@ class ClientConnection(asyncio.Protocol):
                 FEATURE_NOT_SUPPORTED, f"transaction blocks not allowed in statement pooling mode (pool {pool.name})",
                 severity="ERROR").to_bytes() + m.READY_FOR_QUERY_IDLE
             return True
-        if self.resync_due and status == TX_IN_BLOCK and server is not None:
+        if session.resync_due and status == TX_IN_BLOCK and server is not None:
             self._resync()   # BEGIN; RESET ALL; ... : the rest of the transaction sees the startup values
         return False
 
-    def _reported_after_reset(self, server: "ServerConnection") -> bytes:
-        """ParameterStatus for reported values a RESET put back to the client's startup value."""
-        names = self.resync_reported or [name for name in self.pool.reported_names  # type: ignore[union-attr]
-                                         if self.params.reported.get(name) != server.params.reported.get(name)]  # type: ignore[union-attr]
-        self.resync_reported = ()
-        return b"".join(m.parameter_status(name, self.params.reported[name])  # type: ignore[union-attr]
-                        for name in names if name in self.params.reported)  # type: ignore[union-attr]
-
     def _resync(self) -> None:
         """Give the linked server the client's values again (after a RESET), before its next request."""
-        self.resync_due = False
         server = self.server
         if server is None:
+            self.session.resync_due = False  # type: ignore[union-attr]
             return
-        reported = self.pool.reported_names  # type: ignore[union-attr]
-        self.resync_reported = [name for name in reported
-                                if self.params.reported.get(name) != server.params.reported.get(name)]  # type: ignore[union-attr]
-        sql = sync_sql(self.params, server.params, reported)  # type: ignore[arg-type]
+        sql = self.session.resync_sql(server)  # type: ignore[union-attr]
         if sql:
             server.inject(sql, self._on_resynced)
 
@@ -819,78 +642,41 @@ class ClientConnection(asyncio.Protocol):
         server = self._synced_server(error, " after RESET")
         if server is None:
             return
-        announce = self._reported_after_reset(server)
+        announce = self.session.reported_after_reset(server)  # type: ignore[union-attr]
         if announce:
             self.transport.write(announce)
         self._release_if_done(server)
 
     def _drain_now(self) -> None:
-        if self.server is None or not (self.pending_rfq or self.open_extended):
+        if not self.busy:
             self.disconnect("shutting down", ProtocolError(ADMIN_SHUTDOWN, "pgpool is shutting down (client drained "
                                                                            "at transaction boundary)"))
-
-    def _settle_changes(self, status: int) -> None:
-        """Settle the SET/RESETs this ReadyForQuery answers; later ones in a pipeline wait for theirs.
-
-        Inside a transaction they count at once (the rest of it must see them), and the
-        statements from before are kept to put back if it does not commit.
-        """
-        answered = [change for number, change in self.pending_changes if number <= self.rfq_seen]
-        if not answered:
-            return
-        self.pending_changes = [item for item in self.pending_changes if item[0] > self.rfq_seen]
-        if self.query_failed or status == TX_FAILED:
-            return
-        if status == TX_IN_BLOCK:
-            if not self.tx_changes:
-                self.tx_changes = []
-                server_statements = dict(self.server.params.statements) if self.server is not None else {}
-                self.tx_snapshot = (dict(self.params.statements), server_statements)  # type: ignore[union-attr]
-            self.tx_changes.extend(answered)  # type: ignore[union-attr]
-            if self.server is not None:
-                self.server.scanner.watch = self.server.normal_watch()
-        self._apply_changes(answered)
-
-    def _settle_tx_changes(self) -> None:
-        self.tx_changes = ()
-        snapshot, self.tx_snapshot = self.tx_snapshot, None
-        if self.server is not None:
-            self.server.scanner.watch = self.server.normal_watch()
-        if not self.last_tag.startswith(b"COMMIT") and snapshot is not None:
-            # Rolled back: the SETs and RESETs went with it (reported values come back as ParameterStatus).
-            self.params.statements = snapshot[0]  # type: ignore[union-attr]
-            if self.server is not None:
-                self.server.params.statements = snapshot[1]
-            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
-
-    def _apply_changes(self, changes: list[SessionChange]) -> None:
-        """Apply settled changes to both sides; a RESET leaves the server off the client's startup values."""
-        reported = self.pool.reported_names  # type: ignore[union-attr]
-        for change in changes:
-            if change.kind != "set":
-                self.resync_due = True
-            self.params.apply(change, reported)  # type: ignore[union-attr]
-            if self.server is not None:
-                self.server.params.apply(change, reported)
-        self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
 
     @property
     def prepared_count(self) -> int:
         return self.statements.count()
 
+    @property
+    def tx_changes(self) -> list[SessionChange]:
+        """SET / RESET inside the current transaction, kept if it commits (their tags are watched)."""
+        return self.session.tx_changes if self.session is not None else []
+
+    @property
+    def pinned(self) -> bool:
+        return self.session is not None and self.session.pinned
+
     def on_command_complete(self, tag: bytes) -> None:
-        self.last_tag = tag
+        self.session.on_command_complete(tag)  # type: ignore[union-attr]
 
     def on_server_error(self, fields: dict[str, str]) -> None:
-        self.query_failed = True
+        self.session.on_error()  # type: ignore[union-attr]
         self.pool.stats.count_error("server_error")  # type: ignore[union-attr]
 
-    def on_copy_in(self) -> None:
-        # Syncs sent after the Execute that started COPY, before CopyDone, are ignored by the server.
-        self.pending_rfq = max(0, self.pending_rfq - self.syncs_since_execute)
-        self.syncs_since_execute = 0
-        # A client that already sent CopyDone (everything in one write) is not in COPY any more.
-        self.copy_in = not self.copy_end_seen
+    @property
+    def busy(self) -> bool:
+        """A request of this client's is outstanding on its server (pgpool's own queries do not count)."""
+        server = self.server
+        return server is not None and server.link.client_busy
 
     # ---- linking -------------------------------------------------------------------------------
 
@@ -899,6 +685,8 @@ class ClientConnection(asyncio.Protocol):
         server.client = self
         if server.prepared is not None:
             server.prepared.link(self.statements)
+        else:
+            server.link.link()
         self.xact_start = time.monotonic()
         if self.write_paused:
             server.set_reading(False)
@@ -949,12 +737,9 @@ class ClientConnection(asyncio.Protocol):
         server.set_reading(True)
         self.syncing = False
         self.cancel_deferred = False
-        if server.prepared is not None and not server.prepared.unlink():
-            server.close("released with prepared statement replies outstanding")
-        self.tx_changes = ()   # a SET inside an unfinished transaction dies with it
-        self.tx_snapshot = None
-        if not server.injected:
-            server.scanner.watch = server.normal_watch()
+        if not server.link.unlink():
+            server.close("released with replies outstanding")
+        self.session.forget_transaction()  # type: ignore[union-attr]
         self.update_reading()
 
     def on_server_lost(self, reason: str) -> None:
@@ -1024,19 +809,10 @@ class ClientConnection(asyncio.Protocol):
         pool = self.pool
         server = self.server
         if server is not None:
-            if self.pending_rfq or self.open_extended or self.copy_in or self.syncing or server.injected:
-                # Mid-query (its own or pgpool's check): cancel it, and drop the server rather than wait.
-                self.server = None
-                server.client = None
-                server.cancel_and_close(f"client left mid-query ({reason})")
-            else:
-                # Idle (maybe inside a transaction): release rolls back / resets before reuse.
-                # Session state it may have made (pinned, or not yet checked) is reset before reuse.
-                dirty = self.pinned or self.audit_due
-                server.needs_reset = self.mode == PoolMode.SESSION or dirty
-                if dirty and not self.app.settings.server_reset_query:
-                    server.close_needed = "client left session state on it and server_reset_query is empty"
-                pool.release_server(server)  # type: ignore[union-attr]
+            # Session state it may have made (pinned, or not yet checked) must not reach the next client.
+            pool.release_abandoned(server, reason, mid_query=self.syncing or not server.link.settled,  # type: ignore[union-attr]
+                                   session_left=self.mode == PoolMode.SESSION or (self.session is not None and (
+                                       self.session.pinned or self.session.audit_due)))
         if pool is not None:
             pool.set_client_state(self, ClientState.CLOSED)
         if self.admin is not None:

@@ -319,8 +319,8 @@ def at_transaction_boundary(client: ClientConnection) -> bool:
         return not client.pending
     if client.state == ClientState.ACTIVE:
         server = client.server
-        return (server is not None and server.tx_status == TX_IDLE and not client.pending_rfq
-                and not client.open_extended and not client.copy_in and not client.syncing and not client.pending)
+        return (server is not None and server.tx_status == TX_IDLE and not client.busy
+                and not client.syncing and not client.pending)
     return False
 
 

@@ -140,7 +140,7 @@ def check_pool(app: "App", pool: "Pool", now: float, limits: dict[tuple[str, str
         server = client.server
         if server is None:
             continue
-        busy = client.pending_rfq or client.open_extended or client.copy_in
+        busy = client.busy
         in_transaction = server.tx_status != TX_IDLE
         if busy and conf.query_timeout and now - client.query_start >= conf.query_timeout:
             pool.stats.count_error("query_timeout")

@@ -17,6 +17,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from .config import PoolMode
 from .hosts import ROLE_QUERY, DnsCache, HostPlan, Role, accepts
 from .params import REPORTED_FIXED, SessionParams, set_config_sql
 from .prepared import StatementRegistry, drops_all_statements
@@ -97,6 +98,7 @@ class PooledServer(Protocol):
     async def connect_and_login(self) -> None: ...
     def close(self, reason: str) -> None: ...
     def close_transport(self) -> None: ...
+    def cancel_and_close(self, reason: str) -> None: ...
     async def run_query(self, sql: str) -> tuple[ProtocolError | None, None]: ...
     def run_maintenance(self, sql: str, then: Callable[[Any], None]) -> None: ...
     def start_check(self) -> None: ...
@@ -509,6 +511,21 @@ class Pool:
             server.parked = True
             return
         self._clean(server)
+
+    def release_abandoned(self, server: PooledServer, reason: str, mid_query: bool, session_left: bool) -> None:
+        """The client holding `server` left. Mid-query (its own or pgpool's query): cancel what runs
+        and drop the server rather than wait. Otherwise (maybe inside a transaction) release rolls
+        back, and resets session state the client may have left before reuse, or closes the server
+        when server_reset_query is empty."""
+        if mid_query:
+            server.client.server = None
+            server.client = None
+            server.cancel_and_close(f"client left mid-query ({reason})")
+            return
+        server.needs_reset = session_left
+        if session_left and not self.app.settings.server_reset_query and self.conf.pool_mode != PoolMode.SESSION:
+            server.close_needed = "client left session state on it and server_reset_query is empty"
+        self.release_server(server)
 
     def _clean(self, server: PooledServer) -> None:
         """Roll back an open transaction, then run server_reset_query where owed, then reuse."""

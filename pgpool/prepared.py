@@ -123,21 +123,23 @@ import itertools
 import re
 import struct
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 import pglast
 from pglast import ast
 from pglast.enums import DiscardMode
 
 from .protocol.constants import (
-    B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_COMMAND_COMPLETE, B_COPY_IN_RESPONSE, B_EMPTY_QUERY_RESPONSE,
-    B_ERROR_RESPONSE, B_NO_DATA, B_PARSE_COMPLETE, B_PORTAL_SUSPENDED, B_READY_FOR_QUERY, B_ROW_DESCRIPTION,
     F_BIND, F_CLOSE, F_COPY_DONE, F_COPY_FAIL, F_DESCRIBE, F_EXECUTE, F_FLUSH, F_FUNCTION_CALL, F_PARSE,
-    F_QUERY, F_SYNC, TX_FAILED, TX_IDLE,
+    F_QUERY, F_SYNC, TX_FAILED,
 )
-from .protocol.errors import FEATURE_NOT_SUPPORTED, INVALID_SQL_STATEMENT_NAME, PROGRAM_LIMIT_EXCEEDED, \
+from .protocol.errors import FEATURE_NOT_SUPPORTED, INVALID_SQL_STATEMENT_NAME, \
     PROTOCOL_VIOLATION, ProtocolError, error_response, parse_error_fields
-from .protocol.framing import watch_table
+from .protocol.framing import MessageScanner, watch_table
+from .protocol.link import (
+    _BIND_FWD, _CLOSE_FWD, _DESCRIBE_FWD, _EXECUTE_FWD, _PARSE_FWD, _QUERY_FWD, A_FORWARD, A_SWALLOW, A_SYNTH,
+    K_BIND, K_CLOSE, K_DESCRIBE, K_EXECUTE, K_PARSE, K_QUERY, REPLY_TYPES, Link,
+)
 
 _int32 = struct.Struct("!I")
 
@@ -157,26 +159,11 @@ CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
 
 CLIENT_TYPES = (F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_SYNC, F_FLUSH, F_QUERY, F_FUNCTION_CALL,
                 F_COPY_DONE, F_COPY_FAIL)
-SERVER_TYPES = (B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_NO_DATA, B_ROW_DESCRIPTION,
-                B_COMMAND_COMPLETE, B_EMPTY_QUERY_RESPONSE, B_PORTAL_SUSPENDED, B_ERROR_RESPONSE,
-                B_READY_FOR_QUERY, B_COPY_IN_RESPONSE)
+SERVER_TYPES = REPLY_TYPES
 WATCH_CLIENT = watch_table(*CLIENT_TYPES)
 WATCH_SERVER = watch_table(*SERVER_TYPES)
 
-# Request kinds in the reply queue, and the reply types that end each one. ErrorResponse
-# also ends the extended-protocol kinds; Query, FunctionCall and Sync end only at 'Z'.
-K_PARSE, K_BIND, K_DESCRIBE, K_EXECUTE, K_CLOSE, K_SYNC, K_QUERY, K_MARK = range(8)
-_ENDS = (b"1", b"2", b"Tn", b"CIs", b"3", b"Z", b"Z", b"")
-_EXTENDED = (True, True, True, True, True, False, False, False)
-# Watched types that may appear inside a reply without ending it; anything else is a lost track.
-_INSIDE = (b"", b"", b"", b"G", b"", b"E", b"TCIEG", b"")
-_KIND_NAMES = ("Parse", "Bind", "Describe", "Execute", "Close", "Sync", "Query", "CopyDone")
-
-# What the reply to a queued request becomes.
-A_FORWARD, A_SWALLOW, A_SYNTH = range(3)
-
-# Queue entries are (kind, action, info); the common ones are shared constants, not per-message objects.
-# info, when not None:
+# The reply queue's kinds, actions and shared entries live in protocol/link.py. info, when not None:
 #   A_SWALLOW (our Parse / Close):    the ServerStatement
 #   A_SYNTH (made-up reply):          (reply bytes, client name, Statement, _ADDED / _REMOVED / 0)
 #   A_FORWARD Parse:                  (server name, client name, Statement, new ServerStatement or None,
@@ -185,17 +172,8 @@ A_FORWARD, A_SWALLOW, A_SYNTH = range(3)
 #   A_FORWARD Query (DEALLOCATE):     (server name, client name, None, None, names to restore if it fails,
 #                                      ServerStatements it deallocates, swallow one CommandComplete?)
 # A server name in info is put back to the client name in the text of an ErrorResponse.
-_PARSE_FWD = (K_PARSE, A_FORWARD, None)
-_BIND_FWD = (K_BIND, A_FORWARD, None)
-_DESCRIBE_FWD = (K_DESCRIBE, A_FORWARD, None)
-_EXECUTE_FWD = (K_EXECUTE, A_FORWARD, None)
-_CLOSE_FWD = (K_CLOSE, A_FORWARD, None)
-_SYNC_FWD = (K_SYNC, A_FORWARD, None)
-_QUERY_FWD = (K_QUERY, A_FORWARD, None)
 # A Query too long to split that may drop every statement: its CommandComplete tags are watched.
 _QUERY_WATCH_DROPS = (K_QUERY, A_FORWARD, (None, None, None, None, None, None, False))
-# A client's CopyDone / CopyFail sent before the server said CopyInResponse: Syncs before it are ignored.
-_MARK = (K_MARK, A_SYNTH, (b"", None, None, 0))
 
 # Name effects carried by made-up replies, undone when the server skips them.
 _ADDED, _REMOVED = 1, 2
@@ -501,73 +479,46 @@ class PreparedCounters:
         self.bind_count = 0
 
 
-class ServerStatements:
-    """One server connection: its statement LRU, the reply-order queue, and the linked client's names."""
-    __slots__ = ("registry", "max_prepared_statements", "stats", "cache", "_client", "_names", "_queue",
-                 "_to_client", "_to_close", "_skipping", "_copy_in", "_tx_status", "_head_failed", "_drop_portals",
-                 "_unnamed_drops")
+class ServerStatements(Link):
+    """One server connection's conversation (Link) with its statement LRU and the linked client's names."""
+    __slots__ = ("registry", "max_prepared_statements", "stats", "cache", "_client", "_names", "_to_close",
+                 "_drop_portals", "_unnamed_drops")
+
+    rewrites_names = True
 
     def __init__(self, registry: StatementRegistry, max_prepared_statements: int,
-                 stats: object | None = None):
+                 stats: object | None = None, scanner: MessageScanner | None = None):
         if max_prepared_statements < 1:
             raise ValueError("max_prepared_statements must be at least 1 (0 means: do not track)")
+        Link.__init__(self, scanner)
         self.registry = registry
         self.max_prepared_statements = max_prepared_statements
         self.stats = stats if stats is not None else PreparedCounters()
         self.cache: OrderedDict[Statement, ServerStatement] = OrderedDict()   # LRU first
         self._client: ClientStatements | None = None
         self._names: dict[bytes, Statement] | None = None
-        self._queue: deque[tuple] = deque()
-        self._to_client: list[bytes] = []
         self._to_close: list[ServerStatement] = []   # retired from the cache, Close not yet sent
-        self._skipping = False      # the server had an error and discards messages until Sync
-        self._copy_in = False       # the server is in COPY IN: it ignores Sync until CopyDone/CopyFail
-        self._tx_status = TX_IDLE   # status byte of the last ReadyForQuery
-        self._head_failed = False   # an ErrorResponse came inside the Query / Sync at the queue head
         self._drop_portals: set[bytes] = set()   # portals bound from a DEALLOCATE ALL / DISCARD ALL statement
         self._unnamed_drops = False  # the server's unnamed statement is a DEALLOCATE ALL / DISCARD ALL
 
     # ---- linking -------------------------------------------------------------------------------
 
-    def link(self, client: ClientStatements) -> None:
+    def link(self, client: ClientStatements | None = None) -> None:  # type: ignore[override]
         """A client got this server (it is idle: ReadyForQuery 'I', nothing outstanding)."""
-        self._client = client
-        self._names = client.names
+        Link.link(self)
+        if client is not None:
+            self._client = client
+            self._names = client.names
         self._drop_portals.clear()
-        self._queue.clear()
-        self._to_client.clear()
-        self._skipping = False
-        self._copy_in = False
-        self._tx_status = TX_IDLE
-        self._head_failed = False
 
     def unlink(self) -> bool:
         """The link ended. False when requests were still outstanding: the server's statements are unknown."""
-        clean = self.idle
+        clean = Link.unlink(self)
         self._client = None
         self._names = None
         if not clean:
-            self._queue.clear()
-            self._skipping = False
-            self._copy_in = False
             self.forget_all()
-        self._to_client.clear()
         return clean
-
-    def plain_queries_only(self) -> bool:
-        """Every reply owed is a simple Query's, ending at ReadyForQuery, with nothing to rewrite:
-        the core's own watch (ReadyForQuery, ErrorResponse, CopyInResponse) is all that must be seen."""
-        if self._skipping:
-            return False
-        for entry in self._queue:
-            if entry is not _QUERY_FWD:
-                return False
-        return True
-
-    @property
-    def idle(self) -> bool:
-        """Nothing owed by the server: what the core's release on ReadyForQuery 'I' implies."""
-        return not self._queue and not self._skipping
 
     def forget_all(self) -> None:
         """The server dropped every prepared statement (DISCARD ALL / DEALLOCATE ALL run by pgpool)."""
@@ -576,39 +527,10 @@ class ServerStatements:
         self.cache.clear()
         self._to_close.clear()
 
-    def take_client_output(self) -> bytes:
-        """Replies made up while handling client messages that are due now (nothing was owed before them)."""
-        if not self._to_client:
-            return b""
-        out = b"".join(self._to_client)
-        self._to_client.clear()
-        return out
-
     # ---- client -> server ----------------------------------------------------------------------
 
-    def on_client_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
+    def on_request(self, msg_type: int, buf: bytes, start: int, end: int) -> bytes | None:
         """A whole client message (body is buf[start:end]); returns None (send as is), b"" or replacement bytes."""
-        if self._skipping:
-            # The server discards everything but Sync after an error, as Postgres does: no reply owed.
-            if msg_type != F_SYNC:
-                return None
-            self._skipping = False
-            self._queue.append(_SYNC_FWD)
-            return None
-        if buf is None:
-            # Announced unread by the scanner (larger than its max_inspect): names cannot be rewritten.
-            if msg_type in (F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE):
-                raise ProtocolError(PROGRAM_LIMIT_EXCEEDED,
-                                    f"{chr(msg_type)!r} message of {end - start} bytes is too large to track "
-                                    f"prepared statements (raise the client scanner's max_inspect)")
-            # It streams through unchanged, so nothing can be injected before it either.
-            if msg_type == F_QUERY or msg_type == F_FUNCTION_CALL:
-                self._queue.append(_QUERY_FWD)   # far too long to be a DEALLOCATE
-            elif msg_type == F_EXECUTE:
-                self._queue.append(_EXECUTE_FWD)
-            elif msg_type == F_SYNC and not self._copy_in:
-                self._queue.append(_SYNC_FWD)
-            return None
         prefix = b""
         # Our Closes go only in front of extended-protocol messages: if one failed, the server would
         # skip to Sync, and a simple Query behind it would never be answered.
@@ -622,10 +544,6 @@ class ServerStatements:
                 self._on_execute_drop(buf, start, end)
             else:
                 self._queue.append(_EXECUTE_FWD)
-        elif msg_type == F_SYNC:
-            out = None
-            if not self._copy_in:
-                self._queue.append(_SYNC_FWD)
         elif msg_type == F_PARSE:
             out = self._on_parse(buf, start, end)
         elif msg_type == F_DESCRIBE:
@@ -634,17 +552,8 @@ class ServerStatements:
             out = self._on_query(buf, start, end)
         elif msg_type == F_CLOSE:
             out = self._on_close(buf, start, end)
-        elif msg_type == F_FUNCTION_CALL:
-            self._queue.append(_QUERY_FWD)
-            out = None
-        elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
-            out = None
-            if self._copy_in:
-                self._copy_in = False
-            elif self._queue:
-                self._queue.append(_MARK)
         else:
-            out = None     # Flush, or a type the caller routes here but we do not track
+            out = Link.on_request(self, msg_type, buf, start, end)   # Sync, FunctionCall, Flush
         if prefix:
             return prefix + (buf[start - 5:end] if out is None else out)
         return out
@@ -671,7 +580,7 @@ class ServerStatements:
             # the server. In a failed transaction the existing statement cannot be injected first, so
             # the client's query is parsed twice under an unused name: the first answers syntax or
             # 25P02 (reply swallowed if it passes, as ROLLBACK does), the second draws 42P05.
-            if existing not in self.cache and self._tx_status == TX_FAILED:
+            if existing not in self.cache and self.tx_status == TX_FAILED:
                 sst = ServerStatement(stmt, PREFIX + str(next(_ids)).encode())
                 self._to_close.append(sst)
                 self._queue.append((K_PARSE, A_SWALLOW, sst))
@@ -683,7 +592,7 @@ class ServerStatements:
             return prefix + parse_message(sname, content)
         names[cname] = stmt
         sst = self.cache.get(stmt)
-        if sst is not None and self._tx_status != TX_FAILED:
+        if sst is not None and self.tx_status != TX_FAILED:
             # Already prepared here: no server work. (In a failed transaction Postgres would refuse
             # the Parse, so then it goes to the server, under a new name, to get that answer.)
             self.cache.move_to_end(stmt)
@@ -868,115 +777,41 @@ class ServerStatements:
         return b"".join(out)
 
     def _synth(self, kind: int, payload: bytes, cname: bytes | None, stmt: Statement | None, effect: int) -> None:
-        if self._queue:
-            self._queue.append((kind, A_SYNTH, (payload, cname, stmt, effect)))
-        else:
-            self._to_client.append(payload)   # nothing is owed before it: it is final
+        self.synth(kind, payload, (cname, stmt, effect))
 
-    # ---- server -> client ----------------------------------------------------------------------
+    # ---- server -> client (the Link calls these) ----------------------------------------------
 
-    def on_server_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        """A whole server message; returns None (forward), b"" (drop) or replacement bytes."""
-        if not WATCH_SERVER[msg_type]:
-            return None         # ParameterStatus, NoticeResponse, ...: not ours to look at
-        if msg_type == B_READY_FOR_QUERY and buf is not None and end - start != 1:
-            raise ProtocolError(PROTOCOL_VIOLATION, f"malformed ReadyForQuery from server: {end - start} bytes "
-                                                    f"instead of the status byte")
-        queue = self._queue
-        if not queue:
-            if msg_type == B_ERROR_RESPONSE:
-                return None     # asynchronous: FATAL at shutdown, ...
-            raise self._lost(msg_type)
-        head = queue[0]
-        kind = head[0]
-        if msg_type in _ENDS[kind]:
-            queue.popleft()
-            if msg_type == B_READY_FOR_QUERY:
-                if buf is not None:
-                    self._tx_status = buf[start]
-                failed, self._head_failed = self._head_failed, False
-                if failed and head[2] is not None:
-                    self._undo(head)
-                elif head[2] is not None:
-                    self._commit(head)
-                out = None
-            elif head[1] == A_FORWARD:
-                if head[2] is not None:
-                    self._commit(head)
-                out = None
-            else:
-                self._commit(head)
-                out = b""
-            if queue and queue[0][1] == A_SYNTH:
-                return self._emit_due(out, msg_type, buf, start, end)
-            return out
-        if msg_type == B_ERROR_RESPONSE:
-            if _EXTENDED[kind]:
-                return self._on_error(buf, start, end)
-            self._head_failed = True
-            self._copy_in = False
-            info = head[2]
-            if info is not None and info[0] is not None and buf is not None:
-                return self._fix_error(buf, start, end, info[0], info[1])
-            return None
-        if msg_type in _INSIDE[kind]:
-            if msg_type == B_COPY_IN_RESPONSE:
-                self._on_copy_in()
-            elif msg_type == B_COMMAND_COMPLETE and kind == K_QUERY and head[2] is not None:
-                info = head[2]
-                if info[6]:
-                    # The throwaway PREPARE in front of a client's DEALLOCATE: not the client's reply.
-                    queue[0] = (K_QUERY, A_FORWARD, info[:6] + (False,))
-                    return b""
-                if info[4] is not None and buf is not None and buf[start:end] in _DROPPED_ALL_TAGS:
-                    # DEALLOCATE is not transactional: done now, even if a later statement of the list fails.
-                    self._commit(head)
-                    queue[0] = (K_QUERY, A_FORWARD, info[:4] + (None, None, False))
-                elif head is _QUERY_WATCH_DROPS and buf is not None and buf[start:end] in _DROPPED_ALL_TAGS:
-                    # Learnt only now: the client's names go, and everything pgpool had on this server.
-                    self._names.clear()
-                    self.forget_all()
-            return None
-        raise self._lost(msg_type)
-
-    def _lost(self, msg_type: int) -> ProtocolError:
-        head = _KIND_NAMES[self._queue[0][0]] if self._queue else "nothing"
-        return ProtocolError(PROTOCOL_VIOLATION, f"pgpool lost track of the reply order: server sent "
-                                                 f"{chr(msg_type)!r} while {head} was owed")
-
-    def _emit_due(self, out: bytes | None, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
-        """The message just handled, then every made-up reply now at the head of the queue."""
-        if buf is None:
-            raise ProtocolError(PROGRAM_LIMIT_EXCEEDED, f"{chr(msg_type)!r} reply too large to reorder replies")
-        pieces = [buf[start - 5:end] if out is None else out]
-        queue = self._queue
-        while queue and queue[0][1] == A_SYNTH:
-            pieces.append(queue.popleft()[2][0])
-        return b"".join(pieces)
-
-    def _on_error(self, buf: bytes | None, start: int, end: int) -> bytes | None:
-        """An extended-protocol request failed: it and everything up to the next Sync are skipped."""
-        queue = self._queue
-        failed = [queue.popleft()]
-        while queue and queue[0][0] != K_SYNC:
-            failed.append(queue.popleft())
-        if not queue:
-            self._skipping = True
-        self._copy_in = False
-        head = failed[0]
-        out = None
-        sqlstate = ""
+    def on_request_error(self, head: tuple, buf: bytes | None, start: int,
+                         end: int) -> tuple[bytes | None, str]:
         info = head[2]
         if buf is not None and head[1] == A_FORWARD and info is not None and info[0] is not None:
             sqlstate = parse_error_fields(buf[start:end]).get("C", "")
             if info[0] is STALE and sqlstate == INVALID_SQL_STATEMENT_NAME:
-                out = CACHED_PLAN_CHANGED
-            else:
-                out = self._fix_error(buf, start, end, info[0], info[1])
-        # Undo newest first, so a Close followed by a Parse of the same name restores the older statement.
-        for entry in reversed(failed):
-            self._undo(entry, sqlstate if entry is head else "")
-        return out
+                return CACHED_PLAN_CHANGED, sqlstate
+            return self._fix_error(buf, start, end, info[0], info[1]), sqlstate
+        return None, ""
+
+    def on_query_error(self, head: tuple, buf: bytes | None, start: int, end: int) -> bytes | None:
+        info = head[2]
+        if info is not None and info[0] is not None and buf is not None:
+            return self._fix_error(buf, start, end, info[0], info[1])
+        return None
+
+    def on_tag(self, head: tuple, buf: bytes | None, start: int, end: int) -> bytes | None:
+        info = head[2]
+        if info[6]:
+            # The throwaway PREPARE in front of a client's DEALLOCATE: not the client's reply.
+            self._queue[0] = (K_QUERY, A_FORWARD, info[:6] + (False,))
+            return b""
+        if info[4] is not None and buf is not None and buf[start:end] in _DROPPED_ALL_TAGS:
+            # DEALLOCATE is not transactional: done now, even if a later statement of the list fails.
+            self.commit(head)
+            self._queue[0] = (K_QUERY, A_FORWARD, info[:4] + (None, None, False))
+        elif head is _QUERY_WATCH_DROPS and buf is not None and buf[start:end] in _DROPPED_ALL_TAGS:
+            # Learnt only now: the client's names go, and everything pgpool had on this server.
+            self._names.clear()
+            self.forget_all()
+        return None
 
     @staticmethod
     def _fix_error(buf: bytes, start: int, end: int, sname: bytes, cname: bytes) -> bytes | None:
@@ -985,24 +820,9 @@ class ServerStatements:
         fixed = body.replace(b'"' + sname + b'"', b'"' + cname + b'"')
         return None if fixed == body else _message(b"E", fixed)
 
-    def _on_copy_in(self) -> None:
-        # Postgres ignores Sync during COPY IN: forget the Syncs sent before the client's CopyDone.
-        queue = self._queue
-        rest = list(queue)
-        queue.clear()
-        queue.append(rest[0])
-        for i in range(1, len(rest)):
-            entry = rest[i]
-            if entry[0] == K_MARK:
-                queue.extend(rest[i + 1:])
-                return
-            if entry[0] != K_SYNC:
-                queue.append(entry)
-        self._copy_in = True
-
     # ---- effects of a finished request ---------------------------------------------------------
 
-    def _commit(self, entry: tuple) -> None:
+    def commit(self, entry: tuple) -> None:
         kind, action, info = entry
         if action == A_SWALLOW:
             # Our own Parse is now on the server; our own Close took a statement off it.
@@ -1040,7 +860,7 @@ class ServerStatements:
                 self._to_close.append(self.cache.popitem(last=False)[1])
         self._names[cname] = stmt
 
-    def _undo(self, entry: tuple, sqlstate: str = "") -> None:
+    def undo(self, entry: tuple, sqlstate: str = "") -> None:
         """The request failed or was skipped by the server: undo what sending it did."""
         kind, action, info = entry
         if info is None:

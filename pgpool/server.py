@@ -1,6 +1,7 @@
 """One server connection: login to PostgreSQL, then the server->client half of the data plane.
 
-Owns: connecting and authenticating (cleartext, md5, SCRAM-SHA-256) within
+Owns: connecting, TLS and driving the login machine (protocol/startup.py's ServerLogin,
+which holds the wire protocol) with pgpool's secrets for the server, within
 server_connect_timeout; watching the replies that drive pooling (ReadyForQuery,
 ErrorResponse, ParameterStatus, CopyInResponse); swallowing the replies to queries pgpool
 itself injected (parameter sync, check, reset, rollback); closing. Pool policy lives in
@@ -18,25 +19,24 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import auth, tls
 from .hosts import needs_writer, unfit
-from .loginstream import LoginStream
 from .netopts import apply_tcp_options
 from .params import SessionParams
 from .config import PoolMode
 from .pool import ServerState
-from .prepared import WATCH_SERVER as PREPARED_WATCH_SERVER, ServerStatements
+from .prepared import ServerStatements
 from .protocol import messages as m
 from .protocol.constants import (
-    AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
-    B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_COMMAND_COMPLETE, B_DATA_ROW, B_COPY_IN_RESPONSE, B_ERROR_RESPONSE,
-    B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
+    B_COMMAND_COMPLETE, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_READY_FOR_QUERY, TX_IDLE,
 )
 from .protocol.errors import (
-    CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_PASSWORD, PROTOCOL_VIOLATION, READ_ONLY_SQL_TRANSACTION,
+    CONNECTION_FAILURE, INVALID_PASSWORD, READ_ONLY_SQL_TRANSACTION,
     ProtocolError,
     parse_error_fields,
 )
-from .protocol.framing import MessageScanner, watch_table
-from .protocol.scram import ScramClient, ScramError
+from .protocol.framing import MessageScanner
+from .protocol.link import WATCH_CORE, Done, Link
+from .protocol.scram import ScramClient
+from .protocol.startup import NEED_DATA, Event, PasswordRequest, ScramRequest, ServerLogin, SslAnswer
 
 if TYPE_CHECKING:
     from .params import SessionChange
@@ -57,18 +57,8 @@ class LinkedClient(Protocol):
     def on_server_lost(self, reason: str | None) -> None: ...
     def on_ready_for_query(self, status: int) -> bool: ...
     def on_server_error(self, fields: dict[str, str]) -> None: ...
-    def on_copy_in(self) -> None: ...
     def on_command_complete(self, tag: bytes) -> None: ...
 
-WATCH_SERVER = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_COPY_IN_RESPONSE)
-# While a client's SET inside a transaction waits for COMMIT, CommandComplete tags matter too.
-WATCH_SERVER_TAGS = watch_table(B_READY_FOR_QUERY, B_ERROR_RESPONSE, B_PARAMETER_STATUS, B_COPY_IN_RESPONSE,
-                                B_COMMAND_COMPLETE)
-WATCH_ALL = bytes([1]) * 256
-
-
-def _merge(a: bytes, b: bytes) -> bytes:
-    return bytes(x | y for x, y in zip(a, b))
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
@@ -84,16 +74,12 @@ def unix_socket_path(directory: str, port: int) -> str:
     return f"{directory.rstrip('/')}/.s.PGSQL.{port}"
 
 
-Done = Callable[[ProtocolError | None], None]
-
 
 class ServerConnection(asyncio.Protocol):
-    __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "params", "backend_pid",
-                 "backend_key", "created_at", "last_used", "tx_status", "injected", "_on_injected_done",
-                 "_injected_error", "needs_reset", "close_needed", "_login", "_release", "write_paused",
-                 "reading_paused", "closed_reason", "log_prefix", "injected_rows", "prepared", "cancels_in_flight",
-                 "parked", "fatal_cause",
-                 "watch_normal", "watch_tags", "host", "address", "extra_startup")
+    __slots__ = ("pool", "app", "id", "transport", "state", "client", "scanner", "link", "params", "backend_pid",
+                 "backend_key", "created_at", "last_used", "needs_reset", "close_needed", "_login", "_login_waiter", "_release",
+                 "write_paused", "reading_paused", "closed_reason", "log_prefix", "prepared", "cancels_in_flight",
+                 "parked", "fatal_cause", "host", "address", "extra_startup")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
@@ -104,31 +90,26 @@ class ServerConnection(asyncio.Protocol):
         self.state = ServerState.CLOSED
         self.client: LinkedClient | None = None
         settings = self.app.settings
-        # Named prepared statements are tracked where servers are shared (transaction / statement mode).
+        self.scanner = MessageScanner(WATCH_CORE, self._on_message, max_message=settings.max_packet_size,
+                                      peer="server")
+        # The conversation (what is owed, what goes where). Named prepared statements are tracked
+        # where servers are shared (transaction / statement mode): then it is the statement tracker.
         self.prepared: ServerStatements | None = None
-        self.watch_normal, self.watch_tags = WATCH_SERVER, WATCH_SERVER_TAGS
         if settings.max_prepared_statements and pool.conf.pool_mode != PoolMode.SESSION:
             self.prepared = ServerStatements(pool.statement_registry, settings.max_prepared_statements,
-                                             stats=pool.stats)
-            self.watch_normal = _merge(WATCH_SERVER, PREPARED_WATCH_SERVER)
-            self.watch_tags = _merge(WATCH_SERVER_TAGS, PREPARED_WATCH_SERVER)
-        self.scanner = MessageScanner(self.watch_normal, self._on_message, max_message=settings.max_packet_size,
-                                      peer="server")
+                                             stats=pool.stats, scanner=self.scanner)
+        self.link: Link = self.prepared if self.prepared is not None else Link(self.scanner)
         self.params = SessionParams()
         self.backend_pid = 0
         self.backend_key = 0
         self.created_at = time.monotonic()
         self.last_used = self.created_at
-        self.tx_status = TX_IDLE
-        self.injected = 0                       # ReadyForQuery still owed for pgpool's own queries
-        self._on_injected_done: Done | None = None
-        self._injected_error: ProtocolError | None = None
-        self.injected_rows: list[str | None] = []   # first column of each DataRow of pgpool's own query
         self.cancels_in_flight = 0              # CancelRequests sent for this backend, not yet handled
         self.parked = False                     # released while a cancel was in flight: held back
         self.needs_reset = False                # server_reset_query owed before reuse
         self.close_needed: str | None = None    # close instead of reuse, with this reason
-        self._login: LoginStream | None = None
+        self._login: ServerLogin | None = None        # the login machine, while connect_and_login runs
+        self._login_waiter: asyncio.Future | None = None   # connect_and_login waits for bytes
         self._release = False
         self.write_paused = False
         self.reading_paused = False
@@ -137,6 +118,25 @@ class ServerConnection(asyncio.Protocol):
         self.host = pool.db.host        # the host name of the entry's list this connection went to
         self.address = pool.db.host     # what it resolved to (cancel requests go there)
         self.log_prefix = f"S-{self.id} {pool.name}@{pool.db.host}:{pool.db.port}"
+
+    @property
+    def tx_status(self) -> int:
+        """Status byte of the server's last ReadyForQuery (I, T, E)."""
+        return self.link.tx_status
+
+    @tx_status.setter
+    def tx_status(self, status: int) -> None:
+        self.link.tx_status = status
+
+    @property
+    def injected(self) -> int:
+        """pgpool's own queries still owed a reply."""
+        return self.link.injected
+
+    @property
+    def injected_rows(self) -> list[str | None]:
+        """First column of each DataRow of pgpool's last own query."""
+        return self.link.rows
 
     def set_target(self, host: str, address: str) -> None:
         """Which host of the database entry (and which of its addresses) connect_and_login dials."""
@@ -153,7 +153,8 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._login is not None:
-            self._login.feed(data)
+            self._login.receive_data(data)
+            self._wake_login()
             return
         try:
             out = self.scanner.feed(data)
@@ -177,14 +178,12 @@ class ServerConnection(asyncio.Protocol):
             if self.state != ServerState.CONNECTING and self.app.settings.log_disconnections:
                 log.info("%s: closed: %s", self.log_prefix, self.closed_reason)
         if self._login is not None:
-            self._login.feed_eof()
+            self._login.receive_eof()
+            self._wake_login()
         client = self.client
         if client is not None:
             client.on_server_lost(self.closed_reason)
-        done = self._on_injected_done
-        if done is not None:
-            self._on_injected_done = None
-            done(ProtocolError(CONNECTION_FAILURE, self.closed_reason))
+        self.link.fail_injected(self.closed_reason)
         if self.state != ServerState.CONNECTING:
             self.pool.on_server_closed(self)
 
@@ -214,15 +213,16 @@ class ServerConnection(asyncio.Protocol):
         pool = self.pool
         db = pool.db
         settings = self.app.settings
-        self._login = LoginStream(settings.max_packet_size, "server")
         where = f"{self.host}:{db.port}" if not self.host.startswith("/") else unix_socket_path(self.host, db.port)
+        self._login = ServerLogin(settings.max_packet_size, pool.name, where, f"{self.host}:{db.port}")
         try:
             async with asyncio.timeout(settings.server_connect_timeout):
                 await self._open(where)
                 await self._negotiate_tls(where)
                 await self._login_exchange()
                 if db.connect_query:
-                    await self._run_connect_query(db.connect_query)
+                    self._login.send_query(db.connect_query)
+                    await self._next_login_event()
         except TimeoutError:
             raise ProtocolError(CONNECTION_FAILURE,
                                 f"server_connect_timeout: no login to {where} for pool {pool.name} "
@@ -230,11 +230,40 @@ class ServerConnection(asyncio.Protocol):
         except ConnectionResetError as error:
             raise ProtocolError(CONNECTION_FAILURE, f"server {where} closed the connection during "
                                                     f"login for pool {pool.name}: {error}", transient=True) from None
+        login = self._login
         self._login = None
+        self.params.reported.update(login.reported)
+        self.backend_pid, self.backend_key = login.backend_pid, login.backend_key
+        self.tx_status = login.tx_status
         self.last_used = time.monotonic()
         if settings.log_connections:
             log.info("%s: new server connection (backend pid %d%s)", self.log_prefix, self.backend_pid,
                      ", TLS" if self.transport.get_extra_info("ssl_object") is not None else "")  # type: ignore[union-attr]
+
+    async def _next_login_event(self) -> Event:
+        """The login machine's next event, awaiting bytes from data_received while it needs some.
+        What the machine has to write goes out first."""
+        login = self._login
+        assert login is not None and self.transport is not None
+        while True:
+            event = login.next_event()
+            out = login.data_to_send()
+            if out:
+                self.transport.write(out)
+            if event is not NEED_DATA:
+                return event  # type: ignore[return-value]
+            if login.eof:
+                raise ConnectionResetError("server closed the connection during login")
+            self._login_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._login_waiter
+            finally:
+                self._login_waiter = None
+
+    def _wake_login(self) -> None:
+        waiter = self._login_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _open(self, where: str) -> None:
         """TCP, or the server's Unix socket when the entry's host is a directory (starts with '/')."""
@@ -259,13 +288,11 @@ class ServerConnection(asyncio.Protocol):
             return
         assert self.transport is not None and self._login is not None
         what = f"server {where} for pool {self.pool.name}"
-        self.transport.write(m.SSL_REQUEST)
-        answer = await self._login.read_byte()
-        if not tls.server_answer_means_tls(answer, contexts.server_mode, what):
+        self._login.request_ssl()
+        answer = await self._next_login_event()
+        assert isinstance(answer, SslAnswer)
+        if not tls.server_answer_means_tls(answer.answer, contexts.server_mode, what):
             return
-        if self._login.buffer:
-            # Bytes sent before the handshake could be spliced into the session (CVE-2021-23222).
-            raise ProtocolError(PROTOCOL_VIOLATION, f"server sent unencrypted data after SSL response: {what}")
         host = self.host   # the name from the host list (SNI, verify-full), not the address it resolved to
         try:
             self.transport = await asyncio.get_running_loop().start_tls(
@@ -280,68 +307,24 @@ class ServerConnection(asyncio.Protocol):
     async def _login_exchange(self) -> None:
         pool = self.pool
         db = pool.db
-        startup = {"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters(),
-                   **self.extra_startup}
-        assert self.transport is not None and self._login is not None
-        self.transport.write(m.startup_message(startup))
-        scram: ScramClient | None = None
+        login = self._login
+        assert login is not None
+        login.send_startup({"user": pool.server_user, "database": db.dbname or db.name, **db.server_parameters(),
+                            **self.extra_startup})
         while True:
-            msg_type, body = await self._login.read_message()
-            if msg_type == B_AUTHENTICATION:
-                code, data = m.parse_authentication(body)
-                if code == AUTH_OK:
-                    continue
-                if code == AUTH_CLEARTEXT:
-                    self.transport.write(m.password_message(self._plain_password("cleartext")))
-                elif code == AUTH_MD5:
+            event = await self._next_login_event()
+            if isinstance(event, PasswordRequest):
+                if event.method == "md5":
                     secret = pool.server_password
                     if secret is None:
                         raise self._no_password("md5")
-                    self.transport.write(m.password_message(auth.md5_response(secret, pool.server_user, data)))
-                elif code == AUTH_SASL:
-                    if "SCRAM-SHA-256" not in m.parse_sasl_mechanisms(data):
-                        raise ProtocolError(FEATURE_NOT_SUPPORTED, f"server offers no supported SASL mechanism "
-                                                                   f"for pool {pool.name}")
-                    scram = self._scram_client()
-                    self.transport.write(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
-                elif code == AUTH_SASL_CONTINUE and scram is not None:
-                    self.transport.write(m.sasl_response(self._scram_step(scram.handle_server_first, data)))
-                elif code == AUTH_SASL_FINAL and scram is not None:
-                    self._scram_step(scram.handle_server_final, data)
+                    login.send_password(auth.md5_response(secret, pool.server_user, event.salt))
                 else:
-                    raise ProtocolError(FEATURE_NOT_SUPPORTED,
-                                        f"server asked for unsupported authentication method {code} for pool {pool.name}")
-            elif msg_type == B_ERROR_RESPONSE:
-                fields = parse_error_fields(body)
-                raise ProtocolError(fields.get("C", CONNECTION_FAILURE), fields.get("M", "server login failed"),
-                                    detail=f"pgpool pool {pool.name} could not log into server {self.host}:{db.port}")
-            elif msg_type == B_PARAMETER_STATUS:
-                name, value = m.parse_parameter_status(body)
-                self.params.reported[name] = value
-            elif msg_type == B_BACKEND_KEY_DATA:
-                self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
-            elif msg_type == B_READY_FOR_QUERY:
-                self.tx_status = body[0] if body else TX_IDLE
-                return
-            # NoticeResponse and NegotiateProtocolVersion need no answer.
-
-    async def _run_connect_query(self, sql: str) -> None:
-        assert self.transport is not None and self._login is not None
-        self.transport.write(m.query(sql))
-        error = None
-        while True:
-            msg_type, body = await self._login.read_message()
-            if msg_type == B_ERROR_RESPONSE and error is None:
-                fields = parse_error_fields(body)
-                error = ProtocolError(fields.get("C", PROTOCOL_VIOLATION), f"connect_query failed for pool "
-                                      f"{self.pool.name}: {fields.get('M', '')}")
-            elif msg_type == B_PARAMETER_STATUS:
-                name, value = m.parse_parameter_status(body)
-                self.params.reported[name] = value
-            elif msg_type == B_READY_FOR_QUERY:
-                if error is not None:
-                    raise error
-                return
+                    login.send_password(self._plain_password("cleartext"))
+            elif isinstance(event, ScramRequest):
+                login.start_scram(self._scram_client())
+            else:
+                return      # Ready
 
     def _plain_password(self, method: str) -> str:
         secret = self.pool.server_password
@@ -366,42 +349,31 @@ class ServerConnection(asyncio.Protocol):
             return ScramClient(client_key=client_key, server_key=server_key)
         raise self._no_password("SCRAM-SHA-256")
 
-    def _scram_step(self, step: Callable[[bytes], bytes | None], data: bytes) -> bytes:
-        try:
-            return step(data) or b""
-        except ScramError as error:
-            raise ProtocolError(INVALID_PASSWORD, f"SCRAM login to server failed for pool {self.pool.name}: {error}") from None
-
     # ---- data plane ----------------------------------------------------------------------------
 
     def _on_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        if msg_type == B_READY_FOR_QUERY and buf is not None and end - start != 1:
-            # Its status byte is read at buf[start]: never take the next message's byte for it.
-            raise ProtocolError(PROTOCOL_VIOLATION, f"malformed ReadyForQuery: {end - start} bytes instead of 1")
-        if self.injected:
-            return self._on_injected_message(msg_type, buf, start, end)
-        out = None
-        prepared = self.prepared
-        if prepared is not None and self.client is not None:
-            out = prepared.on_server_message(msg_type, buf, start, end)
+        link = self.link
+        own = link.injected and link.head_is_injected()   # a reply to pgpool's own query: never forwarded
+        out = link.on_server_message(msg_type, buf, start, end)
         if buf is None:
             return out      # too large to inspect; nothing the core tracks is that large
         client = self.client
+        if msg_type == B_PARAMETER_STATUS:
+            name, value = m.parse_parameter_status(buf[start:end])
+            self.params.reported[name] = value
+            if client is not None and not own:
+                client.params.reported[name] = value
+            return out
+        if own:
+            return out
         if msg_type == B_READY_FOR_QUERY:
-            status = buf[start]
-            self.tx_status = status
-            if client is not None and client.on_ready_for_query(status):
+            if client is not None and client.on_ready_for_query(buf[start]):
                 self._release = True
                 replacement = client.rfq_replacement
                 if replacement is not None:
                     client.rfq_replacement = None
                     # Keep any replies the tracker put before this ReadyForQuery (6 bytes).
                     return (out[:-6] if out else b"") + replacement
-        elif msg_type == B_PARAMETER_STATUS:
-            name, value = m.parse_parameter_status(buf[start:end])
-            self.params.reported[name] = value
-            if client is not None:
-                client.params.reported[name] = value
         elif msg_type == B_ERROR_RESPONSE:
             fields = parse_error_fields(buf[start:end])
             if fields.get("C") == READ_ONLY_SQL_TRANSACTION and needs_writer(self.pool.db.target_session_attrs):
@@ -415,53 +387,15 @@ class ServerConnection(asyncio.Protocol):
                     return b""
             else:
                 log.warning("%s: error while idle: %s (%s)", self.log_prefix, fields.get("M"), fields.get("C"))
-        elif msg_type == B_COPY_IN_RESPONSE:
-            if client is not None:
-                client.on_copy_in()
         elif msg_type == B_COMMAND_COMPLETE:
             if client is not None and client.tx_changes:
                 client.on_command_complete(buf[start:end - 1])
         return out
 
-    def _on_injected_message(self, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
-        if buf is None:
-            return b""
-        if msg_type == B_READY_FOR_QUERY:
-            self.tx_status = buf[start]
-            self.injected -= 1
-            if self.injected == 0:
-                self.scanner.watch = self.normal_watch()
-                done, error = self._on_injected_done, self._injected_error
-                self._on_injected_done = None
-                self._injected_error = None
-                if done is not None:
-                    done(error)
-        elif msg_type == B_PARAMETER_STATUS:
-            name, value = m.parse_parameter_status(buf[start:end])
-            self.params.reported[name] = value
-        elif msg_type == B_DATA_ROW:
-            self.injected_rows.append(m.first_column(buf, start, end))
-        elif msg_type == B_ERROR_RESPONSE and self._injected_error is None:
-            fields = parse_error_fields(buf[start:end])
-            self._injected_error = ProtocolError(fields.get("C", PROTOCOL_VIOLATION), fields.get("M", "error"))
-        return b""
-
-    def normal_watch(self) -> bytes:
-        """The message types to look at now: the tracker's only while it has replies to place."""
-        client = self.client
-        tags = client is not None and client.tx_changes
-        if self.prepared is None or self.prepared.plain_queries_only():
-            return WATCH_SERVER_TAGS if tags else WATCH_SERVER
-        return self.watch_tags if tags else self.watch_normal
-
     def inject(self, sql: str, done: Done) -> None:
         """Send pgpool's own simple query; its replies never reach a client; `done(error)` at its ReadyForQuery."""
         assert self.transport is not None
-        self.injected += 1
-        self.injected_rows = []
-        self._on_injected_done = done
-        self.scanner.watch = WATCH_ALL
-        self.transport.write(m.query(sql))
+        self.transport.write(self.link.inject(m.query(sql), done))
 
     async def run_query(self, sql: str) -> tuple[ProtocolError | None, None]:
         future = asyncio.get_running_loop().create_future()

@@ -24,7 +24,6 @@ from .protocol.errors import CONNECTION_FAILURE, INVALID_AUTHORIZATION_SPECIFICA
 log = logging.getLogger("pgpool.tls")
 
 ALPN_POSTGRESQL = "postgresql"   # PostgreSQL 17's ALPN name, required with direct TLS
-TLS_RECORD_HANDSHAKE = 0x16      # first byte of a TLS ClientHello: a direct TLS client
 
 _VERSIONS = {"tlsv1.0": ssl.TLSVersion.TLSv1, "tlsv1": ssl.TLSVersion.TLSv1, "tlsv1.1": ssl.TLSVersion.TLSv1_1,
              "tlsv1.2": ssl.TLSVersion.TLSv1_2, "tlsv1.3": ssl.TLSVersion.TLSv1_3}

@@ -21,11 +21,11 @@ from typing import Callable
 
 from pgpool import auth, params, prepared, session
 from pgpool.config import ConfigError, _Loader
-from pgpool.loginstream import LoginStream
 from pgpool.protocol import messages as m
 from pgpool.protocol import scram
+from pgpool.protocol import startup
 from pgpool.protocol.constants import (
-    AUTH_SASL, MAX_STARTUP_PACKET, B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_DATA_ROW, B_ERROR_RESPONSE,
+    AUTH_SASL, B_AUTHENTICATION, B_BACKEND_KEY_DATA, B_DATA_ROW, B_ERROR_RESPONSE,
     B_NOTICE_RESPONSE, B_NOTIFICATION_RESPONSE, B_PARAMETER_STATUS, B_READY_FOR_QUERY,
 )
 from pgpool.protocol.errors import ProtocolError, parse_error_fields
@@ -106,16 +106,6 @@ def target(*allowed: type[BaseException], seeds: Callable[[], list[bytes]] = lam
     return register
 
 
-def run_coroutine(coro):
-    """Run a coroutine that must finish without waiting (all input fed, EOF set): no event loop."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise AssertionError("login read waited although EOF was fed")
-
-
 def frame(msg_type: bytes, body: bytes = b"") -> bytes:
     return msg_type + _int32.pack(len(body) + 4) + body
 
@@ -133,24 +123,27 @@ def _startup_seeds() -> list[bytes]:
     ]
 
 
-@target(ProtocolError, ConnectionResetError, seeds=_startup_seeds)
+@target(ProtocolError, seeds=_startup_seeds)
 def fuzz_startup(data: bytes) -> None:
-    """StartupMessage, SSLRequest, GSSENCRequest, CancelRequest as the client's login reads them."""
-    stream = LoginStream(1 << 20, "client")
-    stream.feed(data)
-    stream.feed_eof()
-    for _ in range(3):   # SSL/GSSENC requests are followed by the real startup packet
-        packet = run_coroutine(stream.read_startup_packet(MAX_STARTUP_PACKET))
-        kind, payload = m.parse_startup_packet(packet)
-        if kind == m.StartupKind.CANCEL:
-            pid, key = payload
-            assert 0 <= pid < 1 << 32 and 0 <= key < 1 << 32
+    """StartupMessage, SSLRequest, GSSENCRequest, CancelRequest as the client login machine reads them."""
+    login = startup.ClientLogin()
+    login.receive_data(data)
+    login.receive_eof()
+    while True:
+        event = login.next_event()
+        if isinstance(event, startup.SslRequest):
+            login.answer_ssl(False)    # SSL/GSSENC requests are followed by the real startup packet
+        elif isinstance(event, startup.CancelRequest):
+            assert 0 <= event.pid < 1 << 32 and 0 <= event.key < 1 << 32
             return
-        if kind == m.StartupKind.STARTUP:
-            m.startup_minor_version(packet)
-            for name in payload:
+        elif isinstance(event, startup.Startup):
+            assert event.user and event.database
+            for name in event.params:
                 params.canonical_name(name)
-            params.parse_options(payload.get("options", ""))
+            params.parse_options(event.params.get("options", ""))
+            return
+        else:
+            assert event is startup.NEED_DATA
             return
 
 
@@ -368,15 +361,41 @@ def fuzz_framing_backend(data: bytes) -> None:
     _scan_in_chunks(data, _parse_backend)
 
 
-@target(ProtocolError, ConnectionResetError, seeds=lambda: [_framing_seeds()[1][38:]])
+@target(ProtocolError, seeds=lambda: [_framing_seeds()[1][38:]])
 def fuzz_backend_login(data: bytes) -> None:
-    """A server's login replies read as server.py reads them (LoginStream, then the parsers)."""
-    stream = LoginStream(1 << 16, "server")
-    stream.feed(data)
-    stream.feed_eof()
-    for _ in range(64):
-        msg_type, body = run_coroutine(stream.read_message())
+    """A server's login replies read by the server login machine (then a connect_query), and the
+    backend parsers on the same bytes."""
+    login = startup.ServerLogin(1 << 16, "fuzz", "fuzz:5432", "fuzz:5432")
+    login.send_startup({"user": "u", "database": "d"})
+    login.receive_data(data)
+    login.receive_eof()
+    queried = False
+    while True:
+        event = login.next_event()
+        if isinstance(event, startup.PasswordRequest):
+            login.send_password("secret")
+        elif isinstance(event, startup.ScramRequest):
+            login.start_scram(scram.ScramClient(client_key=_CLIENT_KEY, server_key=_VERIFIER.server_key,
+                                                nonce=_CLIENT_NONCE))
+        elif isinstance(event, startup.Ready) and not queried:
+            queried = True
+            login.send_query("SELECT 1")
+        else:
+            break
+    for msg_type, body in _whole_messages(data, 64):
         _parse_backend(msg_type, body)
+
+
+def _whole_messages(data: bytes, limit: int) -> list[tuple[int, bytes]]:
+    """Up to `limit` (type, body) of the whole messages at the start of `data`."""
+    found, pos = [], 0
+    while len(found) < limit and pos + 5 <= len(data):
+        length = _int32.unpack_from(data, pos + 1)[0]
+        if length < 4 or pos + 1 + length > len(data):
+            break
+        found.append((data[pos], data[pos + 5:pos + 1 + length]))
+        pos += 1 + length
+    return found
 
 
 # ---- the prepared-statement tracker ----------------------------------------------------------

@@ -166,7 +166,6 @@ class Client:
     names: ClientStatements = field(default_factory=ClientStatements)
     scanner: MessageScanner = None  # type: ignore[assignment]
     server: Server | None = None
-    open_extended: bool = False
     seen: list[bytes] = field(default_factory=list)
 
 
@@ -225,11 +224,6 @@ def run_round(client: Client, index: int, r: Round, free: list[Server]) -> None:
         client.server = server
         server.tracker.link(client.names)
     data = b"".join(r.messages)
-    for x in r.messages:
-        if x[:1] in b"PBDECH":
-            client.open_extended = True
-        elif x[:1] == b"S":
-            client.open_extended = False
     # The client's bytes go through the scanner in small pieces, as TCP may deliver them.
     replies: list[bytes] = []
     pending_out = b""
@@ -251,8 +245,8 @@ def run_round(client: Client, index: int, r: Round, free: list[Server]) -> None:
         if reply[:1] == b"Z":
             server.status = reply[5:6]
     client.seen.extend(replies)
-    if r.releases and server.status == b"I" and not client.open_extended:
-        assert server.tracker.idle
+    if r.releases and server.tracker.releasable:   # the one release rule (protocol/link.py)
+        assert server.status == b"I"
         assert server.tracker.unlink()
         server.client = None
         client.server = None

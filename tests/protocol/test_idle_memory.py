@@ -13,8 +13,9 @@ from tests.protocol.fakes import Plane, complete, parameter_status, query, ready
 
 def assert_holds_no_containers(client) -> None:
     assert client.scanner is None or client.scanner.at_boundary
-    assert client.pending == () and client.pending_changes in ((), []) and client.tx_changes == ()
-    assert client.resync_reported == () and not client.stmt_verdicts and not client.portal_verdicts
+    session = client.session
+    assert client.pending == () and session.pending_changes in ((), []) and session.tx_changes == ()
+    assert session.resync_reported == () and not session.stmt_verdicts and not session.portal_verdicts
 
 
 def test_a_logged_in_idle_client_holds_no_containers_and_shares_its_session_values():

@@ -332,7 +332,6 @@ class PooledRun:
         self.namespaces: dict[int, ClientStatements] = {}
         self.seen: dict[int, list[bytes]] = {}
         self.holding: dict[int, PooledServer] = {}
-        self.open_extended: dict[int, bool] = {}
 
     def server_for(self, client: int) -> PooledServer | None:
         if client in self.holding:
@@ -374,16 +373,13 @@ class PooledRun:
             return False
         self.seen.setdefault(client, [])
         for i, m in enumerate(r.messages):
-            if m[:1] in b"PBDECH":
-                self.open_extended[client] = True
-            elif m[:1] == b"S":
-                self.open_extended[client] = False
             self.send(client, server, m)
             self.deliver(client, server, delivery[i % len(delivery)] if delivery else 0)
         self.deliver(client, server, len(server.inflight))
-        if r.ends_with_sync and server.last_status == b"I" and not self.open_extended.get(client):
-            # client.py releases here: ReadyForQuery 'I', nothing outstanding, no extended message since Sync.
-            assert server.tracker.idle, "tracker still owes replies when the core would release"
+        if r.ends_with_sync and server.tracker.releasable:
+            # The one release rule (protocol/link.py): ReadyForQuery 'I', nothing outstanding, no
+            # extended message since Sync, no COPY.
+            assert server.last_status == b"I"
             assert server.tracker.unlink()
             server.client = None
             del self.holding[client]

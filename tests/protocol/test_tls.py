@@ -12,7 +12,6 @@ from hypothesis import given, strategies as st
 
 from pgpool import auth, tls
 from pgpool.config import load_settings
-from pgpool.loginstream import LoginStream
 from pgpool.protocol.errors import ProtocolError
 
 NO_ENV: dict[str, str] = {}
@@ -219,15 +218,3 @@ def test_check_certificate_user():
     assert auth.check_certificate_user("app", "app") is None
     assert auth.check_certificate_user("app", None) == "connection requires a valid client certificate"
     assert auth.check_certificate_user("app", "bob") == 'certificate authentication failed for user "app"'
-
-
-# ---- the login buffer ----------------------------------------------------------------------------
-
-@given(st.binary(min_size=1, max_size=40), st.integers(min_value=1, max_value=40))
-async def test_peek_and_read_byte_any_split(data, split):
-    stream = LoginStream(1 << 20, "server")
-    stream.feed(data[:split])
-    stream.feed(data[split:])
-    assert await stream.peek_byte() == data[0]
-    assert await stream.read_byte() == data[:1]
-    assert stream.take_rest() == data[1:]
