@@ -26,7 +26,7 @@ from .clientsession import ClientSession
 from .config import PoolMode
 from .netopts import apply_tcp_options
 from .prepared import ClientStatements
-from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, sync_sql
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, sync_sql
 from .session import STATELESS, audit_sql, classify
 from .pool import ClientState
 from .protocol import messages as m
@@ -157,7 +157,7 @@ class ClientConnection(asyncio.Protocol):
         self.user = ""
         self.database = ""
         self.cancel_key: tuple[int, int] | None = None
-        self.session: ClientSession | None = None   # what the session carries, from login on
+        self.session: ClientSession | None = None   # what the session carries, from its first link on
         now = time.monotonic()
         self.xact_start = now
         self.last_activity = now
@@ -466,10 +466,8 @@ class ClientConnection(asyncio.Protocol):
         rest = self.login.take_rest() if self.login is not None else b""
         self.login = None
         if not admin:
-            pool = self.pool
-            self.session = ClientSession(self.app, self.params, self.statements, pool.stats, pool.name,  # type: ignore[arg-type,union-attr]
-                                         pool.reported_names, self.mode == PoolMode.SESSION,  # type: ignore[union-attr]
-                                         self.log_prefix)
+            # Shared prepared statements are keyed by search_path too (a Parse may be answered before any link).
+            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
             self.app.on_client_logged_in(self)
         if self.app.settings.log_connections:
@@ -681,6 +679,11 @@ class ClientConnection(asyncio.Protocol):
     # ---- linking -------------------------------------------------------------------------------
 
     def attach_server(self, server: "ServerConnection") -> None:
+        if self.session is None:   # made at the first link, not at login: an idle client needs none
+            pool = self.pool
+            self.session = ClientSession(self.app, self.params, self.statements, pool.stats, pool.name,  # type: ignore[arg-type,union-attr]
+                                         pool.reported_names, self.mode == PoolMode.SESSION,  # type: ignore[union-attr]
+                                         self.log_prefix)
         self.server = server
         server.client = self
         if server.prepared is not None:
