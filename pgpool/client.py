@@ -31,13 +31,13 @@ from .session import STATELESS, audit_sql, classify
 from .pool import ClientState
 from .protocol import messages as m
 from .protocol.constants import (
-    F_COPY_DATA, F_FUNCTION_CALL, F_QUERY, F_SYNC, F_TERMINATE, TX_IDLE, TX_IN_BLOCK,
+    F_BIND, F_COPY_DATA, F_EXECUTE, F_FUNCTION_CALL, F_PARSE, F_QUERY, F_SYNC, F_TERMINATE, TX_IDLE, TX_IN_BLOCK,
 )
 from .protocol.errors import (
     ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION,
     INVALID_PASSWORD, PROTOCOL_VIOLATION, QUERY_CANCELED, ProtocolError,
 )
-from .protocol.framing import MessageScanner
+from .protocol.framing import MessageScanner, watch_table
 from .protocol.link import Link
 from .protocol.scram import ScramServer
 from .protocol.startup import (
@@ -88,6 +88,9 @@ class ClientHost(Protocol):
 
 # Every type but CopyData is looked at: the ones that drive pooling, and the invalid ones to refuse.
 WATCH_CLIENT = bytes(0 if t == F_COPY_DATA else 1 for t in range(256))
+# Requests that may change the session (ClientSession.on_request), and those that start the query clock.
+_SESSION_TYPES = watch_table(F_QUERY, F_PARSE, F_BIND, F_EXECUTE)
+_STARTS_CLOCK = watch_table(F_QUERY, F_SYNC, F_FUNCTION_CALL)
 
 # Bytes a client may send while it waits for a server before pgpool stops reading it.
 PENDING_LIMIT = 256 * 1024
@@ -118,6 +121,11 @@ def replication_kind(value: str | None) -> str | None:
         return None
     raise ProtocolError(PROTOCOL_VIOLATION, f'invalid value for parameter "replication": "{value}"',
                         hint="valid values are: \"false\", 0, \"true\", 1, \"database\"")
+
+
+def _is_parse_sync(data: bytes) -> bool:
+    """`data` is exactly one Parse and a Sync (PQprepare's shape): cheap, checked before classifying."""
+    return data.endswith(m.SYNC) and int.from_bytes(data[1:5], "big") + 6 == len(data)
 
 
 def _parse_is_stateless(data: bytes) -> bool:
@@ -215,7 +223,8 @@ class ClientConnection(asyncio.Protocol):
                     return
                 # Answered here only while the client reads what pgpool writes; otherwise it queues for a
                 # server like any request, and PENDING_LIMIT bounds what pgpool holds for it.
-                if data[:1] == b"P" and not self.write_paused and self.mode != PoolMode.SESSION \
+                if data[:1] == b"P" and _is_parse_sync(data) and not self.write_paused \
+                        and self.mode != PoolMode.SESSION \
                         and self.app.settings.max_prepared_statements and _parse_is_stateless(data) \
                         and self.statements.parse_without_server(pool.statement_registry, data):
                     pool.stats.client_parse_count += 1  # type: ignore[union-attr]
@@ -538,18 +547,16 @@ class ClientConnection(asyncio.Protocol):
         if msg_type == F_TERMINATE:
             self.closing = True
             return b""
-        link = self.server.link  # type: ignore[union-attr]   # the scanner runs only while a server is linked
-        out = self._track_message(link, msg_type, buf, start, end)
-        if out:   # pgpool replaced the message (a refusal): the link sees what is sent
-            tracked = link.on_client_message(msg_type, out, 5, len(out))
-            return out if tracked is None else tracked
-        return link.on_client_message(msg_type, buf, start, end)
-
-    def _track_message(self, link: Link, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes | None:
-        """When a request starts the clock, and what it does to the session: None, or a refusal to send."""
-        if (msg_type == F_QUERY or msg_type == F_SYNC or msg_type == F_FUNCTION_CALL) and link.idle:
+        link: Link = self.server.link  # type: ignore[union-attr]   # the scanner runs only while a server is linked
+        if _STARTS_CLOCK[msg_type] and link.idle:
             self.query_start = time.monotonic()
-        return self.session.on_request(link, msg_type, buf, start, end)  # type: ignore[union-attr]
+        if _SESSION_TYPES[msg_type]:
+            # What it does to the session; a refusal is sent instead, and the link sees what is sent.
+            out = self.session.on_request(link, msg_type, buf, start, end)  # type: ignore[union-attr]
+            if out:
+                tracked = link.on_client_message(msg_type, out, 5, len(out))
+                return out if tracked is None else tracked
+        return link.on_client_message(msg_type, buf, start, end)
 
     def _on_audited(self, error: ProtocolError | None) -> None:
         """The server said what session state it holds: adopt settings, pin or unpin, then release."""

@@ -553,10 +553,12 @@ class Pool:
             return
         server.needs_reset = False
         server.last_used = time.monotonic()
-        self.set_server_state(server, ServerState.IDLE)
         if self.waiting and not self.paused:
+            # Straight to the next waiter: a server handed over never passes through the idle list.
             self.link(self.waiting[0], server)
-        elif self.conf.max_db_connections or self.conf.max_user_connections:
+            return
+        self.set_server_state(server, ServerState.IDLE)
+        if self.conf.max_db_connections or self.conf.max_user_connections:
             self.app.on_server_idle(self)
 
     def on_server_closed(self, server: PooledServer) -> None:

@@ -187,6 +187,7 @@ _CLOSE_BEFORE = watch_table(F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_S
 # The keywords that start a statement dropping prepared statements, in any letter case.
 _reset_word = re.compile(rb"[dD][eE][aA][lL][lL][oO][cC][aA][tT][eE]|[dD][iI][sS][cC][aA][rR][dD]").search
 _BLANKS = b" \t\r\n\f"
+_BLANKS_SEMI = b" \t\r\n\f;"
 # A text whose first byte is not one of these holds such a statement only if it is a statement list.
 _MAY_START = b"dD/-"
 # Texts longer than this are split every time rather than kept in the cache.
@@ -260,7 +261,11 @@ def _may_reset(buf: bytes, start: int, end: int) -> bool:
     pos = start
     while pos < end and buf[pos] in _BLANKS:
         pos += 1
-    if pos >= end or (buf[pos] not in _MAY_START and buf.find(b";", pos, end) < 0):
+    # A trailing ";" (as pgbench and psql send) ends the one statement: no statement list.
+    last = end
+    while last > pos and buf[last - 1] in _BLANKS_SEMI:
+        last -= 1
+    if pos >= last or (buf[pos] not in _MAY_START and buf.find(b";", pos, last) < 0):
         return False
     return _reset_word(buf, pos, end) is not None
 

@@ -202,26 +202,25 @@ class Link:
         self._head_failed = False
         self.open_extended = False
 
-    def plain_queries_only(self) -> bool:
-        """Every reply owed ends at ReadyForQuery with nothing to rewrite: the core watch is enough."""
-        if self._skipping:
-            return False
-        for entry in self._queue:
-            if entry is not _QUERY_FWD and entry is not _SYNC_FWD:
-                return False
-        return True
-
     def update_watch(self) -> None:
-        """Point the server scanner at the message types that matter now."""
+        """Point the server scanner at the message types that matter now (on the hot path: one call)."""
         scanner = self.scanner
         if scanner is None:
             return
-        if self.injected and self.head_is_injected():
-            scanner.watch = WATCH_ALL
-        elif not self.plain_queries_only():
-            scanner.watch = WATCH_REPLIES
+        queue = self._queue
+        if self.injected and queue and queue[0][1] == A_SWALLOW and queue[0][0] == K_QUERY:
+            scanner.watch = WATCH_ALL      # pgpool's own query at the head: every reply is read
+            return
+        watch = WATCH_CORE_TAGS if self.watch_tags else WATCH_CORE
+        if self._skipping:
+            watch = WATCH_REPLIES
         else:
-            scanner.watch = WATCH_CORE_TAGS if self.watch_tags else WATCH_CORE
+            # Simple queries and Syncs end at ReadyForQuery with nothing to rewrite: the core types do.
+            for entry in queue:
+                if entry is not _QUERY_FWD and entry is not _SYNC_FWD:
+                    watch = WATCH_REPLIES
+                    break
+        scanner.watch = watch
 
     def take_client_output(self) -> bytes:
         """Replies made up while handling client messages that are due now (nothing was owed before them)."""
@@ -249,7 +248,7 @@ class Link:
             entry[2].done(ProtocolError(CONNECTION_FAILURE, reason))
 
     def _end_injected(self, entry: tuple, error: ProtocolError | None = None) -> None:
-        self.injected -= 1
+        """pgpool's own query left the queue (its count already lowered): answer its caller."""
         own: Injected = entry[2]
         self.rows = own.rows
         own.done(error if error is not None else own.error)
@@ -373,6 +372,7 @@ class Link:
                 self.tx_status = buf[start]
             queue = self._queue
             queue.popleft()
+            self.injected -= 1
             # Replies pgpool made up for client requests sent meanwhile are due now.
             made_up = []
             while queue and queue[0][1] == A_SYNTH:
@@ -417,6 +417,7 @@ class Link:
         # Undo newest first, so a Close followed by a Parse of the same name restores the older statement.
         for entry in reversed(failed):
             if entry[1] == A_SWALLOW and entry[0] == K_QUERY:
+                self.injected -= 1
                 self._end_injected(entry, ProtocolError(PROTOCOL_VIOLATION, "skipped by the server after an error"))
             elif entry[2] is not None:
                 self.undo(entry, sqlstate if entry is head else "")
