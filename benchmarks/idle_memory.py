@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,8 +41,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import uvloop
+
 from benchmarks.pgbench_compare import Target, close_idle_clients, open_idle_clients, raise_nofile_limit, read_rss_kib
-from benchmarks.targets import ROLES, PgBouncerProcess, PgpoolProcess, PostgresCluster, find_pgbouncer
+from benchmarks.targets import ROLES, PgBouncerProcess, PgpoolProcess, PostgresCluster, find_pgbouncer, free_port
 
 POOLERS = ("pgpool", "pgbouncer")
 # uvloop-floor: a bare uvloop server (one-slot protocol, no login): what the event loop's transport costs.
@@ -274,8 +277,6 @@ class _BareProtocol(asyncio.Protocol):
 
 def run_floor(argv: list[str]) -> int:
     """`floor PORT`: a uvloop server whose protocol holds its transport and nothing else."""
-    import uvloop
-
     async def serve() -> None:
         server = await asyncio.get_running_loop().create_server(_BareProtocol, "127.0.0.1", int(argv[0]), backlog=1024)
         print("ready", flush=True)
@@ -288,9 +289,6 @@ def run_floor(argv: list[str]) -> int:
 
 def measure_floor(clients: int) -> dict[str, object]:
     """RSS per connection of the bare uvloop server: the part of pgpool's figure that its event loop costs."""
-    import subprocess
-
-    from benchmarks.targets import free_port
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.idle_memory", "floor", str(port)],
                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
