@@ -554,7 +554,7 @@ def _client_rows(app: "App", now: float, *, logging_in: bool) -> list[tuple[Any,
                               state, addr, port, local_addr, local_port,
                               _wall(client.connected_at, now), _wall(client.last_activity, now),
                               wait_us // 1_000_000, wait_us % 1_000_000, 0, _ptr(client), _ptr(client.server), 0, "",
-                              params.reported.get("application_name", "") if params is not None else "",
+                              params.get_reported("application_name", "") if params is not None else "",
                               _prepared_count(client), client.id)))
     return rows
 
@@ -576,7 +576,7 @@ def _server_rows(app: "App", now: float) -> list[tuple[Any, Sequence[object]]]:
             client = server.client
             app_name = ""
             if client is not None and getattr(client, "params", None) is not None:
-                app_name = client.params.reported.get("application_name", "")
+                app_name = client.params.get_reported("application_name", "")
             rows.append((server, ("S", pool.server_user, pool.db.name, pool.replication or "none", state,
                                   server.host, pool.db.port,
                                   local_addr, local_port, _wall(server.created_at, now), _wall(server.last_used, now),

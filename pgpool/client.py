@@ -26,7 +26,7 @@ from .clientsession import ClientSession
 from .config import PoolMode
 from .netopts import apply_tcp_options
 from .prepared import ClientStatements
-from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, sync_sql
+from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, sync_sql
 from .session import STATELESS, audit_sql, classify
 from .pool import ClientState
 from .protocol import messages as m
@@ -158,13 +158,14 @@ class ClientConnection(asyncio.Protocol):
         self.login: ClientLogin | None = None     # the login machine, from connection_made until logged in
         self.login_waiter: asyncio.Future | None = None   # the login coroutine waits for bytes
         self.login_task: asyncio.Task | None = None
-        self.pending: list[bytes] = []           # bytes received while no server was linked
+        # An idle client holds no containers: a list is () and the scanner None until first needed.
+        self.pending: list[bytes] | tuple[()] = ()   # bytes received while no server was linked
         self.pending_size = 0
         self.peer = "?"
         self.user = ""
         self.database = ""
         self.cancel_key: tuple[int, int] | None = None
-        self.session: ClientSession | None = None   # what the session carries, from login on
+        self.session: ClientSession | None = None   # what the session carries, from its first link on
         now = time.monotonic()
         self.xact_start = now
         self.last_activity = now
@@ -229,7 +230,10 @@ class ClientConnection(asyncio.Protocol):
                     pool.stats.client_parse_count += 1  # type: ignore[union-attr]
                     self.transport.write(PARSE_COMPLETE_READY)
                     return
-            self.pending.append(data)
+            if self.pending:
+                self.pending.append(data)  # type: ignore[union-attr]
+            else:
+                self.pending = [data]
             self.pending_size += len(data)
             if server is None and self.state == ClientState.IDLE:
                 pool.request_server(self)  # type: ignore[union-attr]
@@ -239,8 +243,14 @@ class ClientConnection(asyncio.Protocol):
         self._forward(data)
 
     def _forward(self, data: bytes) -> None:
+        scanner = self.scanner
+        if scanner is None:   # made at the first request, not at login: an idle client needs none
+            settings = self.app.settings
+            # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
+            scanner = self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
+                                                    max_inspect=min(settings.max_packet_size, MAX_REWRITE))
         try:
-            out = self.scanner.feed(data)  # type: ignore[union-attr]
+            out = scanner.feed(data)
         except ProtocolError as error:
             self.disconnect(f"protocol error: {error.message}", error)
             return
@@ -380,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
         session.remember_startup()
         self.params = session
         self.cancel_key = self.app.register_cancel_key(self)
-        login.finish(welcome(session.reported, *self.cancel_key))
+        login.finish(welcome(session.reported_view(), *self.cancel_key))
         self._write_login_output()
         pool.stats.client_logins += 1
         self._end_login(admin=False)
@@ -465,14 +475,8 @@ class ClientConnection(asyncio.Protocol):
         rest = self.login.take_rest() if self.login is not None else b""
         self.login = None
         if not admin:
-            settings = self.app.settings
-            # Messages naming prepared statements are rewritten whole, so they are read whole up to a bound.
-            self.scanner = MessageScanner(WATCH_CLIENT, self._on_message, max_message=settings.max_packet_size,
-                                          max_inspect=min(settings.max_packet_size, MAX_REWRITE))
-            pool = self.pool
-            self.session = ClientSession(self.app, self.params, self.statements, pool.stats, pool.name,  # type: ignore[arg-type,union-attr]
-                                         pool.reported_names, self.mode == PoolMode.SESSION,  # type: ignore[union-attr]
-                                         self.log_prefix)
+            # Shared prepared statements are keyed by search_path too (a Parse may be answered before any link).
+            self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
             self.app.on_client_logged_in(self)
         if self.app.settings.log_connections:
@@ -655,7 +659,7 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def prepared_count(self) -> int:
-        return len(self.statements.names)
+        return self.statements.count()
 
     @property
     def tx_changes(self) -> list[SessionChange]:
@@ -682,6 +686,11 @@ class ClientConnection(asyncio.Protocol):
     # ---- linking -------------------------------------------------------------------------------
 
     def attach_server(self, server: "ServerConnection") -> None:
+        if self.session is None:   # made at the first link, not at login: an idle client needs none
+            pool = self.pool
+            self.session = ClientSession(self.app, self.params, self.statements, pool.stats, pool.name,  # type: ignore[arg-type,union-attr]
+                                         pool.reported_names, self.mode == PoolMode.SESSION,  # type: ignore[union-attr]
+                                         self.log_prefix)
         self.server = server
         server.client = self
         if server.prepared is not None:
@@ -715,13 +724,13 @@ class ClientConnection(asyncio.Protocol):
         if error is not None:
             server.close(f"could not restore session parameters{when}: {error.message}")
             return None
-        server.params.statements = dict(self.params.statements)  # type: ignore[union-attr]
+        server.params.statements = self.params.copy_statements()  # type: ignore[union-attr]
         return server
 
     def _flush_pending(self) -> None:
         if self.pending:
             data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
-            self.pending.clear()
+            self.pending = ()
             self.pending_size = 0
             self._forward(data)
         if self.cancel_deferred:
@@ -771,7 +780,7 @@ class ClientConnection(asyncio.Protocol):
             pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
         if pos != len(data) or last_type not in (F_QUERY, F_SYNC, F_FUNCTION_CALL):
             return False
-        self.pending.clear()
+        self.pending = ()
         self.pending_size = 0
         self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
         self.pool.stats.count_error("cancelled_while_waiting")  # type: ignore[union-attr]

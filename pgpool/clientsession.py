@@ -63,11 +63,12 @@ class ClientSession:
         self.log_prefix = log_prefix
         # Verdicts of what is not stateless: statement name -> verdict, portal name -> verdict. A
         # verdict belongs to the statement and counts at every Execute, in whatever transaction.
-        self.stmt_verdicts: dict[bytes, Verdict] = {}
-        self.portal_verdicts: dict[bytes, Verdict] = {}
+        # An idle client holds no containers: each dict is None and each list () until first needed.
+        self.stmt_verdicts: dict[bytes, Verdict] | None = None
+        self.portal_verdicts: dict[bytes, Verdict] | None = None
         # SET/RESET sent, not yet answered, each with the number of the ReadyForQuery that answers it.
-        self.pending_changes: list[tuple[int, SessionChange]] = []
-        self.tx_changes: list[SessionChange] = []        # SET/RESET inside a transaction, kept if it commits
+        self.pending_changes: list[tuple[int, SessionChange]] | tuple[()] = ()
+        self.tx_changes: list[SessionChange] | tuple[()] = ()   # SET/RESET inside a transaction, kept if it commits
         self.tx_snapshot: tuple[dict[str, str], dict[str, str]] | None = None   # statements before them
         self.rfq_seen = 0                        # ReadyForQuery received so far: numbers the replies
         self.query_failed = False
@@ -77,7 +78,7 @@ class ClientSession:
         self.auditing = False                    # an audit is on its way: its answer may pin
         self.audit_cause = ""                    # the statement that made the audit due, for the log
         self.resync_due = False                  # a RESET left the server off the client's startup values
-        self.resync_reported: list[str] = []     # reported names to announce once the server has them again
+        self.resync_reported: list[str] | tuple[()] = ()   # reported names to announce once the server has them again
         statements.path_key = search_path_key(params)   # shared prepared statements are keyed by search_path too
 
     # ---- requests ------------------------------------------------------------------------------
@@ -101,10 +102,12 @@ class ClientSession:
             if self.stmt_verdicts or self.portal_verdicts:
                 portal_end = buf.find(b"\x00", start, end)
                 statement = buf[portal_end + 1:buf.find(b"\x00", portal_end + 1, end)]
-                verdict = self.stmt_verdicts.get(statement)
+                verdict = self.stmt_verdicts.get(statement) if self.stmt_verdicts else None
                 if verdict is not None:
+                    if self.portal_verdicts is None:
+                        self.portal_verdicts = {}
                     self.portal_verdicts[buf[start:portal_end]] = verdict
-                else:
+                elif self.portal_verdicts:
                     self.portal_verdicts.pop(buf[start:portal_end], None)
         elif msg_type == F_PARSE:
             return self._on_parse(buf, start, end)
@@ -125,6 +128,8 @@ class ClientSession:
                 self.stmt_verdicts.pop(buf[start:name_end], None)
             return None
         name = buf[start:name_end]
+        if self.stmt_verdicts is None:
+            self.stmt_verdicts = {}
         self.stmt_verdicts[name] = verdict
         if verdict.flags & REFUSE and self.refuses():
             self.stats.count_error("session_state_refused")
@@ -143,7 +148,9 @@ class ClientSession:
             self.stats.count_error("session_state_refused")
             return True
         for change in verdict.changes:
-            self.pending_changes.append((answer, change))
+            if not self.pending_changes:
+                self.pending_changes = []
+            self.pending_changes.append((answer, change))  # type: ignore[union-attr]
         if self.session_mode:
             return False
         if flags & AUDIT or (flags & DROPS and (self.pinned or self.auditing)) or \
@@ -178,7 +185,7 @@ class ClientSession:
 
     def forget_transaction(self) -> None:
         """The client lost its server inside a transaction: a SET in it dies with it."""
-        self.tx_changes.clear()
+        self.tx_changes = ()
         self.tx_snapshot = None
 
     def _settle_changes(self, status: int, server: LinkedServer | None) -> None:
@@ -195,14 +202,15 @@ class ClientSession:
             return
         if status == TX_IN_BLOCK:
             if not self.tx_changes:
-                server_statements = dict(server.params.statements) if server is not None else {}
-                self.tx_snapshot = (dict(self.params.statements), server_statements)
-            self.tx_changes.extend(answered)
+                self.tx_changes = []
+                server_statements = server.params.copy_statements() if server is not None else {}
+                self.tx_snapshot = (self.params.copy_statements(), server_statements)
+            self.tx_changes.extend(answered)  # type: ignore[union-attr]
             _watch_tags(server, True)
         self._apply_changes(answered, server)
 
     def _settle_tx_changes(self, server: LinkedServer | None) -> None:
-        self.tx_changes = []
+        self.tx_changes = ()
         snapshot, self.tx_snapshot = self.tx_snapshot, None
         _watch_tags(server, False)
         if not self.last_tag.startswith(b"COMMIT") and snapshot is not None:
@@ -297,16 +305,16 @@ class ClientSession:
         """What gives the linked server the client's values again after a RESET ('' if nothing)."""
         self.resync_due = False
         self.resync_reported = [name for name in self.reported_names
-                                if self.params.reported.get(name) != server.params.reported.get(name)]
+                                if self.params.get_reported(name) != server.params.get_reported(name)]
         return sync_sql(self.params, server.params, self.reported_names)
 
     def reported_after_reset(self, server: LinkedServer) -> bytes:
         """ParameterStatus for reported values a RESET put back to the client's startup value."""
         names = self.resync_reported or [name for name in self.reported_names
-                                         if self.params.reported.get(name) != server.params.reported.get(name)]
-        self.resync_reported = []
-        return b"".join(m.parameter_status(name, self.params.reported[name])
-                        for name in names if name in self.params.reported)
+                                         if self.params.get_reported(name) != server.params.get_reported(name)]
+        self.resync_reported = ()
+        reported = self.params.reported_view()
+        return b"".join(m.parameter_status(name, reported[name]) for name in names if name in reported)
 
 
 def _watch_tags(server: LinkedServer | None, wanted: bool) -> None:

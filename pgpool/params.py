@@ -18,6 +18,8 @@ tracked:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 # Parameters PostgreSQL reports in ParameterStatus that a client may change.
 REPORTED_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
@@ -113,24 +115,96 @@ class SessionChange:
         return f"SessionChange({self.kind!r}, {self.name!r}, {self.statement!r})"
 
 
+# Read-only copies of startup values, shared by every session that logged in with the same ones
+# (usually all clients of a pool): value tuple -> mappingproxy. Bounded: when full it starts
+# over; sessions keep the copies they hold, new ones share afresh.
+_SHARED_VALUES: dict[tuple[tuple[str, str], ...], MappingProxyType] = {}
+SHARED_VALUES_LIMIT = 1024
+_NO_VALUES: MappingProxyType = MappingProxyType({})
+
+
+def share_values(values: Mapping[str, str]) -> MappingProxyType:
+    """One read-only copy of `values` for every session with equal ones (a few hundred bytes per client
+    saved: an idle client's values are almost always its pool's defaults)."""
+    if not values:
+        return _NO_VALUES
+    key = tuple(values.items())
+    shared = _SHARED_VALUES.get(key)
+    if shared is None:
+        if len(_SHARED_VALUES) >= SHARED_VALUES_LIMIT:
+            _SHARED_VALUES.clear()
+        shared = _SHARED_VALUES[key] = MappingProxyType(dict(values))
+    return shared
+
+
 class SessionParams:
     """A session's tracked parameters: reported values and remembered SET statements.
 
     `startup_*` are the values the client logged in with: what RESET and RESET ALL go back
     to. A server's own SessionParams has none (its RESET goes to the server's defaults).
+
+    Memory: after `remember_startup`, `startup_*` are read-only copies shared with every session
+    that has the same values, and a session whose current values are still its startup values
+    holds no dict of its own (`_reported` / `_statements` None). The first use of `reported` or
+    `statements` takes a private copy (copy on write), so a caller can never change another
+    session's values; code that only reads uses `reported_items`, `get_reported`, and friends,
+    which take no copy. Idle clients thus cost no dicts here.
     """
-    __slots__ = ("reported", "statements", "startup_reported", "startup_statements")
+    __slots__ = ("_reported", "_statements", "startup_reported", "startup_statements")
 
     def __init__(self, reported: dict[str, str] | None = None, statements: dict[str, str] | None = None):
-        self.reported: dict[str, str] = dict(reported or {})
-        self.statements: dict[str, str] = dict(statements or {})
-        self.startup_reported: dict[str, str] = {}
-        self.startup_statements: dict[str, str] = {}
+        self._reported: dict[str, str] | None = dict(reported or {})
+        self._statements: dict[str, str] | None = dict(statements or {})
+        self.startup_reported: Mapping[str, str] = _NO_VALUES
+        self.startup_statements: Mapping[str, str] = _NO_VALUES
+
+    @property
+    def reported(self) -> dict[str, str]:
+        """The session's reported values, this session's own dict (taken now if it shared its startup values)."""
+        if self._reported is None:
+            self._reported = dict(self.startup_reported)
+        return self._reported
+
+    @reported.setter
+    def reported(self, values: dict[str, str]) -> None:
+        self._reported = values
+
+    @property
+    def statements(self) -> dict[str, str]:
+        """name -> the statement that set it, this session's own dict (taken now if it shared its startup values)."""
+        if self._statements is None:
+            self._statements = dict(self.startup_statements)
+        return self._statements
+
+    @statements.setter
+    def statements(self, values: dict[str, str]) -> None:
+        self._statements = values
+
+    def reported_view(self) -> Mapping[str, str]:
+        """The reported values to read, without taking a private copy."""
+        return self.startup_reported if self._reported is None else self._reported
+
+    def statements_view(self) -> Mapping[str, str]:
+        """The remembered statements to read, without taking a private copy."""
+        return self.startup_statements if self._statements is None else self._statements
+
+    def reported_items(self):   # -> ItemsView[str, str]
+        return self.reported_view().items()
+
+    def get_reported(self, name: str, default: str | None = None) -> str | None:
+        return self.reported_view().get(name, default)
+
+    def copy_statements(self) -> dict[str, str]:
+        return dict(self.statements_view())
 
     def remember_startup(self) -> None:
-        """The current values are the client's startup values (called once, at login)."""
-        self.startup_reported = dict(self.reported)
-        self.startup_statements = dict(self.statements)
+        """The current values are the client's startup values (called once, at login). They are
+        shared read-only with other sessions that have the same ones, and this session holds no
+        copy of its own until one changes."""
+        self.startup_reported = share_values(self.reported_view())
+        self.startup_statements = share_values(self.statements_view())
+        self._reported = None
+        self._statements = None
 
     def apply(self, change: SessionChange, reported_names: frozenset[str]) -> None:
         """Record a change that succeeded on the server.
@@ -139,10 +213,11 @@ class SessionParams:
         to the startup value here, after the server reported its own default.
         """
         if change.kind == "reset_all":
-            self.statements = dict(self.startup_statements)
+            self._statements = None   # the startup statements again, shared
+            reported = self.reported
             for name, value in self.startup_reported.items():
                 if name in reported_names:
-                    self.reported[name] = value
+                    reported[name] = value
         elif change.kind == "reset":
             name = change.name
             if name in reported_names:
@@ -150,8 +225,8 @@ class SessionParams:
                     self.reported[name] = self.startup_reported[name]
             elif name in self.startup_statements:
                 self.statements[name] = self.startup_statements[name]
-            else:
-                self.statements.pop(name, None)
+            elif name in self.statements_view():
+                del self.statements[name]
         elif change.name not in reported_names:
             self.statements[change.name] = change.statement
 
@@ -164,26 +239,28 @@ def search_path_key(params: SessionParams) -> bytes:
     search_paths (the pool is per user, so "$user" is the same too); different spellings of
     one search_path only share less, never wrongly.
     """
-    value = params.reported.get("search_path")   # PostgreSQL 18 reports it
+    value = params.get_reported("search_path")   # PostgreSQL 18 reports it
     if value is not None:
         return value.encode()
-    statement = params.statements.get("search_path")
+    statement = params.statements_view().get("search_path")
     return statement.encode() if statement else b""
 
 
 def sync_sql(client: SessionParams, server: SessionParams, reported_names: frozenset[str]) -> str:
     """SQL that makes the server's session match the client's (empty when they match)."""
-    if client.reported == server.reported and client.statements == server.statements:
+    client_reported, server_reported = client.reported_view(), server.reported_view()
+    client_statements, server_statements = client.statements_view(), server.statements_view()
+    if client_reported == server_reported and client_statements == server_statements:
         return ""   # the common case, on every link: one comparison in C
     statements = []
-    for name, value in client.reported.items():
-        if name in reported_names and server.reported.get(name) != value:
+    for name, value in client_reported.items():
+        if name in reported_names and server_reported.get(name) != value:
             statements.append(set_config_sql(name, value))
-    for name, statement in server.statements.items():
-        if name not in client.statements:
+    for name, statement in server_statements.items():
+        if name not in client_statements:
             statements.append(f"RESET {quote_name(name)}")
-    for name, statement in client.statements.items():
-        if server.statements.get(name) != statement:
+    for name, statement in client_statements.items():
+        if server_statements.get(name) != statement:
             statements.append(statement)
     # A newline after each statement: a trailing -- comment must not swallow the next one.
     return ";\n".join(statements)

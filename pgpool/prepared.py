@@ -408,16 +408,31 @@ class ClientStatements:
     of the session's own PREPAREd statement, FETCH from its own cursor) is never shared: its key
     also names this client.
     """
-    __slots__ = ("names", "path_key", "own_key")
+    __slots__ = ("_names", "path_key", "_own_key")
 
     def __init__(self, path_key: bytes = b"") -> None:
-        self.names: dict[bytes, Statement] = {}
+        self._names: dict[bytes, Statement] | None = None   # made at the first use: idle clients hold none
         self.path_key = path_key
-        self.own_key = b"\x00client " + str(next(_ids)).encode()
+        self._own_key: bytes | None = None   # numbered at the first session-bound statement
+
+    @property
+    def names(self) -> dict[bytes, Statement]:
+        """statement name -> Statement, this client's own dict (made now if it had none)."""
+        if self._names is None:
+            self._names = {}
+        return self._names
+
+    def count(self) -> int:
+        """How many statements this client named (without making the dict)."""
+        return len(self._names) if self._names is not None else 0
 
     def key_for(self, content: bytes) -> bytes:
         """The sharing key of a Parse content for this client (see the class docstring)."""
-        return self.path_key + self.own_key if is_session_bound(content) else self.path_key
+        if not is_session_bound(content):
+            return self.path_key
+        if self._own_key is None:
+            self._own_key = b"\x00client " + str(next(_ids)).encode()
+        return self.path_key + self._own_key
 
     def parse_without_server(self, registry: StatementRegistry, data: bytes) -> bool:
         """Take `data` = one named Parse + Sync from a client holding no server, if no server is needed.
@@ -436,7 +451,7 @@ class ClientStatements:
         if name_end <= 5:
             return False   # the unnamed statement, or malformed: let the server answer
         name = data[5:name_end]
-        if name in self.names:
+        if self._names is not None and name in self._names:
             return False   # Postgres answers 42P05: let the server say it
         content = data[name_end + 1:1 + length]
         stmt = registry.intern(content, self.key_for(content))

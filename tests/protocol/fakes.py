@@ -284,9 +284,10 @@ class Plane:
         client.pool = self.pool
         client.mode = self.pool.conf.pool_mode
         client.params = SessionParams({**SERVER_PARAMS, **(reported or {})}, statements)
+        client.params.remember_startup()
         client.cancel_key = self.app.register_cancel_key(client)
         client._end_login(admin=False)
-        assert client.state == ClientState.IDLE and client.scanner is not None
+        assert client.state == ClientState.IDLE
         return client
 
     def link(self, client: ClientConnection, server: ServerConnection | None = None) -> ServerConnection:

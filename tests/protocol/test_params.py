@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgpool.params import SessionChange, SessionParams, parse_options, search_path_key, sync_sql
+from pgpool import params as params_module
+from pgpool.params import SessionChange, SessionParams, parse_options, search_path_key, share_values, sync_sql
 from pgpool.session import classify as classify_text
 
 REPORTED = frozenset({"client_encoding", "DateStyle", "TimeZone", "application_name", "server_version"})
@@ -327,3 +328,57 @@ def test_search_path_key_is_equal_exactly_when_the_tracked_search_path_is():
     assert search_path_key(a) == search_path_key(b)
     a.apply(classify("SET work_mem = '1MB'"), REPORTED)
     assert search_path_key(a) == search_path_key(b)
+
+
+# ---- idle clients share their startup values (issue 10: memory per idle client) -----------------
+
+def test_sessions_with_the_same_startup_values_share_one_read_only_copy():
+    a, b = startup_session(), startup_session()
+    assert a.startup_reported is b.startup_reported and a.startup_statements is b.startup_statements
+    assert a._reported is None and a._statements is None, "an unchanged session holds no dict of its own"
+    with pytest.raises(TypeError):
+        a.startup_reported["application_name"] = "x"   # type: ignore[index]
+    with pytest.raises(TypeError):
+        a.startup_statements["work_mem"] = "x"   # type: ignore[index]
+
+
+def test_reading_takes_no_copy_and_sync_sql_of_equal_sessions_is_empty():
+    a, b = startup_session(), startup_session()
+    assert a.get_reported("application_name") == "tenant-app"
+    assert dict(a.reported_items()) == {**BASE, "application_name": "tenant-app"}
+    assert search_path_key(a) == b"SELECT pg_catalog.set_config('search_path', 'tenant_b', false)"
+    assert sync_sql(a, b, REPORTED) == ""
+    assert a.copy_statements() == b.statements_view() and a.copy_statements() is not a.startup_statements
+    assert a._reported is None and a._statements is None
+
+
+def test_a_change_to_one_session_never_reaches_another_sharing_its_values():
+    a, b = startup_session(), startup_session()
+    a.reported["application_name"] = "other"        # a ParameterStatus for a's server
+    a.apply(classify("SET work_mem = '1MB'"), REPORTED)
+    a.apply(classify("RESET search_path"), REPORTED)
+    assert b.reported == {**BASE, "application_name": "tenant-app"}
+    assert b.statements == {"search_path": "SELECT pg_catalog.set_config('search_path', 'tenant_b', false)"}
+    assert dict(a.startup_reported) == b.reported and dict(a.startup_statements) == b.statements
+    assert sync_sql(a, b, REPORTED) == \
+        "SELECT pg_catalog.set_config('application_name', 'other', false);\nSET work_mem = '1MB'"
+    a.apply(classify("RESET ALL"), REPORTED)
+    assert a.statements == b.statements and a.reported == b.reported
+
+
+def test_a_session_without_startup_values_shares_the_empty_ones():
+    params = SessionParams()
+    params.remember_startup()
+    assert params.startup_statements is SessionParams().startup_statements
+    params.apply(classify("SET work_mem = '1MB'"), REPORTED)
+    assert params.statements == {"work_mem": "SET work_mem = '1MB'"} and dict(params.startup_statements) == {}
+
+
+def test_the_shared_copies_are_bounded(monkeypatch):
+    monkeypatch.setattr(params_module, "_SHARED_VALUES", {})
+    first = share_values({"application_name": "app-0"})
+    for i in range(1, params_module.SHARED_VALUES_LIMIT + 5):
+        share_values({"application_name": f"app-{i}"})
+    assert len(params_module._SHARED_VALUES) <= params_module.SHARED_VALUES_LIMIT
+    again = share_values({"application_name": "app-0"})
+    assert again == first and again is not first, "the table started over: a new copy of equal values"

@@ -1136,6 +1136,21 @@ def test_session_bound_statements_are_never_shared_between_clients():
     assert registry.intern(select, a.key_for(select)) is registry.intern(select, b.key_for(select))
 
 
+def test_a_clients_session_bound_key_is_made_once_and_only_when_needed():
+    client = ClientStatements()
+    select, execute = b"SELECT 1\x00\x00\x00", b"EXECUTE p_1\x00\x00\x00"
+    assert client.key_for(select) == b"" and client._own_key is None, "an idle client holds no key"
+    assert client.key_for(execute) == client.key_for(execute) != b""
+
+
+def test_an_idle_client_holds_no_statement_dict_until_it_names_one():
+    client = ClientStatements()
+    assert client.count() == 0 and client._names is None
+    registry = StatementRegistry()
+    client.names[b"s1"] = registry.intern(b"SELECT 1\x00\x00\x00")
+    assert client.count() == 1 and client._names == {b"s1": registry.intern(b"SELECT 1\x00\x00\x00")}
+
+
 @given(st.binary(max_size=64).map(lambda junk: b"/*" * 200 + junk))
 def test_session_bound_scan_never_fails_on_comment_soup(content):
     assert is_session_bound(content) in (True, False)
