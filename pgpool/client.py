@@ -221,6 +221,12 @@ class ClientConnection(asyncio.Protocol):
                 if data == m.TERMINATE:
                     self.disconnect("client close request")
                     return
+                if not data.replace(m.FLUSH, b""):
+                    # Flush asks for output pending on the server; with none linked nothing is pending
+                    # (a server goes back only once everything is answered). Taking a server for it
+                    # would hold one no reply ever releases (psycopg flushes after its pipeline's
+                    # ReadyForQuery at times): a pool of N then deadlocks N such clients.
+                    return
                 # Answered here only while the client reads what pgpool writes; otherwise it queues for a
                 # server like any request, and PENDING_LIMIT bounds what pgpool holds for it.
                 if data[:1] == b"P" and _is_parse_sync(data) and not self.write_paused \

@@ -196,6 +196,23 @@ def test_pgbench_prepared_100_clients_pool_of_10(pgpool_proc):
     assert "number of failed transactions: 0" in run.stdout
 
 
+async def test_a_flush_after_the_transaction_takes_no_server(pgpool_proc):
+    """psycopg sometimes sends Flush after its pipeline's ReadyForQuery. Nothing is pending then; a
+    server taken for it would never be released (no reply comes), and a pool of 1 would deadlock."""
+    proc = pgpool_proc({"default_pool_size": 1, "query_wait_timeout": 5})
+    first = await RawClient.open(proc.port)
+    await first.login_md5("app", "app")
+    second = await RawClient.open(proc.port)
+    await second.login_md5("app", "app")
+    assert first_value(await run(first, m.query("SELECT 1"))) == "1"
+    first.send(m.FLUSH)
+    first.send(m.FLUSH + m.FLUSH)
+    assert first_value(await run(second, m.query("SELECT 2"))) == "2"   # before: query_wait_timeout
+    assert first_value(await run(first, m.query("SELECT 3"))) == "3"
+    first.close()
+    second.close()
+
+
 async def test_known_statement_prepared_without_waiting_for_a_server(pgpool_proc):
     """libpq's PQprepare blocks its thread: a Parse of SQL some server already accepted is answered
     at once, even when every server is busy (pgbench -M prepared would deadlock otherwise)."""

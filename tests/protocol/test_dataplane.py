@@ -247,6 +247,22 @@ def test_pipeline_releases_only_after_the_last_ready_for_query():
     assert client.server is None and plane.released(server) == 1
 
 
+def test_a_flush_with_no_server_linked_takes_none():
+    """Nothing is pending with no server linked: a Flush then asks for nothing, and taking a server
+    for it would hold one that no ReadyForQuery ever releases."""
+    plane = Plane(servers=1)
+    a, b = plane.add_client(), plane.add_client()
+    a.data_received(query("SELECT 1"))
+    server = server_of(a)
+    server.data_received(select_reply(b"1"))
+    assert server.transport.take() == query("SELECT 1") and a.server is None
+    a.data_received(FLUSH)
+    a.data_received(FLUSH + FLUSH)
+    assert a.server is None and a.state == ClientState.IDLE and not a.pending
+    b.data_received(query("SELECT 2"))
+    assert server_of(b) is server and server.transport.take() == query("SELECT 2")
+
+
 def test_next_transaction_after_release_takes_a_server_again():
     plane = Plane()
     client = plane.add_client()
