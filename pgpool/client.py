@@ -217,7 +217,8 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is None or self.syncing:
             # Messages are walked when they go to a server: what they become may depend on it.
-            if server is None and not self.pending:
+            if server is None and not self.pending and (self.scanner is None or self.scanner.at_boundary):
+                # `data` starts a message (none is half received): whole messages can be judged here.
                 if data == m.TERMINATE:
                     self.disconnect("client close request")
                     return
