@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import ssl
+import sys
 import time
 from asyncio import sslproto
 from typing import TYPE_CHECKING, Any, Protocol
@@ -362,8 +363,9 @@ class ClientConnection(asyncio.Protocol):
                 break
         assert isinstance(event, Startup)
         startup = event.params
-        self.user = event.user
-        self.database = event.database
+        # Interned: every client of a pool holds the same two strings, not its own copies.
+        self.user = sys.intern(event.user)
+        self.database = sys.intern(event.database)
         self.log_prefix = f"C-{self.id} {self.database}/{self.user}@{self.peer}"
         self.app.check_client_limit(self)
         if not unix and not self.encrypted():
