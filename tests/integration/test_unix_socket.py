@@ -80,7 +80,9 @@ async def test_pgpool_to_postgres_over_its_socket(pgpool_proc, postgres):
         async def running() -> int:
             direct = await asyncpg.connect(postgres.dsn())
             try:
-                return await direct.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")
+                # Active only: an idle backend keeps showing its last query.
+                return await direct.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                             "WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")
             finally:
                 await direct.close()
         await wait_until(running, message="pg_sleep running")
