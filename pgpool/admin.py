@@ -509,7 +509,7 @@ def show_users(app: "App") -> Table:
     cols = columns("ssssiiii", "name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
                    "current_connections", "max_user_client_connections", "current_client_connections")
     settings = app.settings
-    names = dict.fromkeys([*settings.users, *app.auth_users, *(p.server_user for p in app.pools.values())])
+    names = dict.fromkeys([*settings.users, *app.client_auth.users, *(p.server_user for p in app.pools.values())])
     client_counts = collections.Counter(c.user for c in app.clients if c.login is None)
     rows = []
     for name in names:

@@ -17,11 +17,9 @@ import grp
 import itertools
 import logging
 import os
-import pwd
 import resource
 import signal
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 from . import auth, hba, peers, tls
 from .authquery import AuthQuery
 from .cancel import CancelRegistry
+from .clientauth import ClientAuth
 from .control import Controls
 from .client import ADMIN_DATABASES, ClientConnection
 from .config import LoadedConfig, PoolMode, Settings
@@ -37,8 +36,7 @@ from .pool import ClientState, Pool, ServerState
 from .server import ServerConnection
 from .protocol import messages as m
 from .protocol.errors import (
-    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION_SPECIFICATION,
-    INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS, ProtocolError,
+    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS, ProtocolError,
 )
 
 if TYPE_CHECKING:
@@ -76,11 +74,11 @@ class App(Controls):
         self.overrides: dict[str, str] = dict(overrides or {})   # --set values, applied again on RELOAD
         self.config_warnings = loaded.warnings
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self.auth_users: dict[str, str] = self._load_auth_users(self.settings)
-        self.hba: hba.HbaConfig | None = self._load_hba(self.settings)
+        # Who clients may be and how they prove it: handed to every client (ClientHost.client_auth).
+        self.client_auth = ClientAuth(self, self._load_auth_users(self.settings), self._load_hba(self.settings),
+                                      AuthQuery(self.get_pool))
         self.tls: tls.TlsContexts = tls.build_contexts(self.settings)   # replaced whole by RELOAD
         self.unix_socket: str | None = None
-        self.auth_query = AuthQuery(self.get_pool)
         self.pools: dict[tuple[str, str], Pool] = {}
         # Every client connection; a dict as an ordered set (values None), lighter than a set (pool.py).
         self.clients: dict[ClientConnection, None] = {}
@@ -309,69 +307,6 @@ class App(Controls):
                                 f"no more connections allowed (max_client_conn): {limit} clients already connected",
                                 hint="raise max_client_conn, or lower the number of client connections")
 
-    def client_auth_method(self, client: ClientConnection, creds: auth.Credentials) -> str:
-        """The method a client must pass: auth_type's, or with auth_type = hba the first matching
-        auth_hba_file line's ("trust" once a certificate login succeeded)."""
-        settings = self.settings
-        if settings.auth_type != "hba" or self.hba is None:
-            return auth.choose_client_method(settings.auth_type, creds)
-        transport = client.transport
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) else None
-        is_tls = transport.get_extra_info("ssl_object") is not None
-        replication = getattr(client, "replication", None)
-        rule = self.hba.find_rule(address=address, is_tls=is_tls, database=client.database, user=client.user,
-                                  replication=replication)
-        encryption = "SSL encryption" if is_tls else "no encryption"
-        if rule is None:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
-                                f'no authentication method is found: no {self.hba.source} entry for host '
-                                f'"{address or "local"}", user "{client.user}", database "{client.database}", '
-                                f'{encryption}')
-        where = rule.describe(self.hba.source)
-        if rule.method == "reject":
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
-                                f'login rejected: {where} rejects host "{address}", user "{client.user}", '
-                                f'database "{client.database}", {encryption}')
-        if rule.method == "cert":
-            self._check_certificate(client, rule, is_tls, where)
-            return "trust"
-        if rule.method == "peer":
-            self._check_peer(client, rule, where)
-            return "trust"
-        return auth.choose_client_method("plain" if rule.method == "password" else rule.method, creds)
-
-    def _check_peer(self, client: ClientConnection, rule: hba.HbaRule, where: str) -> None:
-        """peer (local lines): the Unix user at the other end of the socket is the user, or maps to it."""
-        failed = f'peer authentication failed for user "{client.user}" ({where})'
-        sock = client.transport.get_extra_info("socket")
-        if sock is None or sock.family != socket.AF_UNIX:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: not a Unix socket connection")
-        uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
-        try:
-            system_user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: no user name for uid {uid}") from None
-        allowed = (self.hba.ident_allows(rule.ident_map, system_user, client.user)  # type: ignore[union-attr]
-                   if rule.ident_map else system_user == client.user)
-        if not allowed:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
-                                f'{failed}: the socket belongs to Unix user "{system_user}"')
-
-    def _check_certificate(self, client: ClientConnection, rule: hba.HbaRule, is_tls: bool, where: str) -> None:
-        """cert: the TLS client certificate's common name is the user, or maps to it (map=)."""
-        failed = f'certificate authentication failed for user "{client.user}" ({where})'
-        if not is_tls:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: the connection is not TLS")
-        common_name = tls.certificate_user(client.transport.get_extra_info("peercert"))
-        if common_name is None:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION, f"{failed}: no client certificate")
-        allowed = (self.hba.ident_allows(rule.ident_map, common_name, client.user)  # type: ignore[union-attr]
-                   if rule.ident_map else common_name == client.user)
-        if not allowed:
-            raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
-                                f'{failed}: certificate common name "{common_name}" may not log in as this user')
-
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         return self.cancel.register(client, self.settings.peer_id)
 
@@ -535,8 +470,9 @@ class App(Controls):
         if entry.user:
             if entry.password:
                 return entry.password
-            return auth.server_password_for(auth.lookup_credentials(self.auth_users, entry.user), None) \
-                if entry.user in self.auth_users else None
+            users = self.client_auth.users
+            return auth.server_password_for(auth.lookup_credentials(users, entry.user), None) \
+                if entry.user in users else None
         return auth.server_password_for(creds, entry.password)
 
     def open_forced_pools(self) -> None:

@@ -23,6 +23,7 @@ from asyncio import sslproto
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import auth, tls
+from .clientauth import ClientAuth
 from .clientsession import ClientSession
 from .config import PoolMode
 from .netopts import apply_tcp_options
@@ -53,7 +54,6 @@ except ImportError:
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .authquery import AuthQuery
     from .config import DatabaseEntry, Settings
     from .params import SessionParams
     from .pool import Pool
@@ -69,8 +69,7 @@ class ClientHost(Protocol):
     settings: "Settings"
     tls: tls.TlsContexts
     loop: asyncio.AbstractEventLoop
-    auth_users: dict[str, str]
-    auth_query: "AuthQuery"
+    client_auth: ClientAuth      # credentials and auth methods: asked, never App
 
     def on_client_connected(self, client: "ClientConnection") -> None: ...
     def on_client_logged_in(self, client: "ClientConnection") -> None: ...
@@ -81,7 +80,6 @@ class ClientHost(Protocol):
     def find_database(self, name: str) -> "DatabaseEntry | None": ...
     def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
                  replication: str | None = None) -> "Pool": ...
-    def client_auth_method(self, client: "ClientConnection", creds: auth.Credentials) -> str: ...
     async def open_replication_server(self, client: "ClientConnection", pool: "Pool",
                                       startup: "Mapping[str, str]") -> "SessionParams": ...
     def open_admin_console(self, client: "ClientConnection", creds: auth.Credentials) -> Any: ...
@@ -372,11 +370,9 @@ class ClientConnection(asyncio.Protocol):
             tls.check_clear_text_client(contexts, self.user, self.database, self.peer)
         self.replication = replication_kind(startup.get("replication"))
 
-        creds = auth.lookup_credentials(self.app.auth_users, self.user)
+        client_auth = self.app.client_auth
         is_admin = self.database in ADMIN_DATABASES and self.app.find_database(self.database) is None
-        if not creds.known and not is_admin:
-            creds = await self.app.auth_query.lookup(self.app.settings, self.app.auth_users, self.database,
-                                                     self.user, creds)
+        creds = await client_auth.credentials(self.user, self.database, admin=is_admin)
         scram_keys = await self._authenticate(creds)
         if is_admin:
             self.admin = self.app.open_admin_console(self, creds)
@@ -515,14 +511,14 @@ class ClientConnection(asyncio.Protocol):
                                     detail=None if cert_user is None else f'the certificate is for "{cert_user}"')
             return None
         try:
-            method = self.app.client_auth_method(self, creds)
+            method = self.app.client_auth.method_for(self, creds)
         except ValueError as error:
             raise ProtocolError(FEATURE_NOT_SUPPORTED, str(error)) from None
         failed = ProtocolError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
         login = self.login
         assert login is not None
         if method == "trust":
-            if not creds.known and self.app.settings.auth_type == "trust" and self.app.auth_users:
+            if not creds.known and self.app.settings.auth_type == "trust" and self.app.client_auth.users:
                 raise ProtocolError(INVALID_AUTHORIZATION_SPECIFICATION,
                                     f'"trust" authentication failed for user "{self.user}"')
             return None

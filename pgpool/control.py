@@ -74,7 +74,7 @@ class Controls:
         old = self.settings
         try:
             new = change_setting(old, key, value)
-            auth_users = self._load_auth_users(new) if new.auth_file != old.auth_file else self.auth_users
+            auth_users = self._load_auth_users(new) if new.auth_file != old.auth_file else self.client_auth.users
             hba_config = self._load_hba(new)
             contexts = tls.build_contexts(new)    # a changed *_tls_* setting applies to new connections
         except (ConfigError, auth.AuthFileError, hba.HbaError, OSError) as error:
@@ -89,10 +89,8 @@ class Controls:
                         contexts: "tls.TlsContexts") -> None:
         old = self.settings
         self.settings = new
-        self.auth_users = auth_users
-        self.hba = hba_config
+        self.client_auth.replace(auth_users, hba_config)
         self.tls = contexts
-        self.auth_query.clear()
         if old.verbose != new.verbose:
             logging.getLogger().setLevel(logging.DEBUG if new.verbose >= 2 else logging.INFO)
         self._apply_to_pools(new)
@@ -111,8 +109,8 @@ class Controls:
                 pool.db = entry
             if entry.user:
                 pool.server_password = self.server_password(entry, None)
-            elif pool.server_user in self.auth_users:
-                fresh = auth.server_password_for(auth.lookup_credentials(self.auth_users, pool.server_user),
+            elif pool.server_user in self.client_auth.users:
+                fresh = auth.server_password_for(auth.lookup_credentials(self.client_auth.users, pool.server_user),
                                                  entry.password)
                 if fresh is not None:
                     pool.server_password = fresh

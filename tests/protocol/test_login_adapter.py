@@ -57,7 +57,7 @@ async def test_trust_login_ends_on_the_data_plane(bytewise):
 
 async def test_md5_wrong_password_gets_28P01_after_the_md5_request():
     plane = Plane(auth_type="md5")
-    plane.app.auth_users = {"app": auth.md5_secret("app", "right")}
+    plane.app.client_auth.users = {"app": auth.md5_secret("app", "right")}
     client, transport = start_client(plane)
     client.data_received(m.startup_message({"user": "app", "database": "appdb"}))
     await wait_until(lambda: transport.writes, message="md5 request")
