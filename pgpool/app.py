@@ -32,7 +32,7 @@ from .control import Controls
 from .client import ADMIN_DATABASES, ClientConnection
 from .config import LoadedConfig, PoolMode, Settings
 from .params import SessionParams
-from .pool import ClientState, Pool, ServerState
+from .pool import Pool, ServerState
 from .server import ServerConnection
 from .protocol import messages as m
 from .protocol.errors import (
@@ -307,9 +307,6 @@ class App(Controls):
                                 f"no more connections allowed (max_client_conn): {limit} clients already connected",
                                 hint="raise max_client_conn, or lower the number of client connections")
 
-    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        return self.cancel.register(client, self.settings.peer_id)
-
     def forward_cancel(self, pid: int, key: int) -> None:
         peer_id = self.settings.peer_id
         if peer_id:
@@ -319,24 +316,8 @@ class App(Controls):
                 return
             key |= peers.TTL_MASK     # our keys are issued with TTL 3; a forwarded copy has less
         client = self.cancel.find(pid, key)
-        if client is None:
-            return
-        if client.state == ClientState.WAITING:
-            if not client.cancel_while_waiting():   # answered here if its one query never reached a server
-                client.cancel_deferred = True       # else sent once its queries do
-            return
-        server = client.server
-        if server is not None and client.syncing:
-            # pgpool is still giving the server this client's parameters; a cancel now would hit
-            # that, or nothing. It goes to the client's query right after it is sent.
-            client.cancel_deferred = True
-            return
-        # Only a query in flight is cancelled: an idle link has nothing of this client's to stop.
-        if server is not None and client.busy and server.backend_pid:
-            # Until Postgres has handled it, the server is not lent to anyone else (see release_server).
-            server.cancels_in_flight += 1
-            self.cancel.send(server.address, server.pool.db.port, server.backend_pid, server.backend_key,
-                             done=server.on_cancel_done)
+        if client is not None:
+            client.cancel_query()   # what a cancel means depends on the client's own state
 
     def _forward_to_peer(self, owner: int, pid: int, key: int) -> None:
         """As PgBouncer: a cancel for another peer goes there, at most three hops."""

@@ -23,6 +23,7 @@ from asyncio import sslproto
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import auth, tls
+from .cancel import CancelRegistry
 from .clientauth import ClientAuth
 from .clientsession import ClientSession
 from .config import PoolMode
@@ -70,13 +71,13 @@ class ClientHost(Protocol):
     tls: tls.TlsContexts
     loop: asyncio.AbstractEventLoop
     client_auth: ClientAuth      # credentials and auth methods: asked, never App
+    cancel: CancelRegistry       # cancel keys, and sending a CancelRequest to a server
 
     def on_client_connected(self, client: "ClientConnection") -> None: ...
     def on_client_logged_in(self, client: "ClientConnection") -> None: ...
     def on_client_closed(self, client: "ClientConnection") -> None: ...
     def check_client_limit(self, client: "ClientConnection") -> None: ...
-    def register_cancel_key(self, client: "ClientConnection") -> tuple[int, int]: ...
-    def forward_cancel(self, pid: int, key: int) -> None: ...
+    def forward_cancel(self, pid: int, key: int) -> None: ...   # a CancelRequest: to this process's client or a peer
     def find_database(self, name: str) -> "DatabaseEntry | None": ...
     def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
                  replication: str | None = None) -> "Pool": ...
@@ -394,7 +395,7 @@ class ClientConnection(asyncio.Protocol):
             session = await pool.client_session(self._session_startup_params(startup))
         session.remember_startup()
         self.params = session
-        self.cancel_key = self.app.register_cancel_key(self)
+        self.cancel_key = self.app.cancel.register(self, self.app.settings.peer_id)
         login.finish(welcome(session.reported_view(), *self.cancel_key))
         self._write_login_output()
         pool.stats.client_logins += 1
@@ -741,7 +742,7 @@ class ClientConnection(asyncio.Protocol):
         if self.cancel_deferred:
             # The query it was meant for is on the server now: deliver it there.
             self.cancel_deferred = False
-            self.app.forward_cancel(*self.cancel_key)  # type: ignore[misc]
+            self.cancel_query()
 
     def detach_server(self) -> None:
         server = self.server
@@ -766,6 +767,25 @@ class ClientConnection(asyncio.Protocol):
         pool_name = self.pool.name if self.pool else "?"
         self.disconnect(f"server connection lost: {reason}", ProtocolError(
             CONNECTION_FAILURE, f"server conn crashed? server connection lost for pool {pool_name}: {reason}"))
+
+    def cancel_query(self) -> None:
+        """A CancelRequest with this client's key: stop its query, wherever that query is now."""
+        if self.state == ClientState.WAITING:
+            if not self.cancel_while_waiting():   # answered here if its one query never reached a server
+                self.cancel_deferred = True       # else sent once its queries do
+            return
+        server = self.server
+        if server is not None and self.syncing:
+            # pgpool is still giving the server this client's parameters; a cancel now would hit
+            # that, or nothing. It goes to the client's query right after it is sent.
+            self.cancel_deferred = True
+            return
+        # Only a query in flight is cancelled: an idle link has nothing of this client's to stop.
+        if server is not None and self.busy and server.backend_pid:
+            # Until Postgres has handled it, the server is not lent to anyone else (see release_server).
+            server.cancels_in_flight += 1
+            self.app.cancel.send(server.address, server.pool.db.port, server.backend_pid, server.backend_key,
+                                 done=server.on_cancel_done)
 
     def cancel_while_waiting(self) -> bool:
         """A CancelRequest for a client still queued for a server: answer as Postgres would.

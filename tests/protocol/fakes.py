@@ -285,7 +285,7 @@ class Plane:
         client.mode = self.pool.conf.pool_mode
         client.params = SessionParams({**SERVER_PARAMS, **(reported or {})}, statements)
         client.params.remember_startup()
-        client.cancel_key = self.app.register_cancel_key(client)
+        client.cancel_key = self.app.cancel.register(client, self.app.settings.peer_id)
         client._end_login(admin=False)
         assert client.state == ClientState.IDLE
         return client
