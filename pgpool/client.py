@@ -27,6 +27,7 @@ from .cancel import CancelRegistry
 from .clientauth import ClientAuth
 from .clientsession import ClientSession
 from .config import PoolMode
+from .loginwait import LoginWaiter
 from .netopts import apply_tcp_options
 from .prepared import ClientStatements
 from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, sync_sql
@@ -44,7 +45,7 @@ from .protocol.framing import MessageScanner, watch_table
 from .protocol.link import Link
 from .protocol.scram import ScramServer
 from .protocol.startup import (
-    NEED_DATA, CancelRequest, ClientLogin, DirectTls, Event, Password, ScramDone, SslRequest, Startup, welcome,
+    CancelRequest, ClientLogin, DirectTls, Event, Password, ScramDone, SslRequest, Startup, welcome,
 )
 
 try:   # under uvloop, direct TLS uses uvloop's TLS layer, as loop.start_tls does
@@ -156,7 +157,7 @@ class ClientConnection(asyncio.Protocol):
         self.scanner: MessageScanner | None = None
         self.params: SessionParams | None = None
         self.login: ClientLogin | None = None     # the login machine, from connection_made until logged in
-        self.login_waiter: asyncio.Future | None = None   # the login coroutine waits for bytes
+        self.login_waiter: LoginWaiter | None = None   # what the login coroutine awaits bytes with
         self.login_task: asyncio.Task | None = None
         # An idle client holds no containers: a list is () and the scanner None until first needed.
         self.pending: list[bytes] | tuple[()] = ()   # bytes received while no server was linked
@@ -200,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         self.log_prefix = f"C-{self.id} {self.peer}"
         contexts = self.app.tls     # one set for the whole login, even if a RELOAD swaps them meanwhile
         self.login = ClientLogin(direct_tls=contexts.client is not None and self.peer != "unix")
+        self.login_waiter = LoginWaiter()
         self.app.on_client_connected(self)
         self.login_task = asyncio.get_running_loop().create_task(self._run_login(contexts))
 
@@ -402,34 +404,19 @@ class ClientConnection(asyncio.Protocol):
         self._end_login(admin=False)
 
     async def _next_login_event(self) -> Event:
-        """The login machine's next event, awaiting bytes from data_received while it needs some.
-        What the machine has to write goes out first, also when it raises."""
-        login = self.login
-        assert login is not None
-        while True:
-            try:
-                event = login.next_event()
-            finally:
-                self._write_login_output()
-            if event is not NEED_DATA:
-                return event  # type: ignore[return-value]
-            if login.eof:
-                raise ConnectionResetError("client closed the connection during login")
-            self.login_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.login_waiter
-            finally:
-                self.login_waiter = None
+        """The login machine's next event (bytes awaited from data_received; its output written first)."""
+        return await self.login_waiter.next_event(self.login, self._write_login_bytes, "client")  # type: ignore[union-attr,arg-type]
 
     def _write_login_output(self) -> None:
-        out = self.login.data_to_send()  # type: ignore[union-attr]
+        self._write_login_bytes(self.login.data_to_send())  # type: ignore[union-attr]
+
+    def _write_login_bytes(self, out: bytes) -> None:
         if out and not self.transport.is_closing():
             self.transport.write(out)
 
     def _wake_login(self) -> None:
-        waiter = self.login_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.login_waiter is not None:
+            self.login_waiter.wake()
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         """TLS on this connection after answering 'S'; the handshake is bounded by client_login_timeout."""
@@ -480,6 +467,7 @@ class ClientConnection(asyncio.Protocol):
     def _end_login(self, admin: bool) -> None:
         rest = self.login.take_rest() if self.login is not None else b""
         self.login = None
+        self.login_waiter = None
         if not admin:
             # Shared prepared statements are keyed by search_path too (a Parse may be answered before any link).
             self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import auth, tls
 from .hosts import needs_writer, unfit
+from .loginwait import LoginWaiter
 from .netopts import apply_tcp_options
 from .params import SessionParams
 from .config import PoolMode
@@ -36,7 +37,7 @@ from .protocol.errors import (
 from .protocol.framing import MessageScanner
 from .protocol.link import WATCH_CORE, Done, Link
 from .protocol.scram import ScramClient
-from .protocol.startup import NEED_DATA, Event, PasswordRequest, ScramRequest, ServerLogin, SslAnswer
+from .protocol.startup import Event, PasswordRequest, ScramRequest, ServerLogin, SslAnswer
 
 if TYPE_CHECKING:
     from .params import SessionChange
@@ -109,7 +110,7 @@ class ServerConnection(asyncio.Protocol):
         self.needs_reset = False                # server_reset_query owed before reuse
         self.close_needed: str | None = None    # close instead of reuse, with this reason
         self._login: ServerLogin | None = None        # the login machine, while connect_and_login runs
-        self._login_waiter: asyncio.Future | None = None   # connect_and_login waits for bytes
+        self._login_waiter: LoginWaiter | None = None   # what connect_and_login awaits bytes with
         self._release = False
         self.write_paused = False
         self.reading_paused = False
@@ -215,6 +216,7 @@ class ServerConnection(asyncio.Protocol):
         settings = self.app.settings
         where = f"{self.host}:{db.port}" if not self.host.startswith("/") else unix_socket_path(self.host, db.port)
         self._login = ServerLogin(settings.max_packet_size, pool.name, where, f"{self.host}:{db.port}")
+        self._login_waiter = LoginWaiter()
         try:
             async with asyncio.timeout(settings.server_connect_timeout):
                 await self._open(where)
@@ -232,6 +234,7 @@ class ServerConnection(asyncio.Protocol):
                                                     f"login for pool {pool.name}: {error}", transient=True) from None
         login = self._login
         self._login = None
+        self._login_waiter = None
         self.params.reported.update(login.reported)
         self.backend_pid, self.backend_key = login.backend_pid, login.backend_key
         self.tx_status = login.tx_status
@@ -241,29 +244,15 @@ class ServerConnection(asyncio.Protocol):
                      ", TLS" if self.transport.get_extra_info("ssl_object") is not None else "")  # type: ignore[union-attr]
 
     async def _next_login_event(self) -> Event:
-        """The login machine's next event, awaiting bytes from data_received while it needs some.
-        What the machine has to write goes out first."""
-        login = self._login
-        assert login is not None and self.transport is not None
-        while True:
-            event = login.next_event()
-            out = login.data_to_send()
-            if out:
-                self.transport.write(out)
-            if event is not NEED_DATA:
-                return event  # type: ignore[return-value]
-            if login.eof:
-                raise ConnectionResetError("server closed the connection during login")
-            self._login_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._login_waiter
-            finally:
-                self._login_waiter = None
+        """The login machine's next event (bytes awaited from data_received; its output written first)."""
+        return await self._login_waiter.next_event(self._login, self._write_login_bytes, "server")  # type: ignore[union-attr,arg-type]
+
+    def _write_login_bytes(self, out: bytes) -> None:
+        self.transport.write(out)  # type: ignore[union-attr]   # the TLS transport once start_tls replaced it
 
     def _wake_login(self) -> None:
-        waiter = self._login_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._login_waiter is not None:
+            self._login_waiter.wake()
 
     async def _open(self, where: str) -> None:
         """TCP, or the server's Unix socket when the entry's host is a directory (starts with '/')."""
