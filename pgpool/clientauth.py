@@ -16,6 +16,7 @@ import struct
 from typing import Any, Protocol
 
 from . import auth, hba, tls
+from .config import SettingsHost
 from .protocol.errors import INVALID_AUTHORIZATION_SPECIFICATION, ProtocolError
 
 
@@ -32,11 +33,6 @@ class CredentialLookup(Protocol):
     async def lookup(self, settings: Any, auth_users: dict[str, str], database: str, user: str,
                      creds: auth.Credentials) -> auth.Credentials: ...
     def clear(self) -> None: ...
-
-
-class SettingsHost(Protocol):
-    """Where the current settings are read (App: a RELOAD replaces them)."""
-    settings: Any
 
 
 class ClientAuth:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .config import SettingsHost
 from .params import SessionChange, SessionParams, search_path_key, set_config_sql, sync_sql
 from .prepared import ClientStatements
 from .protocol import messages as m
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
     from .stats import PoolStats
 
 log = logging.getLogger("pgpool.client")
-
-
-class SettingsHost(Protocol):
-    """Where the current settings are read (App: a RELOAD replaces them)."""
-    settings: Any
 
 
 class LinkedServer(Protocol):
