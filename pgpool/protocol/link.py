@@ -44,18 +44,19 @@ from .messages import first_column
 
 # Request kinds in the queue, and the reply types that end each one. ErrorResponse also
 # ends the extended-protocol kinds; Query, FunctionCall and Sync end only at 'Z'.
-K_PARSE, K_BIND, K_DESCRIBE, K_EXECUTE, K_CLOSE, K_SYNC, K_QUERY, K_MARK = range(8)
-_ENDS = (b"1", b"2", b"Tn", b"CIs", b"3", b"Z", b"Z", b"")
-_EXTENDED = (True, True, True, True, True, False, False, False)
+# K_OWN is pgpool's own simple query: every reply to it is read and swallowed (_on_injected_reply).
+K_PARSE, K_BIND, K_DESCRIBE, K_EXECUTE, K_CLOSE, K_SYNC, K_QUERY, K_MARK, K_OWN = range(9)
+_ENDS = (b"1", b"2", b"Tn", b"CIs", b"3", b"Z", b"Z", b"", b"Z")
+_EXTENDED = (True, True, True, True, True, False, False, False, False)
 # Watched types that may appear inside a reply without ending it; anything else is a lost track.
-_INSIDE = (b"", b"", b"", b"G", b"", b"E", b"TCIEG", b"")
-_KIND_NAMES = ("Parse", "Bind", "Describe", "Execute", "Close", "Sync", "Query", "CopyDone")
+_INSIDE = (b"", b"", b"", b"G", b"", b"E", b"TCIEG", b"", b"")
+_KIND_NAMES = ("Parse", "Bind", "Describe", "Execute", "Close", "Sync", "Query", "CopyDone", "pgpool's own query")
 
 # What the reply to a queued request becomes.
 A_FORWARD, A_SWALLOW, A_SYNTH = range(3)
 
 # Queue entries are (kind, action, info); the common ones are shared constants, not per-message
-# objects. info is None, pgpool's own query (`Injected`, with K_QUERY / A_SWALLOW), a made-up
+# objects. info is None, pgpool's own query (`Injected`, kind K_OWN), a made-up
 # reply (A_SYNTH: (reply bytes, ...)), or what a subclass needs to commit or undo the request.
 _PARSE_FWD = (K_PARSE, A_FORWARD, None)
 _BIND_FWD = (K_BIND, A_FORWARD, None)
@@ -150,10 +151,6 @@ class Link:
         return len(self._queue) > self.injected or self._skipping or self.open_extended or self._copy_in
 
     @property
-    def copy_in(self) -> bool:
-        return self._copy_in
-
-    @property
     def state(self) -> str:
         if self._skipping:
             return SKIPPING
@@ -167,13 +164,13 @@ class Link:
         """ReadyForQuery still owed to the client: its Queries, FunctionCalls and Syncs in the queue."""
         count = 0
         for entry in self._queue:
-            if (entry[0] == K_QUERY or entry[0] == K_SYNC) and entry[1] == A_FORWARD:
+            if entry[0] == K_QUERY or entry[0] == K_SYNC:   # pgpool's own queries are K_OWN
                 count += 1
         return count
 
     def head_is_injected(self) -> bool:
         queue = self._queue
-        return bool(queue) and queue[0][1] == A_SWALLOW and queue[0][0] == K_QUERY
+        return bool(queue) and queue[0][0] == K_OWN
 
     # ---- linking -------------------------------------------------------------------------------
 
@@ -208,7 +205,7 @@ class Link:
         if scanner is None:
             return
         queue = self._queue
-        if self.injected and queue and queue[0][1] == A_SWALLOW and queue[0][0] == K_QUERY:
+        if self.injected and queue and queue[0][0] == K_OWN:
             scanner.watch = WATCH_ALL      # pgpool's own query at the head: every reply is read
             return
         watch = WATCH_CORE_TAGS if self.watch_tags else WATCH_CORE
@@ -234,14 +231,14 @@ class Link:
 
     def inject(self, message: bytes, done: Done) -> bytes:
         """Queue pgpool's own simple Query (`message`, to be sent now); `done(error)` at its ReadyForQuery."""
-        self._queue.append((K_QUERY, A_SWALLOW, Injected(done)))
+        self._queue.append((K_OWN, A_SWALLOW, Injected(done)))
         self.injected += 1
         self.update_watch()
         return message
 
     def fail_injected(self, reason: str) -> None:
         """The server is gone: pgpool's own queries end with this error."""
-        entries = [entry for entry in self._queue if entry[1] == A_SWALLOW and entry[0] == K_QUERY]
+        entries = [entry for entry in self._queue if entry[0] == K_OWN]
         self._queue.clear()
         self.injected = 0
         for entry in entries:
@@ -323,7 +320,7 @@ class Link:
             raise self._lost(msg_type)
         head = queue[0]
         kind = head[0]
-        if head[1] == A_SWALLOW and kind == K_QUERY:
+        if kind == K_OWN:
             return self._on_injected_reply(head, msg_type, buf, start, end)
         if msg_type == B_PARAMETER_STATUS:
             return None
@@ -339,7 +336,7 @@ class Link:
                     else:
                         self.commit(head)
                 out = None
-                if queue and queue[0][1] == A_SWALLOW and queue[0][0] == K_QUERY:
+                if queue and queue[0][0] == K_OWN:
                     self.update_watch()
             elif head[1] == A_FORWARD:
                 if head[2] is not None:
@@ -416,7 +413,7 @@ class Link:
         out, sqlstate = self.on_request_error(head, buf, start, end)
         # Undo newest first, so a Close followed by a Parse of the same name restores the older statement.
         for entry in reversed(failed):
-            if entry[1] == A_SWALLOW and entry[0] == K_QUERY:
+            if entry[0] == K_OWN:
                 self.injected -= 1
                 self._end_injected(entry, ProtocolError(PROTOCOL_VIOLATION, "skipped by the server after an error"))
             elif entry[2] is not None:
