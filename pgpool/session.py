@@ -24,6 +24,7 @@ from pglast import ast, parser
 from pglast.enums import DiscardMode, TransactionStmtKind, VariableSetKind
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS
 
+from ._build import is_compiled
 from .params import SessionChange, canonical_name
 from .pg_functions import BUILTIN_FUNCTIONS
 
@@ -83,7 +84,8 @@ CURSOR_OPT_HOLD = 0x0020
 # ---- the byte-level pre-filter ---------------------------------------------------------------
 
 # Statements that can do nothing to a session when they stand alone.
-_TRIVIAL_HEADS = frozenset((b"beg", b"com", b"end", b"abo", b"sta", b"sho", b"fet", b"mov"))
+_TRIVIAL_HEAD_LIST = (b"beg", b"com", b"end", b"abo", b"sta", b"sho", b"fet", b"mov")
+_TRIVIAL_HEADS = frozenset(_TRIVIAL_HEAD_LIST)
 # Plain DML: stateless when every call in it is a safe built-in and it makes no temporary table.
 _DML_HEADS = frozenset((b"sel", b"ins", b"upd", b"del", b"wit", b"val", b"tab"))
 # SQL grammar that may stand before "(" in plain DML without being a call. Only reserved words
@@ -100,9 +102,10 @@ _PAREN_WORDS = frozenset(word for word in (
 _AFTER_PAREN_WORDS = frozenset((b"over", b"filter"))
 _AFTER_WORD = {b"conflict": (b"on",), b"by": (b"group", b"order", b"partition")}
 _SAFE_CALLS = frozenset(name.encode() for name in SAFE_FUNCTIONS | _PAREN_WORDS)
-_IDENT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_$")
 _SPACE = frozenset(b" \t\r\n")
-_INSERT_TARGET_RE = re.compile(rb"\s*insert\s+into\s+[a-z_][a-z0-9_$.]*\s*(?:as\s+[a-z_]\w*\s*)?\(")
+_INSERT_TARGET = rb"\s*insert\s+into\s+[a-z_][a-z0-9_$.]*\s*(?:as\s+[a-z_]\w*\s*)?\("
+_INSERT_TARGET_RE = re.compile(_INSERT_TARGET)
+_INSERT_TARGET_AT = re.compile(_INSERT_TARGET, re.IGNORECASE).match
 
 
 def prefilter(text: bytes) -> bool:
@@ -130,44 +133,129 @@ def prefilter(text: bytes) -> bool:
         target = _INSERT_TARGET_RE.match(lower, pos)
         if target is not None:
             pos = target.end()  # INSERT INTO t (columns): not a call
-    return _calls_are_safe(lower, pos)
+    return _calls_are_safe(lower, pos, end)
 
 
-def _calls_are_safe(lower: bytes, start: int) -> bool:
-    """Every "name(" in the text names a safe built-in or is SQL grammar (IN (, VALUES (, ...)."""
-    paren = lower.find(b"(", start)
+# What prefilter_at says besides "not certain" (0): certainly stateless, and whether the text
+# had calls to look up (then a repeat is cheaper from the cache than checked again) or none.
+PLAIN = 1                     # no "(" at all: checked in place faster than looked up; never cached
+CHECKED = 2                   # its calls were looked up: cached
+
+
+def _head(word: bytes) -> int:
+    return (word[0] << 16) | (word[1] << 8) | word[2]
+
+
+_SEL, _INS, _UPD, _DEL, _WIT, _VAL, _TAB = (_head(word) for word in (b"sel", b"ins", b"upd", b"del", b"wit", b"val",
+                                                                      b"tab"))
+_BEG, _COM, _END, _ABO, _STA, _SHO, _FET, _MOV = (_head(word) for word in _TRIVIAL_HEAD_LIST)
+_ROL = _head(b"rol")
+
+
+def prefilter_at(buf: bytes, start: int, end: int) -> int:
+    """prefilter(buf[start:end]) read in place, in one pass: 0 (not certain), PLAIN or CHECKED.
+
+    Always the same answer as prefilter (tests/protocol/test_session_prefilter.py checks it). It is
+    the compiled build's pre-filter: session.pxd makes its loops C loops over the bytes. Interpreted,
+    each byte costs a bytecode round, so there classify uses _plain_shape and prefilter instead."""
+    if end > len(buf):
+        end = len(buf)          # as buf[start:end] would; no byte past it is read
+    pos = start
+    while pos < end and buf[pos] in b" \t\r\n":
+        pos += 1
+    if end - pos < 3:
+        return 0                # no statement head the filter knows
+    # Bit 5 lower-cases a letter; a byte that is not a letter never matches a head (all letters).
+    head = ((buf[pos] | 32) << 16) | ((buf[pos + 1] | 32) << 8) | (buf[pos + 2] | 32)
+    paren = False
+    temp = False
+    previous = 0
+    scan = pos
+    while scan < end:
+        byte = buf[scan]
+        if byte == 59:          # ";"
+            break
+        if byte == 40:          # "("
+            paren = True
+        elif (byte == 42 and previous == 47) or (byte == 45 and previous == 45):
+            return 0            # "/*" or "--": a comment may stand between a function's name and its "("
+        elif (byte | 32) == 112 and scan - pos >= 3 and (buf[scan - 1] | 32) == 109 \
+                and (buf[scan - 2] | 32) == 101 and (buf[scan - 3] | 32) == 116:
+            temp = True         # "temp" in any case: SELECT ... INTO TEMP
+        previous = byte
+        scan += 1
+    while scan < end:           # after the first ";" only blanks and ";" (psql's and pgbench's ending)
+        if buf[scan] not in b" \t\r\n;":
+            return 0            # a statement list: the parser splits it
+        scan += 1
+    if head == _BEG or head == _COM or head == _END or head == _ABO or head == _STA or head == _SHO \
+            or head == _FET or head == _MOV:
+        return 0 if paren else PLAIN
+    if head == _ROL:            # ROLLBACK, but not ROLLBACK TO SAVEPOINT: rare, prefilter decides
+        return CHECKED if prefilter(buf[start:end]) else 0
+    if head == _SEL or head == _WIT or head == _VAL or head == _TAB:
+        if temp:
+            return 0
+    elif head == _INS:
+        if paren:
+            target = _INSERT_TARGET_AT(buf, pos, end)
+            if target is not None:
+                pos = target.end()   # INSERT INTO t (columns): not a call
+    elif head != _UPD and head != _DEL:
+        return 0
+    if not paren:
+        return PLAIN
+    return CHECKED if _calls_are_safe(buf, pos, end) else 0
+
+
+# The interpreted build's PLAIN: one regex call instead of prefilter's dozen bytes operations, for
+# the commonest shape only (a statement with no "(", comment, statement list or "temp" after a
+# head prefilter knows, spelled whole so that no "temp" spans it). Every text it matches, prefilter
+# passes as PLAIN.
+_PLAIN_HEADS = (b"select", b"update", b"delete", b"with", b"values", b"table",
+                b"begin", b"commit", b"end", b"abort", b"start", b"show", b"fetch", b"move")
+_plain_shape = re.compile(
+    rb"[ \t\r\n]*+(?:" + b"|".join(b"".join(b"[%c%c]" % (c, c - 32) for c in word) for word in _PLAIN_HEADS)
+    + rb")\b(?:[^(;/\-tT]++|/(?!\*)|-(?!-)|[tT](?![eE][mM][pP]))*+[; \t\r\n]*+").fullmatch
+
+
+def _calls_are_safe(text: bytes, start: int, end: int) -> bool:
+    """Every "name(" in text[start:end] names a safe built-in or is SQL grammar (IN (, VALUES (, ...).
+
+    Reads letters in either case (prefilter passes lower-cased text, prefilter_at the client's)."""
+    paren = text.find(b"(", start, end)
     while paren >= 0:
         last = paren - 1
-        while last >= start and lower[last] in _SPACE:
+        while last >= start and text[last] in b" \t\r\n":
             last -= 1
         first = last
-        while first >= start and lower[first] in _IDENT:
+        while first >= start and text[first] in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$":
             first -= 1
         if first < last:
-            if first >= start and lower[first] in b'."':
+            if first >= start and text[first] in b'."':
                 return False    # schema.name( or "quoted"name(: the parser decides
-            word = lower[first + 1:last + 1]
-            if word not in _SAFE_CALLS and not _grammar_word(lower, start, first, word):
+            word = text[first + 1:last + 1].lower()
+            if word not in _SAFE_CALLS and not _grammar_word(text, start, first, word):
                 return False
-        elif last >= start and lower[last] in b'."\'':
+        elif last >= start and text[last] in b'."\'':
             return False        # "quoted"( / schema."name"(
-        paren = lower.find(b"(", paren + 1)
+        paren = text.find(b"(", paren + 1, end)
     return True
 
 
-def _grammar_word(lower: bytes, start: int, before: int, word: bytes) -> bool:
+def _grammar_word(text: bytes, start: int, before: int, word: bytes) -> bool:
     """An unreserved word before "(" that the words before it show to be grammar, not a call."""
-    while before >= start and lower[before] in _SPACE:
+    while before >= start and text[before] in b" \t\r\n":
         before -= 1
     if word in _AFTER_PAREN_WORDS:
-        return before >= start and lower[before] == 41   # ")": count(*) FILTER (...), sum(x) OVER (...)
+        return before >= start and text[before] == 41   # ")": count(*) FILTER (...), sum(x) OVER (...)
     previous = _AFTER_WORD.get(word)
     if previous is None:
         return False
     first = before
-    while first >= start and lower[first] in _IDENT:
+    while first >= start and text[first] in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$":
         first -= 1
-    return lower[first + 1:before + 1] in previous
+    return text[first + 1:before + 1].lower() in previous
 
 
 # ---- the parser -----------------------------------------------------------------------------
@@ -314,6 +402,11 @@ def verdict_of(text: bytes) -> Verdict:
     """The verdict for one statement text, uncached: pre-filter first, then the parser."""
     if prefilter(text):
         return STATELESS
+    return _parsed_verdict(text)
+
+
+def _parsed_verdict(text: bytes) -> Verdict:
+    """The parser's verdict, for a text the pre-filter is not certain of."""
     if len(text) > PARSE_LIMIT:
         return _TOO_BIG
     try:
@@ -343,13 +436,30 @@ CACHE_TEXT_LIMIT = 16 * 1024  # longer texts are classified every time (they are
 _cache: dict[bytes, Verdict] = {}
 
 
+# Compiled, prefilter_at decides every text prefilter would, in C; interpreted, one regex call
+# decides the commonest shape and prefilter the rest (a byte loop costs 30 times more there).
+_COMPILED = is_compiled(__name__)
+
+
 def classify(buf: bytes, start: int, end: int) -> Verdict:
-    """The verdict for the statement text buf[start:end] (no trailing NUL), cached per text."""
+    """The verdict for the statement text buf[start:end] (no trailing NUL), cached per text.
+
+    A text with no "(" that the pre-filter passes is not cached: checking it costs about what
+    looking it up does, and pgbench's or an ORM's inlined literals make each one new (they
+    would push the parser's verdicts out of the cache)."""
     text = buf[start:end]
     verdict = _cache.get(text)
     if verdict is not None:
         return verdict
-    verdict = verdict_of(text)
+    if _COMPILED:
+        certain = prefilter_at(buf, start, end)
+        if certain == PLAIN:
+            return STATELESS
+        verdict = STATELESS if certain else _parsed_verdict(text)
+    elif _plain_shape(buf, start, end) is not None:
+        return STATELESS
+    else:
+        verdict = verdict_of(text)
     if end - start <= CACHE_TEXT_LIMIT:
         if len(_cache) >= CACHE_ENTRIES:
             _cache.clear()
