@@ -129,11 +129,11 @@ PLAIN_TOKENS = [token for token in TOKENS if "(" not in token]
 @st.composite
 def sql_texts(draw, heads=tuple(HEADS), tokens=tuple(TOKENS)) -> bytes:
     parts = [draw(st.sampled_from(BLANKS)), draw(st.sampled_from(heads))]
-    for token in draw(st.lists(st.sampled_from(tokens) | st.text(alphabet=" ();-/*'\"$.,tTeEmMpP\t\n", max_size=6),
+    for token in draw(st.lists(st.sampled_from(tokens) | st.text(alphabet=" ();-/*'\"$.,tTeEmMpPx\t\n", max_size=6),
                                max_size=14)):
         parts.append(draw(st.sampled_from([" ", "", "\t", "\n"])))
         parts.append(token)
-    parts.append(draw(st.sampled_from(["", ";", "; ", ";;\n", " ;", "\n"])))
+    parts.append(draw(st.sampled_from(["", ";", "; ", ";;\n", " ;", "\n", ";x", "; END"])))
     text = "".join(parts)
     if draw(st.booleans()):   # any mix of cases
         rng = draw(st.randoms(use_true_random=False))
@@ -144,10 +144,12 @@ def sql_texts(draw, heads=tuple(HEADS), tokens=tuple(TOKENS)) -> bytes:
 texts = sql_texts() | st.binary(max_size=60)
 # Mostly the commonest shape: statements without "(" after the heads _plain_shape knows.
 plain_texts = sql_texts(heads=("SELECT", "select", "UPDATE", "DELETE FROM", "WITH", "VALUES", "TABLE", "BEGIN", "END",
-                               "COMMIT", "SHOW", "selectemp", "withemp", "tabletemp", "sel", "start", "ABORT"),
+                               "COMMIT", "SHOW", "selectemp", "withemp", "tabletemp", "sel", "start", "ABORT", "ROLLBACK",
+                               "ROLLBACK TO", "rollback   to sp", "ROLLBACK AND CHAIN", "ROLLBACK PREPARED"),
                         tokens=tuple(PLAIN_TOKENS))
 # Mostly calls and grammar before "(", as ORMs write them, so that the call check runs to its end.
-call_texts = sql_texts(heads=("SELECT", "select", "WITH x AS (", "INSERT INTO t (a, b) VALUES", "UPDATE t SET",
+call_texts = sql_texts(heads=("SELECT", "select", "WITH x AS (", "INSERT INTO t (a, b) VALUES", "INSERT INTO t (",
+                              "insert into s.t as x(", "UPDATE t SET",
                               "DELETE FROM t WHERE", "VALUES", "BEGIN"),
                        tokens=tuple(PLAIN_TOKENS[:40]) + ("count(", "now(", "coalesce(", "lower (", "in (", "VALUES (",
                                                            "exists(", "cast(", ") OVER (", ") FILTER (", "ON CONFLICT (",
@@ -171,6 +173,8 @@ def parsed_or_stateless(text: bytes):
 @example(b"SELECT 1 INTO TEMP t", b"", b"")
 @example(b"select x from t where a = 1 /", b"", b"*/")
 @example(b"SELECT 1 -", b"", b"- x")
+@example(b"ROLLBACK TO sp", b"", b"")
+@example(b"INSERT INTO t (now(), 1)", b"", b"")
 def test_prefilter_at_answers_as_the_reference_in_place(text, before, after):
     expected = reference_prefilter(text)
     assert prefilter(text) is expected
