@@ -152,12 +152,13 @@ _BEG, _COM, _END, _ABO, _STA, _SHO, _FET, _MOV = (_head(word) for word in _TRIVI
 _ROL = _head(b"rol")
 
 
-def prefilter_at(buf: bytes, start: int, end: int) -> int:
+def prefilter_at(buf: bytes, start: int, end: int, calls: bool = True) -> int:
     """prefilter(buf[start:end]) read in place, in one pass: 0 (not certain), PLAIN or CHECKED.
 
-    Always the same answer as prefilter (tests/protocol/test_session_prefilter.py checks it). It is
-    the compiled build's pre-filter: session.pxd makes its loops C loops over the bytes. Interpreted,
-    each byte costs a bytecode round, so there classify uses _plain_shape and prefilter instead."""
+    Always the same answer as prefilter (tests/protocol/test_session_prefilter.py checks it); with
+    calls=False it answers only PLAIN or 0, and stops at the first "(". It is the compiled build's pre-filter:
+    session.pxd makes its loops C loops over the bytes. Interpreted, each byte costs a bytecode
+    round, so there classify uses _plain_shape and prefilter instead."""
     if end > len(buf):
         end = len(buf)          # as buf[start:end] would; no byte past it is read
     pos = start
@@ -176,6 +177,8 @@ def prefilter_at(buf: bytes, start: int, end: int) -> int:
         if byte == 59:          # ";"
             break
         if byte == 40:          # "("
+            if not calls:
+                return 0
             paren = True
         elif (byte == 42 and previous == 47) or (byte == 45 and previous == 45):
             return 0            # "/*" or "--": a comment may stand between a function's name and its "("
@@ -192,7 +195,7 @@ def prefilter_at(buf: bytes, start: int, end: int) -> int:
             or head == _FET or head == _MOV:
         return 0 if paren else PLAIN
     if head == _ROL:            # ROLLBACK, but not ROLLBACK TO SAVEPOINT: rare, prefilter decides
-        return CHECKED if prefilter(buf[start:end]) else 0
+        return CHECKED if calls and prefilter(buf[start:end]) else 0
     if head == _SEL or head == _WIT or head == _VAL or head == _TAB:
         if temp:
             return 0
@@ -436,28 +439,30 @@ CACHE_TEXT_LIMIT = 16 * 1024  # longer texts are classified every time (they are
 _cache: dict[bytes, Verdict] = {}
 
 
-# Compiled, prefilter_at decides every text prefilter would, in C; interpreted, one regex call
-# decides the commonest shape and prefilter the rest (a byte loop costs 30 times more there).
+# Compiled, prefilter_at decides in C what prefilter would; interpreted, one regex call decides
+# the commonest shape and prefilter the rest (a byte loop costs 30 times more there).
 _COMPILED = is_compiled(__name__)
 
 
 def classify(buf: bytes, start: int, end: int) -> Verdict:
     """The verdict for the statement text buf[start:end] (no trailing NUL), cached per text.
 
-    A text with no "(" that the pre-filter passes is not cached: checking it costs about what
-    looking it up does, and pgbench's or an ORM's inlined literals make each one new (they
-    would push the parser's verdicts out of the cache)."""
+    A statement with no "(" that the pre-filter passes (pgbench's; an ORM's simple lookups) is
+    decided in place, before the cache, and never cached: inlined literals make each such text
+    new, and caching them would push out the verdicts that took the parser (the cache is cleared
+    whole when full). Compiled, that check costs about what a lookup does; interpreted, a fifth
+    of what prefilter and a cache insert cost (docs/benchmarks.md)."""
+    if _COMPILED:
+        if prefilter_at(buf, start, end, False) == PLAIN:
+            return STATELESS
+    elif _plain_shape(buf, start, end) is not None:
+        return STATELESS
     text = buf[start:end]
     verdict = _cache.get(text)
     if verdict is not None:
         return verdict
     if _COMPILED:
-        certain = prefilter_at(buf, start, end)
-        if certain == PLAIN:
-            return STATELESS
-        verdict = STATELESS if certain else _parsed_verdict(text)
-    elif _plain_shape(buf, start, end) is not None:
-        return STATELESS
+        verdict = STATELESS if prefilter_at(buf, start, end) else _parsed_verdict(text)
     else:
         verdict = verdict_of(text)
     if end - start <= CACHE_TEXT_LIMIT:

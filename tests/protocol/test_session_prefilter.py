@@ -183,6 +183,7 @@ def test_prefilter_at_answers_as_the_reference_in_place(text, before, after):
     assert bool(code) is expected, (text, code)
     if code == PLAIN:
         assert b"(" not in text
+    assert prefilter_at(text, 0, len(text), False) == (PLAIN if code == PLAIN else 0)   # stops at "("
     # In place: the bytes around the statement (message header, NUL, the next message) are not read.
     buf = before + text + after
     assert prefilter_at(buf, len(before), len(before) + len(text)) == code
