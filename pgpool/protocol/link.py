@@ -209,12 +209,16 @@ class Link:
             scanner.watch = WATCH_ALL      # pgpool's own query at the head: every reply is read
             return
         watch = WATCH_CORE_TAGS if self.watch_tags else WATCH_CORE
-        if self._skipping:
+        if self._skipping or self._copy_in or self.open_extended:
+            # Only a Sync already sent bounds what the narrow watch may hide: its ReadyForQuery
+            # shows that every request before it is answered (an open segment's error, or a named
+            # statement queued behind it, could not be told apart from the hidden replies).
             watch = WATCH_REPLIES
         else:
-            # Simple queries and Syncs end at ReadyForQuery with nothing to rewrite: the core types do.
+            # Requests forwarded as they are, with nothing to commit or undo, need only the core types:
+            # ReadyForQuery ends each segment, and the replies it hides are caught up (_catch_up).
             for entry in queue:
-                if entry is not _QUERY_FWD and entry is not _SYNC_FWD:
+                if entry[1] != A_FORWARD or entry[2] is not None:
                     watch = WATCH_REPLIES
                     break
         scanner.watch = watch
@@ -360,7 +364,25 @@ class Link:
             elif msg_type == B_COMMAND_COMPLETE and head[2] is not None:
                 return self.on_tag(head, buf, start, end)
             return None
+        if self._catch_up(msg_type):
+            return self.on_server_message(msg_type, buf, start, end)
         raise self._lost(msg_type)
+
+    def _catch_up(self, msg_type: int) -> bool:
+        """The narrowed watch (update_watch) hid the replies to plain extended-protocol forwards at the
+        head: drop those, which the server has answered; True when the new head takes `msg_type`."""
+        queue = self._queue
+        popped = False
+        while queue:
+            head = queue[0]
+            kind = head[0]
+            if msg_type in _ENDS[kind] or msg_type in _INSIDE[kind]:
+                return popped
+            if not _EXTENDED[kind] or head[1] != A_FORWARD or head[2] is not None:
+                return False
+            queue.popleft()
+            popped = True
+        return False
 
     def _on_injected_reply(self, head: tuple, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
         own: Injected = head[2]
