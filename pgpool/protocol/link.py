@@ -282,13 +282,13 @@ class Link:
             return None
         if msg_type == F_SYNC and self._copy_in:
             return None     # ignored by the server in COPY IN
-        if buf is None:
+        if buf is None and self.rewrites_names and msg_type in (F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE):
             # Announced unread by the scanner (larger than its max_inspect): names cannot be rewritten.
-            if self.rewrites_names and msg_type in (F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE):
-                raise ProtocolError(PROGRAM_LIMIT_EXCEEDED,
-                                    f"{chr(msg_type)!r} message of {end - start} bytes is too large to track "
-                                    f"prepared statements (raise the client scanner's max_inspect)")
-            # It streams through unchanged, so nothing can be injected before it either.
+            raise ProtocolError(PROGRAM_LIMIT_EXCEEDED,
+                                f"{chr(msg_type)!r} message of {end - start} bytes is too large to track "
+                                f"prepared statements (raise the client scanner's max_inspect)")
+        if buf is None or not self.rewrites_names:
+            # Sent as it is (unread, or nothing to rewrite): its reply is forwarded as it comes.
             entry = _ENTRY_BY_TYPE[msg_type]
             if entry is not None:
                 self._queue.append(entry)
