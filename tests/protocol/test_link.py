@@ -101,8 +101,7 @@ def test_extended_messages_keep_the_server_until_sync(tracked):
     c.client_sends(parse("SELECT 1") + bind() + execute() + FLUSH)
     assert c.link.state == EXTENDED
     c.server_sends(PARSE_COMPLETE + BIND_COMPLETE + data_row(b"1") + complete("SELECT 1"))
-    # (Plain forwards keep the narrow watch: the replies just sent are seen only at the next ReadyForQuery.)
-    assert not c.link.settled and not c.link.releasable, "no Sync yet: the segment is open"
+    assert c.link.idle and not c.link.settled and not c.link.releasable, "no Sync yet: the segment is open"
     c.client_sends(SYNC)
     c.server_sends(ready())
     assert c.link.releasable
