@@ -217,10 +217,17 @@ class Link:
         else:
             # Requests forwarded as they are, with nothing to commit or undo, need only the core types:
             # ReadyForQuery ends each segment, and the replies it hides are caught up (_catch_up).
+            # Not for a Query sent inside an open segment: its error would look like the segment's.
+            in_segment = False
             for entry in queue:
-                if entry[1] != A_FORWARD or entry[2] is not None:
+                kind = entry[0]
+                if entry[1] != A_FORWARD or entry[2] is not None or (in_segment and kind == K_QUERY):
                     watch = WATCH_REPLIES
                     break
+                if kind == K_SYNC:
+                    in_segment = False
+                elif _EXTENDED[kind]:
+                    in_segment = True
         scanner.watch = watch
 
     def take_client_output(self) -> bytes:

@@ -397,7 +397,7 @@ def run_segments(link_class: type, steps: list[tuple[int, bool]]):
     return to_server, c.to_client, seen, c.link.state, c.link.releasable
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(steps=st.lists(st.tuples(st.integers(min_value=0, max_value=len(SEGMENTS) - 1), st.booleans()),
                       min_size=1, max_size=12))
 def test_the_narrowed_watch_changes_nothing_a_client_or_the_pool_sees(steps):
