@@ -1,9 +1,10 @@
 """One client connection: login, then the client->server half of the data plane.
 
 Owns: driving the login machine (protocol/startup.py's ClientLogin, which holds the wire
-protocol of the startup phase and the auth exchanges) with what needs IO or app state: TLS
-(answer 'S', direct TLS), CancelRequest handed to the app, credential lookups, the method
-choice and password checks, the pool and the welcome; then the asyncio side of the data
+protocol of the startup phase and the auth exchanges) with what needs IO or shared state, asked
+of the collaborators App hands down (`ClientHost`): TLS (answer 'S', direct TLS), CancelRequest
+routed by the cancel registry, the client limits, credential lookups, the method choice and
+password checks, the pool and the welcome; then the asyncio side of the data
 plane: transport, flow control, bytes held while no server is linked. What is owed and when
 a transaction is over is the linked server's `Link` (protocol/link.py, one queue of
 outstanding requests); what the session carries is `ClientSession` (clientsession.py).

@@ -191,6 +191,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closed
 
+    def is_reading(self) -> bool:
+        return self.reading
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
 
