@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from . import auth
 from .admingate import ADMIN_DATABASES
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgpool")
 
 
-class DirectoryHost(PoolHost):
+class DirectoryHost(PoolHost, Protocol):
     """What every pool is given (app.py's App), and what a new one starts with: whether its
     database is paused, and the auth_file users a forced user's password comes from."""
     client_auth: "ClientAuth"
