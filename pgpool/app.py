@@ -78,7 +78,7 @@ class App(Controls):
         self.client_registry = ClientRegistry(self, self.suspension)
         self.pool_directory = PoolDirectory(self, self.client_registry)
         self.client_auth = ClientAuth(self, self._load_auth_users(self.settings), self._load_hba(self.settings),
-                                      AuthQuery(self.pool_directory.get_pool))
+                                      AuthQuery(self.pool_directory.own_pool))
         self.peer_forwarder = peers.PeerForwarder()
         self.cancel = CancelRegistry(self, self.peer_forwarder)
         self.admin_gate = AdminGate(None if surfaces.open_console is None

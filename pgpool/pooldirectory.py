@@ -60,10 +60,8 @@ class PoolDirectory:
 
     def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
                  replication: str | None = None) -> Pool:
-        entry = self.host.settings.find_database(database)
-        if entry is None:
-            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: {database} (not in [databases], '
-                                                      f'and no "*" fallback entry)')
+        """A client's pool: refused while DISABLEd or at a client limit, and counted for the client."""
+        entry = self._entry(database)
         if entry.name in self.disabled_dbs:
             raise ProtocolError(OBJECT_NOT_IN_PREREQUISITE_STATE,
                                 f'database does not allow connections: "{entry.name}" (DISABLE on the admin '
@@ -72,14 +70,29 @@ class PoolDirectory:
         if replication:
             pool = self._create_replication_pool(entry, user, creds, replication)
         else:
-            pool = self.pools.get((entry.name, entry.user or user))
-        if pool is None:
-            pool = self.create_pool(entry, user, creds)
-        elif pool.server_password is None and not entry.user:
-            pool.server_password = auth.server_password_for(creds, entry.password)
+            pool = self._pool_for(entry, user, creds)
         # Counted from here; the registry uncounts once the client holds this pool.
         self.registry.count_database_client(entry.name, user)
         return pool
+
+    def own_pool(self, database: str, user: str, creds: auth.Credentials | None) -> Pool:
+        """A pool for pgpool's own queries (auth_query): no client is counted, no client limit applies."""
+        return self._pool_for(self._entry(database), user, creds)
+
+    def _pool_for(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None) -> Pool:
+        pool = self.pools.get((entry.name, entry.user or user))
+        if pool is None:
+            return self.create_pool(entry, user, creds)
+        if pool.server_password is None and not entry.user:
+            pool.server_password = auth.server_password_for(creds, entry.password)
+        return pool
+
+    def _entry(self, database: str) -> "DatabaseEntry":
+        entry = self.host.settings.find_database(database)
+        if entry is None:
+            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: {database} (not in [databases], '
+                                                      f'and no "*" fallback entry)')
+        return entry
 
     def create_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None) -> Pool:
         host = self.host
