@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from . import describe_version
-from .client import ADMIN_DATABASES
+from .admingate import ADMIN_DATABASES
 from .config import RELOADABLE_SETTINGS, Settings, implemented_settings
 from .pool import DNS, ClientState, ServerState
 from .statslog import Totals
@@ -276,9 +276,9 @@ def _database_arg(console: AdminConsole, arg: str, command: str, required: bool 
         if required:
             raise AdminError(f"{command} needs a database name")
         return None
-    if arg in ADMIN_DATABASES and console.app.find_database(arg) is None:
+    if arg in ADMIN_DATABASES and console.app.pool_directory.find_database(arg) is None:
         raise AdminError(f"cannot {command.lower()} the admin database: {arg}")
-    if console.app.find_database(arg) is None and not console.app.pools_of(arg):
+    if console.app.pool_directory.find_database(arg) is None and not console.app.pools_of(arg):
         raise AdminError(f"no such database: {arg}")
     return arg
 

@@ -1,9 +1,10 @@
-"""Wiring: listeners, pools, client registry, limits across pools, signals, shutdown.
+"""Wiring: listeners, the collaborators every client is handed, limits across pools, signals, shutdown.
 
-Owns: the listening sockets, the map (database, user) -> Pool, the set of all clients
-(max_client_conn), server counts per database and per user (max_db_connections,
-max_user_connections), cancel keys and shutdown. Operator actions (reload, pause, drain)
-live in control.py, mixed in. Holds no protocol logic.
+Owns: the listening sockets, server counts per database and per user (max_db_connections,
+max_user_connections) and shutdown; it builds and hands down what a client uses (the
+`ClientHost` members: client_auth, cancel, client_registry, pool_directory, admin_gate), which
+own the clients, the pools and the cancel keys. Operator actions (reload, pause, drain) live
+in control.py, mixed in. Holds no protocol logic.
 Must not import the operator surfaces (admin, http, janitor, statslog, metrics): they sit above
 this module and read its pools; cli.py hands them down as `Surfaces` (imports run one way).
 """
@@ -12,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
+import functools
 import grp
-import itertools
 import logging
 import os
 import resource
@@ -22,25 +22,22 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from . import auth, hba, peers, tls
+from .admingate import AdminGate
 from .authquery import AuthQuery
 from .cancel import CancelRegistry
 from .clientauth import ClientAuth
+from .clientregistry import ClientRegistry
 from .control import Controls
-from .client import ADMIN_DATABASES, ClientConnection
-from .config import LoadedConfig, PoolMode, Settings
-from .params import SessionParams
-from .pool import Pool, ServerState
+from .client import ClientConnection
+from .config import LoadedConfig, Settings
+from .pool import Pool
+from .pooldirectory import PoolDirectory
 from .server import ServerConnection
-from .protocol import messages as m
-from .protocol.errors import (
-    CANNOT_CONNECT_NOW, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_CATALOG_NAME, OBJECT_NOT_IN_PREREQUISITE_STATE, TOO_MANY_CONNECTIONS, ProtocolError,
-)
-
-if TYPE_CHECKING:
-    from .config import DatabaseEntry
+from .suspension import Suspension
+from .protocol.errors import ProtocolError
 
 log = logging.getLogger("pgpool")
 
@@ -74,25 +71,22 @@ class App(Controls):
         self.overrides: dict[str, str] = dict(overrides or {})   # --set values, applied again on RELOAD
         self.config_warnings = loaded.warnings
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        # Who clients may be and how they prove it: handed to every client (ClientHost.client_auth).
-        self.client_auth = ClientAuth(self, self._load_auth_users(self.settings), self._load_hba(self.settings),
-                                      AuthQuery(self.get_pool))
         self.tls: tls.TlsContexts = tls.build_contexts(self.settings)   # replaced whole by RELOAD
         self.unix_socket: str | None = None
-        self.pools: dict[tuple[str, str], Pool] = {}
-        # Every client connection; a dict as an ordered set (values None), lighter than a set (pool.py).
-        self.clients: dict[ClientConnection, None] = {}
-        self.cancel = CancelRegistry()
+        # What every client is handed (the ClientHost members): it asks these, never App.
+        self.suspension = Suspension()              # SUSPEND: sockets not read until RESUME
+        self.client_registry = ClientRegistry(self, self.suspension)
+        self.pool_directory = PoolDirectory(self, self.client_registry)
+        self.client_auth = ClientAuth(self, self._load_auth_users(self.settings), self._load_hba(self.settings),
+                                      AuthQuery(self.pool_directory.own_pool))
         self.peer_forwarder = peers.PeerForwarder()
+        self.cancel = CancelRegistry(self, self.peer_forwarder)
+        self.admin_gate = AdminGate(None if surfaces.open_console is None
+                                    else functools.partial(surfaces.open_console, self))
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
-        # Logged-in clients per database name and per client user (max_*_client_connections).
-        self._replication_ids = itertools.count(1)
-        self.db_clients: collections.Counter[str] = collections.Counter()
-        self.user_clients: collections.Counter[str] = collections.Counter()
         self.listeners: list[asyncio.AbstractServer] = []
         self.started_at = time.time()
-        self.shutting_down = False
         self.stopped: asyncio.Future | None = None
         self.janitor_task: asyncio.Task | None = None
         self.http: Closeable | None = None
@@ -102,17 +96,38 @@ class App(Controls):
         self.stats_log: Any = None   # statslog.StatsLog: admin's SHOW STATS reads its averages
         # Operations state (admin console, signals): see the "operations" section below.
         self.paused_all = False
-        self.suspended = False                      # SUSPEND: sockets not read until RESUME
-        self.suspended_transports: list[Any] = []
         self.paused_dbs: set[str] = set()
-        self.disabled_dbs: set[str] = set()
-        self.client_login_failures = 0       # logins that named a user and did not complete
         self.reloads = 0
         self.reload_failures = 0
         self.last_reload_ok = True
         self.drain_task: asyncio.Task | None = None
         self.pause_task: asyncio.Task | None = None     # SIGUSR1's PAUSE, finishing in the background
-        self._clients_gone = asyncio.Event()
+
+    # ---- what the operator surfaces read (owned by the collaborators above) ----------------------
+
+    @property
+    def clients(self) -> dict[ClientConnection, None]:
+        return self.client_registry.clients
+
+    @property
+    def client_login_failures(self) -> int:
+        return self.client_registry.login_failures
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.client_registry.shutting_down
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspension.active
+
+    @property
+    def pools(self) -> dict[tuple, Pool]:
+        return self.pool_directory.pools
+
+    @property
+    def disabled_dbs(self) -> set[str]:
+        return self.pool_directory.disabled_dbs
 
     @staticmethod
     def _load_auth_users(settings: Settings) -> dict[str, str]:
@@ -164,7 +179,7 @@ class App(Controls):
                     f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} (metrics_addr, "
                     f"metrics_port): {error.strerror or error}; choose a free metrics_port, or "
                     f"metrics_port = 0 to turn the endpoint off") from error
-        self.open_forced_pools()
+        self.pool_directory.open_forced_pools()
         if surfaces.run_janitor is not None:
             self.janitor_task = self.loop.create_task(surfaces.run_janitor(self))
         if surfaces.start_stats_log is not None:
@@ -248,7 +263,7 @@ class App(Controls):
             return
         log.info("shutting down now (%s): closing %d clients and every server connection", reason,
                  len(self.clients))
-        self.shutting_down = True
+        self.client_registry.shutting_down = True
         self.close_listeners()
         error = ProtocolError("57P01", f"pgpool is shutting down ({reason})")
         for client in list(self.clients):
@@ -270,212 +285,14 @@ class App(Controls):
         if self.stopped is not None and not self.stopped.done():
             self.stopped.set_result(None)
 
-    # ---- clients -------------------------------------------------------------------------------
-
-    def on_client_connected(self, client: ClientConnection) -> None:
-        self.clients[client] = None
-
-    def on_client_logged_in(self, client: ClientConnection) -> None:
-        if self.settings.login_notify_message:
-            client.transport.write(m.notice_response(self.settings.login_notify_message))
-        if self.suspended:
-            self._suspend_transport(client.transport)   # a database client logged in: read from RESUME on
-        if self.shutting_down:
-            # Logged in while draining: it holds no transaction, so it may go at once.
-            client.drain = True
-            self.loop.call_soon(self._drain_client, client)
-
-    def on_client_closed(self, client: ClientConnection) -> None:
-        self.clients.pop(client, None)
-        if client.pool is not None:
-            self.db_clients[client.pool.db.name] -= 1
-            self.user_clients[client.user] -= 1
-            if client.pool.replication:
-                self._free_replication_pool(client.pool)
-        self.cancel.unregister(client.cancel_key)
-        if client.login is not None and client.user:
-            self.client_login_failures += 1
-        if self.shutting_down and not any(c.admin is None for c in self.clients):
-            self._clients_gone.set()
-
-    def check_client_limit(self, client: ClientConnection) -> None:
-        if self.shutting_down:
-            raise ProtocolError(CANNOT_CONNECT_NOW, "pgpool is shutting down: no new connections")
-        limit = self.settings.max_client_conn
-        if len(self.clients) > limit:
-            raise ProtocolError(TOO_MANY_CONNECTIONS,
-                                f"no more connections allowed (max_client_conn): {limit} clients already connected",
-                                hint="raise max_client_conn, or lower the number of client connections")
-
-    def forward_cancel(self, pid: int, key: int) -> None:
-        peer_id = self.settings.peer_id
-        if peer_id:
-            owner = peers.peer_of(pid)
-            if owner != peer_id:
-                self._forward_to_peer(owner, pid, key)
-                return
-            key |= peers.TTL_MASK     # our keys are issued with TTL 3; a forwarded copy has less
-        client = self.cancel.find(pid, key)
-        if client is not None:
-            client.cancel_query()   # what a cancel means depends on the client's own state
-
-    def _forward_to_peer(self, owner: int, pid: int, key: int) -> None:
-        """As PgBouncer: a cancel for another peer goes there, at most three hops."""
-        entry = self.settings.peers.get(str(owner))
-        if entry is None:
-            log.warning("cancel request for peer %d, which is not in [peers]: dropped", owner)
-        elif not peers.ttl_of(key):
-            log.warning("cancel request for peer %d: forwarded too often (TTL exhausted), dropped", owner)
-        else:
-            self.peer_forwarder.forward(entry, entry.pool_size or self.settings.default_pool_size, pid, key)
+    # ---- what every pool is given (PoolHost): servers, limits across pools, cancels ------------
 
     def send_cancel(self, host: str, port: int, backend_pid: int, backend_key: int) -> None:
         if backend_pid:
             self.cancel.send(host, port, backend_pid, backend_key)
 
-    # ---- admin console hooks -------------------------------------------------------------------
-
-    def _free_replication_pool(self, pool: Pool) -> None:
-        for server in list(pool.idle) + list(pool.maintenance) + list(pool.connecting):
-            server.close("replication client left")
-        for key, candidate in list(self.pools.items()):
-            if candidate is pool:
-                del self.pools[key]
-
-    def open_admin_console(self, client: ClientConnection, creds: auth.Credentials) -> Any:
-        if client.replication:
-            raise ProtocolError(FEATURE_NOT_SUPPORTED, "replication connections to the admin console are not supported")
-        if self.surfaces.open_console is None:
-            raise ProtocolError(INVALID_CATALOG_NAME, "the admin console is not available in this build")
-        return self.surfaces.open_console(self, client, creds)
-
-    def admin_welcome(self, database: str) -> bytes:
-        return b"".join((m.parameter_status("server_version", "15.0 (pgpool)"),
-                         m.parameter_status("client_encoding", "UTF8"),
-                         m.parameter_status("server_encoding", "UTF8"),
-                         m.parameter_status("DateStyle", "ISO, MDY"),
-                         m.parameter_status("standard_conforming_strings", "on"),
-                         m.backend_key_data(0, 0), m.READY_FOR_QUERY_IDLE))
-
-    # ---- pools ---------------------------------------------------------------------------------
-
-    def find_database(self, name: str) -> "DatabaseEntry | None":
-        if name in ADMIN_DATABASES:
-            # As in PgBouncer, the admin console wins over the "*" fallback; only an entry
-            # of that very name (possible for "pgpool") routes it to a server instead.
-            return self.settings.databases.get(name)
-        return self.settings.find_database(name)
-
-    def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
-                 replication: str | None = None) -> Pool:
-        entry = self.settings.find_database(database)
-        if entry is None:
-            raise ProtocolError(INVALID_CATALOG_NAME, f'no such database: {database} (not in [databases], '
-                                                      f'and no "*" fallback entry)')
-        if entry.name in self.disabled_dbs:
-            raise ProtocolError(OBJECT_NOT_IN_PREREQUISITE_STATE,
-                                f'database does not allow connections: "{entry.name}" (DISABLE on the admin '
-                                f'console; ENABLE {entry.name} lifts it)')
-        self.check_client_limits(entry, user)
-        if replication:
-            pool = self._create_replication_pool(entry, user, creds, replication)
-        else:
-            pool = self.pools.get((entry.name, entry.user or user))
-        if pool is None:
-            pool = self._create_pool(entry, user, creds)
-        elif pool.server_password is None and not entry.user:
-            pool.server_password = auth.server_password_for(creds, entry.password)
-        # Counted from here; on_client_closed uncounts once the client holds this pool.
-        self.db_clients[entry.name] += 1
-        self.user_clients[user] += 1
-        return pool
-
     def new_server(self, pool: Pool) -> ServerConnection:
         return ServerConnection(pool)
-
-    def _create_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None) -> Pool:
-        server_user = entry.user or user
-        pool = Pool(self, entry, server_user, self.settings.pool_settings(entry, user), server_user,
-                    self.server_password(entry, creds))
-        pool.paused = self.is_paused(entry.name)
-        self.pools[(entry.name, server_user)] = pool
-        log.info("pool %s: created (pool_mode=%s pool_size=%d reserve=%d -> %s:%s/%s)", pool.name,
-                 pool.conf.pool_mode.value, pool.conf.pool_size, pool.conf.reserve_pool_size,
-                 entry.host, entry.port, entry.dbname)
-        return pool
-
-    # ---- replication: passed through in session mode, never pooled (PgBouncer 1.23+) ---------------
-
-    def _create_replication_pool(self, entry: "DatabaseEntry", user: str, creds: auth.Credentials | None,
-                                 kind: str) -> Pool:
-        """One pool per replication client, holding exactly its own server connection."""
-        server_user = entry.user or user
-        conf = dataclasses.replace(self.settings.pool_settings(entry, user), pool_mode=PoolMode.SESSION, pool_size=1,
-                                   min_pool_size=0, reserve_pool_size=0, query_timeout=0.0,
-                                   transaction_timeout=0.0, idle_transaction_timeout=0.0,
-                                   server_lifetime=0.0)   # used once: never pooled
-        pool = Pool(self, entry, server_user, conf, server_user, self.server_password(entry, creds))
-        pool.replication = kind
-        pool.disabled = True    # its one server is opened with the client's parameters, never by dispatch
-        self.pools[(entry.name, server_user, f"replication {next(self._replication_ids)}")] = pool
-        return pool
-
-    async def open_replication_server(self, client: ClientConnection, pool: Pool,
-                                      startup: Mapping[str, str]) -> SessionParams:
-        """Log in to the server with the client's own startup parameters (replication included)
-        and hand that server to this client alone; the welcome is the server's own."""
-        server = ServerConnection(pool)
-        server.extra_startup = {k: v for k, v in startup.items() if k not in ("user", "database")}
-        # A host list: the first host (replication wants the primary, which lists put first).
-        first = pool.db.host.split(",")[0].strip()
-        server.set_target(first, first)
-        pool.set_server_state(server, ServerState.CONNECTING)
-        try:
-            await server.connect_and_login()
-        except BaseException:
-            server.close_transport()
-            pool.set_server_state(server, ServerState.CLOSED)
-            raise
-        if server.closed_reason is not None:
-            pool.set_server_state(server, ServerState.CLOSED)
-            raise ProtocolError(CONNECTION_FAILURE, f"server closed the replication connection for pool {pool.name} "
-                                                    f"right after login: {server.closed_reason}")
-        pool.server_available(server)   # idle for this client alone; server_lifetime 0 closes it at release
-        log.info("%s: %s replication connection passed through to server (backend pid %d)", client.log_prefix,
-                 pool.replication, server.backend_pid)
-        return SessionParams(dict(server.params.reported))
-
-    def server_password(self, entry: "DatabaseEntry", creds: auth.Credentials | None) -> str | None:
-        """A forced user (user= without password=) takes its password from the auth_file, as in
-        PgBouncer; otherwise the client's own secret."""
-        if entry.user:
-            if entry.password:
-                return entry.password
-            users = self.client_auth.users
-            return auth.server_password_for(auth.lookup_credentials(users, entry.user), None) \
-                if entry.user in users else None
-        return auth.server_password_for(creds, entry.password)
-
-    def open_forced_pools(self) -> None:
-        """Pools of forced-user databases exist from the start, so min_pool_size is kept before any
-        client comes (PgBouncer enforces min_pool_size for them without clients)."""
-        for entry in self.settings.databases.values():
-            if entry.user and entry.name != "*" and (entry.name, entry.user) not in self.pools \
-                    and self.settings.pool_settings(entry, entry.user).min_pool_size:
-                self._create_pool(entry, entry.user, None)
-
-    def check_client_limits(self, entry: "DatabaseEntry", user: str) -> None:
-        limits = self.settings.client_limits(entry, user)
-        if limits.max_db_client_connections and self.db_clients[entry.name] >= limits.max_db_client_connections:
-            raise ProtocolError(TOO_MANY_CONNECTIONS,
-                                f"client connections exceeded (max_db_client_connections): database "
-                                f"\"{entry.name}\" has {self.db_clients[entry.name]} clients, the limit is "
-                                f"{limits.max_db_client_connections}")
-        if limits.max_user_client_connections and self.user_clients[user] >= limits.max_user_client_connections:
-            raise ProtocolError(TOO_MANY_CONNECTIONS,
-                                f"client connections exceeded (max_user_client_connections): user "
-                                f"\"{user}\" has {self.user_clients[user]} clients, the limit is "
-                                f"{limits.max_user_client_connections}")
 
     def count_server(self, pool: Pool, delta: int) -> None:
         self.db_servers[pool.db.name] += delta

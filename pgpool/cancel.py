@@ -1,8 +1,10 @@
 """Cancel keys and CancelRequest forwarding.
 
-Owns: the BackendKeyData pgpool gives each client (random, unique among live clients)
-and sending a CancelRequest to the server connection the client is linked to. Pgpool's
-keys are never the server's, so a client can only ever cancel its own query.
+Owns: the BackendKeyData pgpool gives each client (random, unique among live clients),
+routing a CancelRequest pgpool received to the client whose key it is (or, with peer_id set,
+to the peer that issued the key), and sending a CancelRequest to the server connection a
+client is linked to. Pgpool's keys are never the server's, so a client can only ever cancel
+its own query. What a cancel means to the client is the client's own (its cancel_query).
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ import logging
 import secrets
 from typing import Any, Callable
 
-from .peers import shape_key
+from . import peers
+from .config import SettingsHost
+from .peers import PeerForwarder, shape_key
 from .protocol import messages as m
 
 log = logging.getLogger("pgpool.cancel")
 
 
 class CancelRegistry:
-    def __init__(self) -> None:
+    def __init__(self, host: SettingsHost, peer_forwarder: PeerForwarder) -> None:
+        self.host = host                          # peer_id and [peers], read at use (RELOAD)
+        self.peer_forwarder = peer_forwarder      # cancels for other peers' keys go out through it
         self._clients: dict[tuple[int, int], Any] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -39,6 +45,31 @@ class CancelRegistry:
 
     def find(self, pid: int, key: int) -> Any:
         return self._clients.get((pid, key))
+
+    def forward(self, pid: int, key: int) -> None:
+        """A CancelRequest pgpool received: to this process's client with that key, or its peer."""
+        settings = self.host.settings
+        peer_id = settings.peer_id
+        if peer_id:
+            owner = peers.peer_of(pid)
+            if owner != peer_id:
+                self._forward_to_peer(owner, pid, key)
+                return
+            key |= peers.TTL_MASK     # our keys are issued with TTL 3; a forwarded copy has less
+        client = self.find(pid, key)
+        if client is not None:
+            client.cancel_query()   # what a cancel means depends on the client's own state
+
+    def _forward_to_peer(self, owner: int, pid: int, key: int) -> None:
+        """As PgBouncer: a cancel for another peer goes there, at most three hops."""
+        settings = self.host.settings
+        entry = settings.peers.get(str(owner))
+        if entry is None:
+            log.warning("cancel request for peer %d, which is not in [peers]: dropped", owner)
+        elif not peers.ttl_of(key):
+            log.warning("cancel request for peer %d: forwarded too often (TTL exhausted), dropped", owner)
+        else:
+            self.peer_forwarder.forward(entry, entry.pool_size or settings.default_pool_size, pid, key)
 
     def send(self, host: str, port: int, backend_pid: int, backend_key: int,
              done: Callable[[], None] | None = None) -> None:

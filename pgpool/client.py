@@ -1,9 +1,10 @@
 """One client connection: login, then the client->server half of the data plane.
 
 Owns: driving the login machine (protocol/startup.py's ClientLogin, which holds the wire
-protocol of the startup phase and the auth exchanges) with what needs IO or app state: TLS
-(answer 'S', direct TLS), CancelRequest handed to the app, credential lookups, the method
-choice and password checks, the pool and the welcome; then the asyncio side of the data
+protocol of the startup phase and the auth exchanges) with what needs IO or shared state, asked
+of the collaborators App hands down (`ClientHost`): TLS (answer 'S', direct TLS), CancelRequest
+routed by the cancel registry, the client limits, credential lookups, the method choice and
+password checks, the pool and the welcome; then the asyncio side of the data
 plane: transport, flow control, bytes held while no server is linked. What is owed and when
 a transaction is over is the linked server's `Link` (protocol/link.py, one queue of
 outstanding requests); what the session carries is `ClientSession` (clientsession.py).
@@ -20,11 +21,13 @@ import ssl
 import sys
 import time
 from asyncio import sslproto
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import auth, tls
+from .admingate import ADMIN_DATABASES, ADMIN_WELCOME, AdminGate
 from .cancel import CancelRegistry
 from .clientauth import ClientAuth
+from .clientregistry import ClientRegistry
 from .clientsession import ClientSession
 from .config import PoolMode
 from .loginwait import LoginWaiter
@@ -33,6 +36,7 @@ from .prepared import ClientStatements
 from .params import STARTUP_CONTROL_KEYS, SessionChange, canonical_name, parse_options, search_path_key, sync_sql
 from .session import STATELESS, audit_sql, classify
 from .pool import ClientState
+from .pooldirectory import PoolDirectory
 from .protocol import messages as m
 from .protocol.constants import (
     F_BIND, F_COPY_DATA, F_EXECUTE, F_FUNCTION_CALL, F_PARSE, F_QUERY, F_SYNC, F_TERMINATE, TX_IDLE, TX_IN_BLOCK,
@@ -54,9 +58,7 @@ except ImportError:
     UvLoop = UvSSLProtocol = None
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from .config import DatabaseEntry, Settings
+    from .config import Settings
     from .params import SessionParams
     from .pool import Pool
     from .server import ServerConnection
@@ -65,27 +67,18 @@ log = logging.getLogger("pgpool.client")
 
 
 class ClientHost(Protocol):
-    """What a client connection needs from the process that accepted it (app.py's App): settings,
-    secrets, limits, pools, cancel keys and the admin console. Defined here, not imported from
-    app.py: app.py sits above this module (imports run one way); App satisfies it by shape."""
+    """What a client connection is handed by the process that accepted it (app.py's App): the
+    settings and the collaborators it asks, each owning one thing; a client never calls App.
+    Defined here, not imported from app.py: app.py sits above this module (imports run one way);
+    App satisfies it by shape. A client holds this one reference, shared by every client."""
     settings: "Settings"
     tls: tls.TlsContexts
     loop: asyncio.AbstractEventLoop
-    client_auth: ClientAuth      # credentials and auth methods: asked, never App
-    cancel: CancelRegistry       # cancel keys, and sending a CancelRequest to a server
-
-    def on_client_connected(self, client: "ClientConnection") -> None: ...
-    def on_client_logged_in(self, client: "ClientConnection") -> None: ...
-    def on_client_closed(self, client: "ClientConnection") -> None: ...
-    def check_client_limit(self, client: "ClientConnection") -> None: ...
-    def forward_cancel(self, pid: int, key: int) -> None: ...   # a CancelRequest: to this process's client or a peer
-    def find_database(self, name: str) -> "DatabaseEntry | None": ...
-    def get_pool(self, database: str, user: str, creds: auth.Credentials | None,
-                 replication: str | None = None) -> "Pool": ...
-    async def open_replication_server(self, client: "ClientConnection", pool: "Pool",
-                                      startup: "Mapping[str, str]") -> "SessionParams": ...
-    def open_admin_console(self, client: "ClientConnection", creds: auth.Credentials) -> Any: ...
-    def admin_welcome(self, database: str) -> bytes: ...
+    client_registry: ClientRegistry   # every client; max_client_conn and per-database/user limits; the drain
+    pool_directory: PoolDirectory     # the database a login names, its pool, replication servers
+    admin_gate: AdminGate             # the admin console's way in
+    client_auth: ClientAuth           # credentials and auth methods
+    cancel: CancelRegistry            # cancel keys; a CancelRequest routed to its client or peer, or sent to a server
 
 # Every type but CopyData is looked at: the ones that drive pooling, and the invalid ones to refuse.
 WATCH_CLIENT = bytes(0 if t == F_COPY_DATA else 1 for t in range(256))
@@ -99,8 +92,6 @@ PENDING_LIMIT = 256 * 1024
 MAX_REWRITE = 64 * 1024 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
-
-ADMIN_DATABASES = ("pgbouncer", "pgpool")
 
 PARSE_COMPLETE_READY = m.message(b"1") + m.READY_FOR_QUERY_IDLE
 QUERY_CANCELED_READY = ProtocolError(QUERY_CANCELED, "canceling statement due to user request",
@@ -202,7 +193,7 @@ class ClientConnection(asyncio.Protocol):
         contexts = self.app.tls     # one set for the whole login, even if a RELOAD swaps them meanwhile
         self.login = ClientLogin(direct_tls=contexts.client is not None and self.peer != "unix")
         self.login_waiter = LoginWaiter()
-        self.app.on_client_connected(self)
+        self.app.client_registry.add(self)
         self.login_task = asyncio.get_running_loop().create_task(self._run_login(contexts))
 
     def data_received(self, data: bytes) -> None:
@@ -357,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
                 if accept:
                     await self._start_tls(contexts.client)  # type: ignore[arg-type]
             elif isinstance(event, CancelRequest):
-                self.app.forward_cancel(event.pid, event.key)
+                self.app.cancel.forward(event.pid, event.key)
                 self.disconnect("cancel request", quiet=True)
                 return
             else:
@@ -368,23 +359,24 @@ class ClientConnection(asyncio.Protocol):
         self.user = sys.intern(event.user)
         self.database = sys.intern(event.database)
         self.log_prefix = f"C-{self.id} {self.database}/{self.user}@{self.peer}"
-        self.app.check_client_limit(self)
+        self.app.client_registry.check_client_limit()
         if not unix and not self.encrypted():
             tls.check_clear_text_client(contexts, self.user, self.database, self.peer)
         self.replication = replication_kind(startup.get("replication"))
 
         client_auth = self.app.client_auth
-        is_admin = self.database in ADMIN_DATABASES and self.app.find_database(self.database) is None
+        directory = self.app.pool_directory
+        is_admin = self.database in ADMIN_DATABASES and directory.find_database(self.database) is None
         creds = await client_auth.credentials(self.user, self.database, admin=is_admin)
         scram_keys = await self._authenticate(creds)
         if is_admin:
-            self.admin = self.app.open_admin_console(self, creds)
+            self.admin = self.app.admin_gate.open(self, creds)
             login.authenticated()
-            login.finish(self.app.admin_welcome(self.database))
+            login.finish(ADMIN_WELCOME)
             self._write_login_output()
             self._end_login(admin=True)
             return
-        pool = self.app.get_pool(self.database, self.user, creds, self.replication)
+        pool = directory.get_pool(self.database, self.user, creds, self.replication)
         self.pool = pool
         self.mode = pool.conf.pool_mode
         if scram_keys is not None and pool.server_password is None:
@@ -392,7 +384,7 @@ class ClientConnection(asyncio.Protocol):
         login.authenticated()
         self._write_login_output()
         if self.replication:
-            session = await self.app.open_replication_server(self, pool, startup)
+            session = await directory.open_replication_server(self, pool, startup)
         else:
             session = await pool.client_session(self._session_startup_params(startup))
         session.remember_startup()
@@ -472,7 +464,7 @@ class ClientConnection(asyncio.Protocol):
             # Shared prepared statements are keyed by search_path too (a Parse may be answered before any link).
             self.statements.path_key = search_path_key(self.params)  # type: ignore[arg-type]
             self.pool.set_client_state(self, ClientState.IDLE)  # type: ignore[union-attr]
-            self.app.on_client_logged_in(self)
+            self.app.client_registry.on_logged_in(self)
         if self.app.settings.log_connections:
             log.info("%s: login ok%s", self.log_prefix, " (admin console)" if admin else "")
         if rest:
@@ -840,4 +832,8 @@ class ClientConnection(asyncio.Protocol):
             pool.set_client_state(self, ClientState.CLOSED)
         if self.admin is not None:
             self.admin.close()
-        self.app.on_client_closed(self)
+        app = self.app
+        if pool is not None and pool.replication:
+            app.pool_directory.free_replication_pool(pool)
+        app.cancel.unregister(self.cancel_key)
+        app.client_registry.remove(self)

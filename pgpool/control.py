@@ -108,7 +108,7 @@ class Controls:
                     continue    # clients of the new forced user get a new pool; this one winds down
                 pool.db = entry
             if entry.user:
-                pool.server_password = self.server_password(entry, None)
+                pool.server_password = self.pool_directory.server_password(entry, None)
             elif pool.server_user in self.client_auth.users:
                 fresh = auth.server_password_for(auth.lookup_credentials(self.client_auth.users, pool.server_user),
                                                  entry.password)
@@ -120,7 +120,7 @@ class Controls:
                     break
                 server.close(f"pool_size lowered to {pool.conf.pool_size} by RELOAD")
             pool.dispatch()
-        self.open_forced_pools()
+        self.pool_directory.open_forced_pools()
 
     def retire_servers(self, pool: Pool, reason: str) -> None:
         """Close idle servers now and the others when they are released (PgBouncer's close_needed)."""
@@ -181,35 +181,26 @@ class Controls:
         """PgBouncer's SUSPEND: every client and server socket stops being read (admin consoles
         excepted, so RESUME can come), new clients wait before their first byte is read; returns
         once what was already on its way out has been written, or after suspend_timeout."""
-        self.suspended = True
+        suspension = self.suspension
+        suspension.active = True
         log.info("SUSPEND: reading stopped on every client and server socket until RESUME")
         for client in list(self.clients):
             if client.admin is None:
-                self._suspend_transport(client.transport)
+                suspension.hold(client.transport)
         for pool in self.pools.values():
             for server in [*pool.idle, *pool.active, *pool.maintenance]:
-                self._suspend_transport(server.transport)
+                suspension.hold(server.transport)
 
         def flushed() -> bool:
-            return all(t.is_closing() or t.get_write_buffer_size() == 0 for t in self.suspended_transports)
+            return all(t.is_closing() or t.get_write_buffer_size() == 0 for t in suspension.transports)
         timeout = self.settings.suspend_timeout
         try:
             await asyncio.wait_for(_poll(flushed), timeout)
         except TimeoutError:
             log.warning("SUSPEND: some sockets still had unsent data after suspend_timeout (%gs)", timeout)
 
-    def _suspend_transport(self, transport: Any) -> None:
-        if transport is not None and not transport.is_closing() and transport.is_reading():
-            transport.pause_reading()
-            self.suspended_transports.append(transport)
-
     def resume_suspended(self) -> None:
-        self.suspended = False
-        transports, self.suspended_transports = self.suspended_transports, []
-        for transport in transports:
-            if not transport.is_closing():
-                transport.resume_reading()
-        log.info("RESUME: %d sockets read again after SUSPEND", len(transports))
+        log.info("RESUME: %d sockets read again after SUSPEND", self.suspension.release())
 
     def set_disabled(self, database: str, disabled: bool) -> None:
         if disabled:
@@ -264,11 +255,12 @@ class Controls:
         serve_waiting=False (SHUTDOWN WAIT_FOR_SERVERS) queued clients are cut instead of served.
         A second SIGTERM while draining shuts down at once, as in PgBouncer.
         """
-        if self.shutting_down:
+        registry = self.client_registry
+        if registry.shutting_down:
             if self.drain_task is not None and reason == "SIGTERM":
                 self.shutdown_now("second SIGTERM while draining")
             return
-        self.shutting_down = True
+        registry.shutting_down = True
         self.close_listeners(keep_unix=True)
         clients = [c for c in self.clients if c.admin is None]
         log.info("%s: graceful shutdown: listeners closed, /readyz unready; %d clients leave at their next "
@@ -282,23 +274,15 @@ class Controls:
                 client.disconnect(f"{reason}: queued client cut", ProtocolError(
                     ADMIN_SHUTDOWN, f"pgpool is shutting down ({reason}): no server will be assigned"))
             else:
-                self._drain_client(client)
-        if not any(c.admin is None for c in self.clients):
-            self._clients_gone.set()
+                registry.drain_client(client)
+        registry.check_all_left()
         self.drain_task = self.loop.create_task(self._finish_drain(reason))
-
-    def _drain_client(self, client: ClientConnection) -> None:
-        """Disconnect a draining client now if it is between transactions; else its RFQ will."""
-        if client.closed or not at_transaction_boundary(client):
-            return
-        client.disconnect("shutting down: left between transactions", ProtocolError(
-            ADMIN_SHUTDOWN, "pgpool is shutting down (client drained at transaction boundary)"))
 
     async def _finish_drain(self, reason: str) -> None:
         timeout = self.settings.shutdown_timeout
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._clients_gone.wait(), timeout or None)
+            await asyncio.wait_for(self.client_registry.all_left.wait(), timeout or None)
         except TimeoutError:
             left = [c for c in self.clients if c.admin is None]
             log.warning("shutdown_timeout (%gs) reached: cutting %d clients still connected", timeout, len(left))
@@ -309,17 +293,6 @@ class Controls:
         else:
             log.info("%s: every client left after %.1fs; stopping", reason, time.monotonic() - started)
         self.shutdown_now(f"{reason}: drained")
-
-
-def at_transaction_boundary(client: ClientConnection) -> bool:
-    """True when the client holds no transaction and has nothing in flight."""
-    if client.state == ClientState.IDLE:
-        return not client.pending
-    if client.state == ClientState.ACTIVE:
-        server = client.server
-        return (server is not None and server.tx_status == TX_IDLE and not client.busy
-                and not client.syncing and not client.pending)
-    return False
 
 
 def describe_client_state(client: ClientConnection) -> str:

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .config import ClientLimits, PoolMode
-from .control import at_transaction_boundary
+from .clientregistry import at_transaction_boundary
 from .pool import ServerState
 from .protocol import messages as m
 from .protocol.errors import (

@@ -6,7 +6,7 @@ are a forwarding TTL, 3 when issued, decremented at each hop), and forwarding a 
 whose key names another peer to that peer's address, at most pool_size in flight per peer.
 Because the layout is PgBouncer's, pgpool and PgBouncer processes can be peers of each other.
 
-Must not: know about clients or pools. app.py decides whether a key is its own.
+Must not: know about clients or pools. cancel.py decides whether a key is its own.
 """
 
 from __future__ import annotations

@@ -209,14 +209,25 @@ class Link:
             scanner.watch = WATCH_ALL      # pgpool's own query at the head: every reply is read
             return
         watch = WATCH_CORE_TAGS if self.watch_tags else WATCH_CORE
-        if self._skipping:
+        if self._skipping or self._copy_in or self.open_extended:
+            # Only a Sync already sent bounds what the narrow watch may hide: its ReadyForQuery
+            # shows that every request before it is answered (an open segment's error, or a named
+            # statement queued behind it, could not be told apart from the hidden replies).
             watch = WATCH_REPLIES
         else:
-            # Simple queries and Syncs end at ReadyForQuery with nothing to rewrite: the core types do.
+            # Requests forwarded as they are, with nothing to commit or undo, need only the core types:
+            # ReadyForQuery ends each segment, and the replies it hides are caught up (_catch_up).
+            # Not for a Query sent inside an open segment: its error would look like the segment's.
+            in_segment = False
             for entry in queue:
-                if entry is not _QUERY_FWD and entry is not _SYNC_FWD:
+                kind = entry[0]
+                if entry[1] != A_FORWARD or entry[2] is not None or (in_segment and kind == K_QUERY):
                     watch = WATCH_REPLIES
                     break
+                if kind == K_SYNC:
+                    in_segment = False
+                elif _EXTENDED[kind]:
+                    in_segment = True
         scanner.watch = watch
 
     def take_client_output(self) -> bytes:
@@ -278,13 +289,13 @@ class Link:
             return None
         if msg_type == F_SYNC and self._copy_in:
             return None     # ignored by the server in COPY IN
-        if buf is None:
+        if buf is None and self.rewrites_names and msg_type in (F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE):
             # Announced unread by the scanner (larger than its max_inspect): names cannot be rewritten.
-            if self.rewrites_names and msg_type in (F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE):
-                raise ProtocolError(PROGRAM_LIMIT_EXCEEDED,
-                                    f"{chr(msg_type)!r} message of {end - start} bytes is too large to track "
-                                    f"prepared statements (raise the client scanner's max_inspect)")
-            # It streams through unchanged, so nothing can be injected before it either.
+            raise ProtocolError(PROGRAM_LIMIT_EXCEEDED,
+                                f"{chr(msg_type)!r} message of {end - start} bytes is too large to track "
+                                f"prepared statements (raise the client scanner's max_inspect)")
+        if buf is None or not self.rewrites_names:
+            # Sent as it is (unread, or nothing to rewrite): its reply is forwarded as it comes.
             entry = _ENTRY_BY_TYPE[msg_type]
             if entry is not None:
                 self._queue.append(entry)
@@ -360,7 +371,25 @@ class Link:
             elif msg_type == B_COMMAND_COMPLETE and head[2] is not None:
                 return self.on_tag(head, buf, start, end)
             return None
+        if self._catch_up(msg_type):
+            return self.on_server_message(msg_type, buf, start, end)
         raise self._lost(msg_type)
+
+    def _catch_up(self, msg_type: int) -> bool:
+        """The narrowed watch (update_watch) hid the replies to plain extended-protocol forwards at the
+        head: drop those, which the server has answered; True when the new head takes `msg_type`."""
+        queue = self._queue
+        popped = False
+        while queue:
+            head = queue[0]
+            kind = head[0]
+            if msg_type in _ENDS[kind] or msg_type in _INSIDE[kind]:
+                return popped
+            if not _EXTENDED[kind] or head[1] != A_FORWARD or head[2] is not None:
+                return False
+            queue.popleft()
+            popped = True
+        return False
 
     def _on_injected_reply(self, head: tuple, msg_type: int, buf: bytes | None, start: int, end: int) -> bytes:
         own: Injected = head[2]

@@ -86,3 +86,20 @@ async def test_security_definer_function_per_database(pgpool_proc, postgres, aut
         await login_as(proc, "nosuchuser", "x")
     # The lookups ran as plainuser in database postgres, in a pool of their own.
     assert "pool postgres/plainuser: created" in proc.log_text()
+
+
+async def test_auth_query_lookups_count_no_client_against_the_limits(pgpool_proc):
+    """pgpool's own auth_query runs on the auth database's pool without counting as a client of it:
+    lookups must never fill max_db_client_connections / max_user_client_connections."""
+    proc = pgpool_proc({"auth_type": "md5", "auth_user": "postgres", "max_db_client_connections": 2,
+                        "max_user_client_connections": 2}, users={"postgres": "postgres"})
+    for user, password in [("app", "app"), ("md5user", "md5pass"), ("app", "app"), ("md5user", "md5pass")]:
+        assert await login_as(proc, user, password) == user
+    # The limit itself still holds for real clients.
+    held = [await connect(proc, user="app", password="app") for _ in range(2)]
+    try:
+        with pytest.raises(asyncpg.TooManyConnectionsError, match="max_db_client_connections"):
+            await connect(proc, user="md5user", password="md5pass")
+    finally:
+        for conn in held:
+            await conn.close()

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import struct
 import time
-import uuid
 from typing import Iterator
 
 import asyncpg

@@ -76,7 +76,13 @@ def test_cancel_key_layout_is_pgbouncers():
     assert peers.peer_of(pid) == 0x1234 and peers.ttl_of(key) == 3
 
 
-async def test_cancel_through_process_b_reaches_a_query_in_process_a(pgpool_proc, socket_dirs):
+def running_on_postgres(postgres, sql: str) -> bool:
+    """`sql` is running on Postgres: a cancel now stops a query, not a client in the queue."""
+    return postgres.run_sql(f"SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}' "
+                            "AND state = 'active'").strip() == "1"
+
+
+async def test_cancel_through_process_b_reaches_a_query_in_process_a(pgpool_proc, socket_dirs, postgres):
     port = free_port()
     (a, b, c), (dir_a, dir_b, dir_c) = peer_group(pgpool_proc, socket_dirs, 3, port)
     # The client talks to A (its own socket), so the test knows where its query runs.
@@ -87,8 +93,8 @@ async def test_cancel_through_process_b_reaches_a_query_in_process_a(pgpool_proc
         # asyncpg keeps the key as a signed int; on the wire it is 32 unsigned bits.
         pid, key = conn._protocol.backend_pid & 0xFFFFFFFF, conn._protocol.backend_secret & 0xFFFFFFFF
         assert peers.peer_of(pid) == 1
-        slow = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30)"))
-        await asyncio.sleep(0.3)   # the query is on its way; cancelling earlier is cancelled-while-waiting
+        slow = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30.1)"))
+        await wait_until(lambda: running_on_postgres(postgres, "SELECT pg_sleep(30.1)"), message="the query running")
         started = time.monotonic()
         await send_cancel_via(dir_b, port, pid, key)
         with pytest.raises(asyncpg.QueryCanceledError):
@@ -260,15 +266,15 @@ async def test_rolling_restart_under_load_loses_no_transaction(pgpool_proc, post
     assert cut_between_transactions >= 1     # the old process really had clients to hand over
 
 
-async def test_a_draining_peer_still_receives_forwarded_cancels(pgpool_proc, socket_dirs):
+async def test_a_draining_peer_still_receives_forwarded_cancels(pgpool_proc, socket_dirs, postgres):
     port = free_port()
     (a, b), (dir_a, dir_b) = peer_group(pgpool_proc, socket_dirs, 2, port, {"shutdown_timeout": 30})
     conn = await asyncpg.connect(host=str(dir_a), port=port, user="app", password="app", database="app",
                                  statement_cache_size=0)
     try:
         pid, key = conn._protocol.backend_pid & 0xFFFFFFFF, conn._protocol.backend_secret & 0xFFFFFFFF
-        slow = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30)"))
-        await asyncio.sleep(0.3)
+        slow = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30.2)"))
+        await wait_until(lambda: running_on_postgres(postgres, "SELECT pg_sleep(30.2)"), message="the query running")
         a.send_signal(signal.SIGTERM)
         await wait_until(lambda: "graceful shutdown" in a.log_text(), message="A draining")
         # A's TCP listener is closed (new clients go to B); its Unix socket still takes the forwarded cancel.
@@ -276,7 +282,8 @@ async def test_a_draining_peer_still_receives_forwarded_cancels(pgpool_proc, soc
         with pytest.raises(asyncpg.QueryCanceledError):
             await asyncio.wait_for(slow, 10)
     finally:
-        await conn.close()
+        # Draining, A closes the client at the end of its query: a Terminate may find the socket gone.
+        conn.terminate()
     await wait_until(lambda: a.returncode is not None, timeout=15, message="A gone once its client left")
 
 

@@ -8,11 +8,8 @@ closed when it left (PgBouncer's documentation, config.md / usage.md "replicatio
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import subprocess
-from pathlib import Path
 
 import asyncpg
 import pytest

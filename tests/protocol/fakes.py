@@ -191,6 +191,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closed
 
+    def is_reading(self) -> bool:
+        return self.reading
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
 
@@ -251,7 +254,7 @@ class Plane:
 
     def __init__(self, *, servers: int = 1, **settings: Any):
         self.app = FakeApp(**settings)
-        self.pool: Pool = self.app.get_pool("appdb", "app", None)
+        self.pool: Pool = self.app.pool_directory.get_pool("appdb", "app", None)
         self.pool.server_params = dict(SERVER_PARAMS)
         self.pool.reported_names = frozenset(SERVER_PARAMS)
         self.releases: list[tuple[ServerConnection, int]] = []
@@ -279,7 +282,7 @@ class Plane:
         """A client as _login leaves it: session params set, then _end_login puts it on the data plane."""
         client = ClientConnection(self.app)
         client.transport = FakeTransport(f"C-{client.id}")   # type: ignore[assignment]
-        self.app.on_client_connected(client)
+        self.app.client_registry.add(client)
         client.user, client.database = "app", "appdb"
         client.pool = self.pool
         client.mode = self.pool.conf.pool_mode

@@ -10,6 +10,7 @@ nothing: not the bytes forwarded, not the state, not the moment the server is re
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -213,12 +214,41 @@ def test_losing_the_server_ends_pgpool_own_queries_with_the_reason():
 
 
 def test_commandcomplete_tags_are_watched_only_when_asked():
-    c = Conversation()
+    c = Conversation(tracked=True)
     c.link.watch_tags = True
     c.link.update_watch()
     assert c.server_scanner.watch is WATCH_CORE_TAGS
     c.client_sends(parse("SELECT 1"))
-    assert c.server_scanner.watch is WATCH_REPLIES, "extended replies must be seen to pop their requests"
+    assert c.server_scanner.watch is WATCH_REPLIES, "an open segment: its replies are told apart only if seen"
+    c.client_sends(SYNC)
+    assert c.server_scanner.watch is WATCH_CORE_TAGS, "plain forwards up to a Sync need no more than the core types"
+    c.client_sends(parse("SELECT 1", "s1") + SYNC)
+    assert c.server_scanner.watch is WATCH_REPLIES, "a named statement's ParseComplete must be seen to commit it"
+
+
+@pytest.mark.parametrize("tracked", [False, True])
+def test_plain_extended_forwards_are_followed_with_the_core_watch(tracked):
+    c = Conversation(tracked)
+    c.client_sends(parse("SELECT 1") + bind() + execute() + SYNC + parse("SELEC 1") + bind() + execute() + SYNC)
+    assert c.server_scanner.watch is WATCH_CORE, "unnamed statements: nothing to commit, nothing to rewrite"
+    reply = PARSE_COMPLETE + BIND_COMPLETE + data_row(b"1") + complete("SELECT 1") + ready() + error() + ready()
+    c.server_sends(reply)
+    assert c.to_client == reply and c.link.releasable and c.link.state == IDLE
+
+
+def test_replies_hidden_by_the_narrow_watch_are_caught_up_when_a_named_statement_widens_it():
+    c = Conversation(tracked=True)
+    c.client_sends(parse("SELECT 1") + bind() + execute() + FLUSH)
+    c.server_sends(PARSE_COMPLETE + BIND_COMPLETE)        # seen by nobody: the watch is narrow
+    c.client_sends(parse("SELECT 2", "s1") + SYNC)
+    assert c.server_scanner.watch is WATCH_REPLIES
+    c.server_sends(data_row(b"1") + complete("SELECT 1") + PARSE_COMPLETE + ready())
+    assert c.link.releasable and c.link.owed_ready() == 0
+    c.to_client = b""
+    c.client_sends(bind("", "s1") + execute() + SYNC)
+    assert b"PGPOOL_" in c.to_server.rsplit(b"B", 1)[1], "s1's ParseComplete was seen: the name is known"
+    c.server_sends(BIND_COMPLETE + data_row(b"2") + complete("SELECT 1") + ready())
+    assert c.link.releasable
 
 
 def test_an_invalid_frontend_message_type_is_a_protocol_violation():
@@ -312,6 +342,68 @@ def test_random_chunks_give_the_same_conversation(index, tracked, client_cuts, s
     client, server = CONVERSATIONS[index]
     assert run_split(tracked, client, server, client_cuts, server_cuts)[:4] == \
         run_split(tracked, client, server, [], [])[:4]
+
+
+class WideLink(ServerStatements):
+    """The reference for the narrowed watch: every reply type is looked at, always."""
+
+    def update_watch(self) -> None:
+        ServerStatements.update_watch(self)
+        if self.scanner.watch is not WATCH_ALL:
+            self.scanner.watch = WATCH_REPLIES
+
+
+# (client bytes, server bytes) of whole exchanges; `n` is a fresh statement name (and text: a text
+# the server already has would be answered by pgpool, and the scripted reply would be wrong).
+SEGMENTS: list[Callable[[str], tuple[bytes, bytes]]] = [
+    lambda n: (query("SELECT 1"), select_reply(data_row(b"1"))),
+    lambda n: (query("SELEC 1"), error() + ready()),
+    lambda n: (parse("SELECT 1") + bind() + execute() + SYNC,
+     PARSE_COMPLETE + BIND_COMPLETE + data_row(b"1") + complete("SELECT 1") + ready()),
+    lambda n: (parse("SELEC 1") + bind() + execute() + SYNC, error() + ready()),
+    lambda n: (parse("SELECT 1") + bind() + describe(b"P") + execute() + FLUSH,
+     PARSE_COMPLETE + BIND_COMPLETE + row_description("c") + data_row(b"1") + complete("SELECT 1")),
+    lambda n: (SYNC, ready()),
+    lambda n: (parse(f"SELECT '{n}'", n) + bind("", n) + execute() + SYNC,
+     PARSE_COMPLETE + BIND_COMPLETE + data_row(b"1") + complete("SELECT 1") + ready()),
+    lambda n: (parse(f"SELECT '{n}'", n) + describe(b"S", n) + SYNC,
+     PARSE_COMPLETE + msg(b"t", b"\x00\x00") + row_description("c") + ready()),
+    lambda n: (parse(f"SELEC '{n}'", n) + bind("", n) + execute() + SYNC, error() + ready()),
+    lambda n: (parse("COPY t FROM STDIN") + bind() + execute() + SYNC + copy_data(b"1\n") + COPY_DONE + SYNC,
+               PARSE_COMPLETE + BIND_COMPLETE + copy_in_response() + complete("COPY 1") + ready()),
+    lambda n: (query("BEGIN"), complete("BEGIN") + ready(b"T")),
+    lambda n: (query("COMMIT"), complete("COMMIT") + ready()),
+]
+
+
+def run_segments(link_class: type, steps: list[tuple[int, bool]]):
+    """Each step: the client sends a segment, then (or not yet) the server answers all that is owed."""
+    c = Conversation(tracked=True)
+    c.link = link_class(StatementRegistry(), 10, scanner=c.server_scanner)
+    c.link.link(ClientStatements())
+    c.client_scanner = MessageScanner(WATCH_CLIENT, c.link.on_client_message, max_message=1 << 20)
+    owed = b""
+    seen = []
+    for number, (index, answer) in enumerate(steps):
+        client, server = SEGMENTS[index](f"s{number}")
+        c.client_sends(client)
+        owed += server
+        if answer:
+            c.server_sends(owed)
+            owed = b""
+        seen.append((c.link.releasable, c.link.owed_ready(), c.link.tx_status))
+    c.server_sends(owed)
+    to_server = [(msg[:1], re.sub(rb"PGPOOL_\d+", b"PGPOOL_n", msg[5:])) for msg in split_messages(c.to_server)]
+    return to_server, c.to_client, seen, c.link.state, c.link.releasable
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(min_value=0, max_value=len(SEGMENTS) - 1), st.booleans()),
+                      min_size=1, max_size=12))
+def test_the_narrowed_watch_changes_nothing_a_client_or_the_pool_sees(steps):
+    """Following plain forwards with the core types only gives the same bytes, states and release
+    points as looking at every reply, whatever mix of plain, named and simple requests is in flight."""
+    assert run_segments(ServerStatements, steps) == run_segments(WideLink, steps)
 
 
 def test_the_release_point_is_the_last_ready_for_query_not_earlier():

@@ -1041,7 +1041,7 @@ def test_ordinary_sql_never_reaches_the_parser_and_the_rest_is_parsed_once():
 
 def test_each_pool_has_its_own_statement_registry():
     plane = Plane(**{"databases.otherdb": "host=127.0.0.1 port=5432 dbname=otherdb"})
-    other = plane.app.get_pool("otherdb", "app", None)
+    other = plane.app.pool_directory.get_pool("otherdb", "app", None)
     assert plane.pool.statement_registry is not other.statement_registry
     assert plane.servers[0].prepared.registry is plane.pool.statement_registry
 
