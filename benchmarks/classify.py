@@ -27,7 +27,8 @@ def shapes() -> dict[str, list[bytes]]:
     aids = list(range(1, COUNT + 1))
     random.Random(42).shuffle(aids)
     return {
-        "pgbench -S, new literal each time": [b"SELECT abalance FROM pgbench_accounts WHERE aid = %d;" % a for a in aids],
+        "pgbench -S, new literal each time": [
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = %d;" % a for a in aids],
         "pgbench -S, constant text": [b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;"] * COUNT,
         "pgbench -S extended ($1), constant": [b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"] * COUNT,
         "ORM lookup, new literals": [

@@ -157,9 +157,9 @@ def prefilter_at(buf: bytes, start: int, end: int, calls: bool = True) -> int:
     """prefilter(buf[start:end]) read in place, in one pass: 0 (not certain), PLAIN or CHECKED.
 
     Always the same answer as prefilter (tests/protocol/test_session_prefilter.py checks it); with
-    calls=False it answers only PLAIN or 0, and stops at the first "(". It is the compiled build's pre-filter:
-    session.pxd makes its loops C loops over the bytes. Interpreted, each byte costs a bytecode
-    round, so there classify uses _plain_shape and prefilter instead."""
+    calls=False it answers only PLAIN or 0, and stops at the first "(". It is the compiled build's
+    pre-filter: session.pxd makes its loops C loops over the bytes. Interpreted, each byte costs a
+    bytecode round, so there classify uses _plain_shape and prefilter instead."""
     if end > len(buf):
         end = len(buf)          # as buf[start:end] would; no byte past it is read
     pos = start

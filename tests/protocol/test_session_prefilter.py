@@ -144,18 +144,16 @@ def sql_texts(draw, heads=tuple(HEADS), tokens=tuple(TOKENS)) -> bytes:
 texts = sql_texts() | st.binary(max_size=60)
 # Mostly the commonest shape: statements without "(" after the heads _plain_shape knows.
 plain_texts = sql_texts(heads=("SELECT", "select", "UPDATE", "DELETE FROM", "WITH", "VALUES", "TABLE", "BEGIN", "END",
-                               "COMMIT", "SHOW", "selectemp", "withemp", "tabletemp", "sel", "start", "ABORT", "ROLLBACK",
-                               "ROLLBACK TO", "rollback   to sp", "ROLLBACK AND CHAIN", "ROLLBACK PREPARED"),
+                               "COMMIT", "SHOW", "selectemp", "withemp", "tabletemp", "sel", "start", "ABORT",
+                               "ROLLBACK", "ROLLBACK TO", "rollback  to sp", "ROLLBACK AND CHAIN", "ROLLBACK PREPARED"),
                         tokens=tuple(PLAIN_TOKENS))
 # Mostly calls and grammar before "(", as ORMs write them, so that the call check runs to its end.
+CALLS = ("count(", "now(", "coalesce(", "lower (", "in (", "VALUES (", "exists(", "cast(", ") OVER (", ") FILTER (",
+         "ON CONFLICT (", "GROUP BY (", "ORDER BY (", "PARTITION BY (", "over(", "filter(", "by(", "conflict(", ")",
+         ")", "set_config(", '"lower"(', "pg_catalog.lower(", "my_function(")
 call_texts = sql_texts(heads=("SELECT", "select", "WITH x AS (", "INSERT INTO t (a, b) VALUES", "INSERT INTO t (",
-                              "insert into s.t as x(", "UPDATE t SET",
-                              "DELETE FROM t WHERE", "VALUES", "BEGIN"),
-                       tokens=tuple(PLAIN_TOKENS[:40]) + ("count(", "now(", "coalesce(", "lower (", "in (", "VALUES (",
-                                                           "exists(", "cast(", ") OVER (", ") FILTER (", "ON CONFLICT (",
-                                                           "GROUP BY (", "ORDER BY (", "PARTITION BY (", "over(",
-                                                           "filter(", "by(", "conflict(", ")", ")", "set_config(",
-                                                           '"lower"(', "pg_catalog.lower(", "my_function("))
+                              "insert into s.t as x(", "UPDATE t SET", "DELETE FROM t WHERE", "VALUES", "BEGIN"),
+                       tokens=tuple(PLAIN_TOKENS[:40]) + CALLS)
 sql = plain_texts | call_texts | texts
 PGBENCH = b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"
 
