@@ -56,8 +56,8 @@ TLS_TARGETS = ("pgpool-tls", "pgbouncer-tls")
 MODES = ("simple", "extended", "prepared")
 RATIOS = (("pgpool", "direct"), ("pgpool", "pgbouncer"), ("pgbouncer", "direct"), ("pgpool-tls", "pgbouncer-tls"),
           ("pgpool-tls", "pgpool"), ("pgpool-w2", "pgpool"), ("pgpool", "pgpool-pure"), ("pgpool-pure", "pgbouncer"))
-# pgpool-w2 and pgpool-pure only when asked for.
-DEFAULT_TARGETS = tuple(t for t in TARGETS if t not in ("pgpool-w2", "pgpool-pure"))
+# TLS targets come with --tls (which makes their certificates); w2 and pure are asked for by name.
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t not in (*TLS_TARGETS, "pgpool-w2", "pgpool-pure"))
 USER = "app"
 
 # pgbench 13+ says "without initial connection time"; older ones "excluding connections establishing".
