@@ -119,6 +119,15 @@ class PoolHost(Protocol):
 
 
 class Pool:
+    # Compiled, an extension type (pool.pxd): its fields are C slots; __dict__ stays for the
+    # attributes tests wrap on an instance (tests/protocol/fakes.py).
+    __slots__ = ("app", "db", "user", "conf", "server_user", "server_password", "scram_keys", "name", "stats",
+                 "statement_registry", "connecting", "idle", "active", "maintenance", "idle_clients", "waiting",
+                 "active_clients", "server_params", "reported_names", "_server_params_probe", "normalized",
+                 "_normalizing", "login_error", "login_error_at", "login_failures", "login_failing_since",
+                 "next_login_at", "_login_retry_timer", "paused", "disabled", "replication", "_reserve_timer",
+                 "hosts", "__dict__")
+
     def __init__(self, app: PoolHost, db: "DatabaseEntry", user: str, conf: "EffectivePoolSettings",
                  server_user: str, server_password: str | None):
         self.app = app
